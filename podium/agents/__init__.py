@@ -1,0 +1,1 @@
+"""Agents: the worker runtime and its backends."""

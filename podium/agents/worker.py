@@ -1,0 +1,224 @@
+"""The worker: one agent process that pulls tasks it may take and runs them.
+
+Life of a worker: register; then loop — claim the next task (its own id, one of its roles, or
+anyone's), run it through the backend, record the result and claim the next one in the same
+transaction; when nothing is queued, sleep on the store's wake-up channel until a task arrives
+(or the heartbeat is due). While a task runs the worker heartbeats (extending the lease), and
+stops the backend on cancel, on timeout, or when the lease was lost.
+
+Signals: SIGTERM stops now — the running task is killed and handed back to the queue without
+counting the attempt — then the agent deregisters. SIGINT drains — the running task finishes —
+and a second SIGINT acts as SIGTERM.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from podium.agents.backends import MAX_OUTPUT_BYTES, Backend, Run
+from podium.models import Outcome, Task, TaskState
+from podium.prompt import compose
+from podium.store import Finish, Store
+
+#: Streamed output events are flushed at most this often, and stop after this many bytes.
+STREAM_INTERVAL_S = 0.2
+STREAM_LIMIT_BYTES = 1024 * 1024
+
+
+class _OutputStream:
+    """Batches a running task's output into ``task.output`` events."""
+
+    def __init__(self, store: Store, agent_id: str, task_id: str):
+        self.store, self.agent_id, self.task_id = store, agent_id, task_id
+        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self.pending: list[str] = []
+        self.sent = 0
+        self.last = time.monotonic()
+        self.lock = threading.Lock()
+
+    def emit(self, chunk: bytes) -> None:
+        with self.lock:
+            if self.sent >= STREAM_LIMIT_BYTES:
+                return
+            self.sent += len(chunk)
+            self.pending.append(self.decoder.decode(chunk))
+            if time.monotonic() - self.last >= STREAM_INTERVAL_S:
+                self._flush()
+
+    def _flush(self) -> None:
+        text = "".join(self.pending)
+        self.pending.clear()
+        self.last = time.monotonic()
+        if text:
+            data = {"chunk": text}
+            if self.sent >= STREAM_LIMIT_BYTES:
+                data["stream_truncated"] = True
+            self.store.add_event("task.output", self.agent_id, self.task_id, data)
+
+    def close(self) -> None:
+        with self.lock:
+            self.pending.append(self.decoder.decode(b"", final=True))
+            self._flush()
+
+
+class Worker:
+    def __init__(
+        self,
+        store: Store,
+        name: str,
+        backend: Backend,
+        roles: list[str] | None = None,
+        lease_s: float = 30.0,
+        heartbeat_s: float | None = None,
+        workdir: Path | None = None,
+        max_output: int = MAX_OUTPUT_BYTES,
+        log: Callable[[str], None] | None = None,
+        meta: dict | None = None,
+    ):
+        self.store = store
+        self.name = name
+        self.backend = backend
+        self.roles = list(roles or [])
+        self.lease_s = lease_s
+        self.heartbeat_s = heartbeat_s or max(0.2, lease_s / 6)
+        self.workdir = Path(workdir or os.getcwd())
+        self.max_output = max_output
+        self.log = log or (lambda msg: print(f"[{name}] {msg}", file=sys.stderr, flush=True))
+        self.meta = meta or {}
+        self.stop: str | None = None  # None, "drain" or "now"
+        self.waiter = None
+        self._next_heartbeat = 0.0
+
+    # -- signals ------------------------------------------------------------------------
+    def _on_signal(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self.stop is None:
+            self.stop = "drain"
+        else:
+            self.stop = "now"
+        if self.waiter is not None:
+            self.waiter.poke()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    # -- main loop ----------------------------------------------------------------------
+    def run(self) -> int:
+        self.backend.check()
+        self.store.register_agent(
+            self.name, self.roles, self.backend.name, socket.gethostname(), os.getpid(),
+            self.lease_s, {"workdir": str(self.workdir), **self.meta})
+        self.waiter = self.store.agent_waiter(self.name)
+        self.log(f"registered (backend {self.backend.name}, roles {self.roles or 'any'}, "
+                 f"store {self.store.url})")
+        finish: Finish | None = None
+        self._next_heartbeat = time.monotonic() + self.heartbeat_s
+        try:
+            while True:
+                if self.stop:
+                    if finish is not None:
+                        self.store.finish(self.name, finish)
+                    break
+                if time.monotonic() >= self._next_heartbeat:
+                    self._heartbeat()
+                task = self.store.claim(self.name, self.roles, self.lease_s, finish)
+                finish = None
+                if task is None:
+                    self.waiter.wait(max(0.0, self._next_heartbeat - time.monotonic()))
+                    continue
+                outcome = self._execute(task)
+                if outcome is not None:
+                    finish = Finish(task.id, task.attempts, outcome)
+        finally:
+            # Free the wake-up socket first: once deregistered, a new agent of the same name
+            # may start and bind it.
+            self.waiter.close()
+            self.waiter = None
+            self.store.deregister(self.name)
+            self.log("stopped")
+        return 0
+
+    def _heartbeat(self, task: Task | None = None):
+        self._next_heartbeat = time.monotonic() + self.heartbeat_s
+        if task is None:
+            return self.store.heartbeat(self.name, self.lease_s)
+        return self.store.heartbeat(self.name, self.lease_s, task.id, task.attempts)
+
+    def _env(self, task: Task) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({
+            "PODIUM_TASK_ID": task.id,
+            "PODIUM_AGENT_ID": self.name,
+            "PODIUM_STORE": self.store.url,
+        })
+        if task.context and len(task.context.encode("utf-8")) < 100_000:
+            env["PODIUM_TASK_CONTEXT"] = task.context
+        else:
+            env.pop("PODIUM_TASK_CONTEXT", None)
+        return env
+
+    def _execute(self, task: Task) -> Outcome | None:
+        """Run one claimed task; None when it was handed back because the worker is stopping."""
+        prompt = task.prompt
+        if self.backend.takes_context:
+            prompt = compose(task.prompt, task.context, self.store.list_context())
+        stream = _OutputStream(self.store, self.name, task.id)
+        run = Run(task=task, prompt=prompt, workdir=self.workdir, env=self._env(task),
+                  emit=stream.emit, max_output=self.max_output)
+        deadline = time.monotonic() + task.timeout_s if task.timeout_s else None
+        result: list[Outcome] = []
+        done = threading.Event()
+
+        def target() -> None:
+            try:
+                result.append(self.backend.run(run))
+            except Exception as e:  # a backend bug must not kill the worker
+                result.append(Outcome(TaskState.FAILED, error=f"{type(e).__name__}: {e}"))
+            finally:
+                done.set()
+                waiter = self.waiter
+                if waiter is not None:
+                    waiter.poke()
+
+        if self.backend.inline and deadline is None:
+            target()
+        else:
+            thread = threading.Thread(target=target, name=f"task-{task.id}", daemon=True)
+            thread.start()
+            while not done.is_set():
+                wait_until = self._next_heartbeat
+                if deadline is not None and not run.cancelled:
+                    wait_until = min(wait_until, deadline)
+                woke = self.waiter.wait(max(0.0, wait_until - time.monotonic()))
+                if done.is_set():
+                    break
+                if self.stop == "now" and not run.cancelled:
+                    run.cancel("worker stopping")
+                if deadline is not None and time.monotonic() >= deadline and not run.cancelled:
+                    run.cancel(f"timed out after {task.timeout_s:g}s", timed_out=True)
+                if time.monotonic() >= self._next_heartbeat:
+                    reply = self._heartbeat(task)
+                    if reply.lost and not run.cancelled:
+                        run.cancel(f"task {reply.task_state.value if reply.task_state else 'lost'}")
+                elif woke and not run.cancelled:
+                    if self.store.task_state(task.id) is TaskState.CANCELLED:
+                        run.cancel("cancelled")
+            thread.join()
+        stream.close()
+        outcome = result[0]
+        if run.cancelled:
+            if run.cancel_reason == "worker stopping":
+                self.store.release(self.name, task.id, task.attempts, "worker stopping")
+                self.log(f"task {task.id} handed back to the queue")
+                return None
+            outcome.status = TaskState.FAILED if run.timed_out else TaskState.CANCELLED
+            outcome.error = run.cancel_reason
+        return outcome

@@ -1,0 +1,505 @@
+"""The ``podium`` command: argument parsing and rendering over the service API, nothing more."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from podium import __version__
+from podium.clock import iso, now
+from podium.errors import InvalidInput, PodiumError
+from podium.service import Podium
+
+# Exit codes of ``podium task wait`` (see README).
+EXIT_ERROR, EXIT_FAILED, EXIT_CANCELLED, EXIT_TIMEOUT = 1, 3, 4, 5
+
+
+def _write(text: str) -> None:
+    """Print UTF-8 whatever the locale says (prompts and outputs are any Unicode)."""
+    sys.stdout.buffer.write(text.encode("utf-8"))
+    sys.stdout.buffer.flush()
+
+
+def _json(obj: Any) -> None:
+    _write(json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
+
+
+def _read_arg(value: str, what: str) -> str:
+    """The argument itself, or stdin read byte-exact when it is ``-``."""
+    if value != "-":
+        return value
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InvalidInput(f"{what} on stdin is not valid UTF-8 (byte {e.start})") from None
+
+
+def _age(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    s = max(0.0, now() - ts)
+    if s < 60:
+        return f"{s:.1f}s"
+    if s < 3600:
+        return f"{s / 60:.0f}m"
+    return f"{s / 3600:.1f}h"
+
+
+def _table(rows: list[list[str]], headers: list[str]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    for r in [headers, *rows]:
+        _write("  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip() + "\n")
+
+
+def _short(text: str | None, n: int = 50) -> str:
+    if not text:
+        return ""
+    line = text.replace("\n", "⏎ ")
+    return line if len(line) <= n else line[: n - 1] + "…"
+
+
+class Ctx:
+    def __init__(self, store: str | None):
+        self.store_url = store
+        self._podium: Podium | None = None
+
+    @property
+    def podium(self) -> Podium:
+        if self._podium is None:
+            self._podium = Podium.open(self.store_url)
+        return self._podium
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--store", envvar="PODIUM_STORE", metavar="URL",
+              help="Store: a path, sqlite:///path (default ./.podium/podium.db; env PODIUM_STORE).")
+@click.version_option(__version__, prog_name="podium")
+@click.pass_context
+def cli(ctx: click.Context, store: str | None) -> None:
+    """Podium runs a team of AI coding agents in parallel through one durable store."""
+    ctx.obj = Ctx(store)
+    ctx.call_on_close(lambda: ctx.obj._podium and ctx.obj._podium.close())
+
+
+# -- store and team ------------------------------------------------------------------------
+
+@cli.command()
+@pass_ctx
+def init(c: Ctx) -> None:
+    """Create (or migrate) the store and print where it is."""
+    _write(c.podium.store.url + "\n")
+
+
+@cli.command()
+@click.argument("n", type=int)
+@click.option("--backend", "-b", default="shell", show_default=True)
+@click.option("--role", "-r", "roles", multiple=True, help="Role of every started agent (repeat).")
+@click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE",
+              help="Backend option (repeat).")
+@click.option("--prefix", default="agent", show_default=True, help="Agent names: PREFIX-1, PREFIX-2...")
+@click.option("--lease", type=float, help="Lease seconds (an agent silent this long is dead).")
+@click.option("--workdir", type=click.Path(file_okay=False), help="Working directory of the agents.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def up(c: Ctx, n, backend, roles, options, prefix, lease, workdir, as_json) -> None:
+    """Start N agents in the background (logs next to the store, in logs/)."""
+    from podium.agents import backends
+    from podium.supervisor import log_dir, up as start
+
+    backends.load(backend)
+    backends.parse_options(options)
+    agents = start(c.podium, n, backend, list(roles), list(options), prefix, lease, workdir)
+    if as_json:
+        _json([a.to_dict(now()) for a in agents])
+        return
+    for a in agents:
+        _write(f"{a.id}  pid {a.pid}  backend {a.backend}\n")
+    _write(f"logs: {log_dir(c.podium)}\n")
+
+
+@cli.command()
+@click.argument("names", nargs=-1)
+@click.option("--timeout", type=float, default=15.0, show_default=True,
+              help="Seconds to wait before killing.")
+@click.option("--drain", is_flag=True, help="Let running tasks finish (SIGINT) instead of requeueing them.")
+@pass_ctx
+def down(c: Ctx, names, timeout, drain) -> None:
+    """Stop this host's live agents (all, or the NAMES given)."""
+    from podium.supervisor import down as stop
+
+    stopped = stop(c.podium, timeout, drain, list(names) or None)
+    _write(f"stopped {len(stopped)} agent(s){': ' + ', '.join(stopped) if stopped else ''}\n")
+
+
+def _agents_out(c: Ctx, as_json: bool) -> None:
+    agents = c.podium.agents()
+    if as_json:
+        t = now()
+        _json([a.to_dict(t) for a in agents])
+        return
+    rows = [[a.id, a.state.value, ",".join(a.roles) or "-", a.backend, a.host, str(a.pid or "-"),
+             a.current_task or "-", _age(a.last_heartbeat), str(a.tasks_done),
+             _short(a.note, 30)] for a in agents]
+    _table(rows, ["AGENT", "STATE", "ROLES", "BACKEND", "HOST", "PID", "TASK", "HEARTBEAT",
+                  "DONE", "NOTE"])
+
+
+@cli.command("agents")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def agents_cmd(c: Ctx, as_json: bool) -> None:
+    """List agents with state, current task and last heartbeat."""
+    _agents_out(c, as_json)
+
+
+@cli.group()
+def agent() -> None:
+    """Run or list agents."""
+
+
+@agent.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def agent_list(c: Ctx, as_json: bool) -> None:
+    """List agents (same as 'podium agents')."""
+    _agents_out(c, as_json)
+
+
+@agent.command("run")
+@click.option("--name", "-n", required=True)
+@click.option("--role", "-r", "roles", multiple=True)
+@click.option("--backend", "-b", default="shell", show_default=True)
+@click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE")
+@click.option("--lease", type=float, default=30.0, show_default=True,
+              help="Seconds a claim lives without a heartbeat.")
+@click.option("--heartbeat", type=float, help="Heartbeat interval (default lease/6).")
+@click.option("--workdir", type=click.Path(file_okay=False, exists=True))
+@pass_ctx
+def agent_run(c: Ctx, name, roles, backend, options, lease, heartbeat, workdir) -> None:
+    """Run one agent in the foreground: pull tasks and run them until stopped."""
+    from podium.agents import backends
+    from podium.agents.worker import Worker
+
+    if lease <= 0 or (heartbeat is not None and not 0 < heartbeat < lease):
+        raise InvalidInput("--lease must be positive and --heartbeat between 0 and the lease")
+    cls = backends.load(backend)
+    wd = Path(workdir).resolve() if workdir else Path.cwd()
+    worker = Worker(c.podium.store, name, cls(backends.parse_options(options), wd), list(roles),
+                    lease_s=lease, heartbeat_s=heartbeat, workdir=wd)
+    worker.install_signal_handlers()
+    sys.exit(worker.run())
+
+
+# -- tasks ---------------------------------------------------------------------------------
+
+@cli.group()
+def task() -> None:
+    """Add, list, show, cancel and wait for tasks."""
+
+
+@task.command("add")
+@click.argument("prompt")
+@click.option("--agent", "-a", help="Only this agent may take it.")
+@click.option("--role", "-r", help="Only agents with this role may take it.")
+@click.option("--priority", "-p", type=click.Choice(["high", "normal", "low"]), default="normal",
+              show_default=True)
+@click.option("--depends-on", "-d", "depends_on", multiple=True, metavar="ID",
+              help="Run only after this task completed (repeat).")
+@click.option("--context", "-c", help="Context handed to the agent with the prompt.")
+@click.option("--timeout", type=float, help="Seconds before the run is killed.")
+@click.option("--max-attempts", type=int, default=3, show_default=True,
+              help="Claims allowed (a crashed agent's task is retried until then).")
+@click.option("--retry", is_flag=True, help="Also retry when the run fails (up to --max-attempts).")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def task_add(c: Ctx, prompt, agent, role, priority, depends_on, context, timeout, max_attempts,
+             retry, as_json) -> None:
+    """Queue a task; PROMPT '-' reads it from stdin. Prints the task id."""
+    t = c.podium.add_task(_read_arg(prompt, "prompt"), agent=agent, role=role, priority=priority,
+                          depends_on=list(depends_on), context=context, timeout_s=timeout,
+                          max_attempts=max_attempts, retry=retry)
+    if as_json:
+        _json(t.to_dict())
+    else:
+        _write(t.id + "\n")
+
+
+def _task_text(t) -> str:
+    r = t.result()
+    lines = [
+        f"task       {t.id}",
+        f"state      {t.state.value}",
+        f"priority   {t.priority.name.lower()}",
+        f"target     {t.target_agent or (('role ' + t.target_role) if t.target_role else 'any agent')}",
+        f"agent      {t.agent_id or '-'}",
+        f"attempts   {t.attempts}/{t.max_attempts}",
+        f"depends on {', '.join(t.depends_on) or '-'}",
+        f"created    {iso(t.created_at)}",
+        f"started    {iso(t.started_at) or '-'}",
+        f"completed  {iso(t.completed_at) or '-'}",
+        f"duration   {r['duration_ms'] if r['duration_ms'] is not None else '-'} ms",
+    ]
+    if t.exit_code is not None:
+        lines.append(f"exit code  {t.exit_code}")
+    if t.error:
+        lines.append(f"error      {t.error}")
+    if t.tokens_in is not None or t.cost_usd is not None:
+        lines.append(f"tokens     {t.tokens_in} in / {t.tokens_out} out, cost ${t.cost_usd}")
+    lines.append("prompt:")
+    lines.append(t.prompt)
+    if r["output"] is not None:
+        lines.append("output" + (" (base64):" if r.get("output_encoding") else ":"))
+        lines.append(r["output"])
+    return "\n".join(lines) + "\n"
+
+
+@task.command("show")
+@click.argument("task_id")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def task_show(c: Ctx, task_id, as_json) -> None:
+    """Show one task with its result."""
+    t = c.podium.task(task_id)
+    if as_json:
+        _json(t.to_dict())
+    else:
+        _write(_task_text(t))
+
+
+@task.command("list")
+@click.option("--state", "-s", help="blocked, queued, running, completed, failed or cancelled.")
+@click.option("--agent", "-a")
+@click.option("--limit", "-n", type=int, default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def task_list(c: Ctx, state, agent, limit, as_json) -> None:
+    """List tasks, oldest first (the last LIMIT)."""
+    tasks = c.podium.tasks(state, agent, limit)
+    if as_json:
+        _json([t.to_dict(with_output=False) for t in tasks])
+        return
+    rows = [[t.id, t.state.value, t.priority.name.lower(),
+             t.target_agent or (f"role:{t.target_role}" if t.target_role else "*"),
+             t.agent_id or "-", f"{t.attempts}/{t.max_attempts}", _age(t.created_at),
+             _short(t.prompt)] for t in tasks]
+    _table(rows, ["TASK", "STATE", "PRIORITY", "TARGET", "AGENT", "TRIES", "AGE", "PROMPT"])
+
+
+@task.command("cancel")
+@click.argument("task_id")
+@click.option("--reason", default="cancelled by user", show_default=True)
+@pass_ctx
+def task_cancel(c: Ctx, task_id, reason) -> None:
+    """Cancel a blocked, queued or running task (a running one is killed)."""
+    t = c.podium.cancel(task_id, reason)
+    _write(f"{t.id} {t.state.value}\n")
+
+
+@task.command("wait")
+@click.argument("task_id")
+@click.option("--timeout", type=float, help="Give up after this many seconds.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result JSON when done.")
+@pass_ctx
+def task_wait(c: Ctx, task_id, timeout, as_json) -> None:
+    """Wait for a task; exit 0 completed, 3 failed, 4 cancelled, 5 timed out waiting."""
+    t = c.podium.wait(task_id, timeout)
+    if as_json:
+        _json(t.result())
+    else:
+        _write(f"{t.id} {t.state.value}\n")
+    code = {"completed": 0, "failed": EXIT_FAILED, "cancelled": EXIT_CANCELLED}
+    sys.exit(code.get(t.state.value, EXIT_TIMEOUT))
+
+
+@cli.command()
+@click.argument("task_id")
+@click.option("--raw", is_flag=True, help="Write the output bytes only, exactly as produced.")
+@pass_ctx
+def result(c: Ctx, task_id, raw) -> None:
+    """Print a task's result JSON."""
+    if raw:
+        t = c.podium.task(task_id)
+        sys.stdout.buffer.write(t.output or b"")
+        sys.stdout.buffer.flush()
+        return
+    _json(c.podium.result(task_id))
+
+
+@cli.command()
+@click.argument("prompt")
+@click.option("--context", "-c")
+@click.option("--timeout", type=float)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def broadcast(c: Ctx, prompt, context, timeout, as_json) -> None:
+    """Give every live agent its own copy of a task; prints one task id per agent."""
+    tasks = c.podium.broadcast(_read_arg(prompt, "prompt"), context=context, timeout_s=timeout)
+    if as_json:
+        _json([t.to_dict() for t in tasks])
+        return
+    for t in tasks:
+        _write(f"{t.id} {t.target_agent}\n")
+
+
+# -- messages and context -------------------------------------------------------------------
+
+@cli.command()
+@click.argument("agent_id")
+@click.argument("message")
+@click.option("--from", "sender", default="orchestrator", show_default=True)
+@pass_ctx
+def send(c: Ctx, agent_id, message, sender) -> None:
+    """Put a message in an agent's inbox; MESSAGE '-' reads stdin."""
+    m = c.podium.send(agent_id, _read_arg(message, "message"), sender)
+    _write(f"message {m.id} -> {m.agent_id}\n")
+
+
+@cli.command()
+@click.argument("agent_id")
+@click.option("--unread", is_flag=True, help="Only messages not yet read.")
+@click.option("--ack", is_flag=True, help="Mark the listed messages read.")
+@click.option("--outbox", is_flag=True, help="Messages from the agent (reports) instead.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def inbox(c: Ctx, agent_id, unread, ack, outbox, as_json) -> None:
+    """Messages to an agent (or, with --outbox, from it)."""
+    msgs = c.podium.outbox(agent_id) if outbox else c.podium.inbox(agent_id, unread, ack)
+    if as_json:
+        _json([m.to_dict() for m in msgs])
+        return
+    for m in msgs:
+        mark = " " if m.read_at else "*"
+        _write(f"{mark} #{m.id} {iso(m.created_at)} {m.sender or '-'} [{m.kind}]\n{m.body}\n")
+
+
+@cli.command()
+@click.option("--status", "-s", required=True, help="idle, busy, waiting_input, or any word.")
+@click.option("--note", "-m", help="Free text; '-' reads stdin.")
+@click.option("--agent", envvar="PODIUM_AGENT_ID", required=True,
+              help="The reporting agent (default $PODIUM_AGENT_ID, set for tasks).")
+@click.option("--task", "task_id", envvar="PODIUM_TASK_ID")
+@pass_ctx
+def report(c: Ctx, status, note, agent, task_id) -> None:
+    """An agent reports its own status to the orchestrator."""
+    m = c.podium.report(agent, status, _read_arg(note, "note") if note else None, task_id)
+    _write(f"report {m.id} from {agent}\n")
+
+
+@cli.group()
+def context() -> None:
+    """Shared context, injected into the prompts of backends that take context."""
+
+
+@context.command("set")
+@click.argument("key")
+@click.argument("value")
+@pass_ctx
+def context_set(c: Ctx, key, value) -> None:
+    """Set KEY to VALUE ('-' reads stdin)."""
+    e = c.podium.set_context(key, _read_arg(value, "value"), by=os.environ.get("PODIUM_AGENT_ID"))
+    _write(f"{e.key} v{e.version}\n")
+
+
+@context.command("get")
+@click.argument("key")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def context_get(c: Ctx, key, as_json) -> None:
+    """Print the value of KEY."""
+    e = c.podium.get_context(key)
+    if as_json:
+        _json(e.to_dict())
+    else:
+        _write(e.value if e.value.endswith("\n") else e.value + "\n")
+
+
+@context.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def context_list(c: Ctx, as_json) -> None:
+    """List context keys."""
+    entries = c.podium.list_context()
+    if as_json:
+        _json([e.to_dict() for e in entries])
+        return
+    _table([[e.key, f"v{e.version}", _age(e.updated_at), _short(e.value)] for e in entries],
+           ["KEY", "VERSION", "AGE", "VALUE"])
+
+
+# -- watching ------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--from", "after", type=int, help="Start after this event id (0: from the start).")
+@click.option("--task", "task_id", help="Only this task's events.")
+@click.option("--idle-timeout", type=float, help="Exit after this many seconds without events.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@pass_ctx
+def watch(c: Ctx, after, task_id, idle_timeout, as_json) -> None:
+    """Stream events live."""
+    for ev in c.podium.follow(after, idle_timeout):
+        if task_id and ev.task_id != task_id:
+            continue
+        if as_json:
+            _write(json.dumps(ev.to_dict(), ensure_ascii=False) + "\n")
+            continue
+        data = {k: v for k, v in ev.data.items() if v is not None}
+        chunk = data.pop("chunk", None)
+        extra = " ".join(f"{k}={v}" for k, v in data.items())
+        _write(f"{iso(ev.ts)[11:]} #{ev.id} {ev.kind:<16} {ev.agent_id or '-':<12} "
+               f"{ev.task_id or '-':<13} {extra}\n")
+        if chunk:
+            _write("  | " + chunk.rstrip("\n").replace("\n", "\n  | ") + "\n")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def status(c: Ctx, as_json) -> None:
+    """Summary of agents and queue."""
+    s = c.podium.status()
+    if as_json:
+        _json(s)
+        return
+    a, t = s["agents"], s["tasks"]
+    _write(f"store   {s['store']}\n")
+    _write("agents  " + ", ".join(f"{v} {k}" for k, v in a.items()) + "\n")
+    _write("tasks   " + ", ".join(f"{v} {k}" for k, v in t.items()) + "\n")
+    for ag in s["live_agents"]:
+        _write(f"  {ag['id']:<14} {ag['state']:<8} {ag['current_task'] or '-'}\n")
+
+
+@cli.command()
+@click.option("--agents", "n", type=int, default=3, show_default=True)
+@click.option("--keep", is_flag=True, help="Leave the store in place afterwards (path printed).")
+def demo(n: int, keep: bool) -> None:
+    """The main job: start agents, run a small pipeline of real tasks, print the results."""
+    from podium.demo import run_demo
+
+    sys.exit(run_demo(n, keep, _write))
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except PodiumError as e:
+        click.echo(f"podium: error: {e}", err=True)
+        sys.exit(EXIT_ERROR)
+    except click.exceptions.Abort:
+        click.echo("podium: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)

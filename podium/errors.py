@@ -1,0 +1,29 @@
+"""Errors that faces turn into one clear line for the user.
+
+Every error Podium raises on purpose is a ``PodiumError``; its message says what went wrong
+and, where it can, how to fix it. Anything else reaching a face is a bug.
+"""
+
+
+class PodiumError(Exception):
+    """Base of all errors that are meant for the user."""
+
+
+class NotFound(PodiumError):
+    """An agent, task, message or context key that does not exist."""
+
+
+class InvalidInput(PodiumError):
+    """Input that Podium refuses: bad priority, malformed JSON, bad store URL..."""
+
+
+class Conflict(PodiumError):
+    """The request clashes with the current state (e.g. an agent name already live)."""
+
+
+class StoreError(PodiumError):
+    """The store could not be opened or written (missing directory, full disk...)."""
+
+
+class BackendUnavailable(PodiumError):
+    """A backend cannot run here: its program or model is missing, or it is not logged in."""

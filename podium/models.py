@@ -1,0 +1,301 @@
+"""The nouns in the store, as plain dataclasses, and how they render to JSON."""
+
+from __future__ import annotations
+
+import base64
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from podium.clock import iso
+from podium.errors import InvalidInput
+
+
+class TaskState(str, enum.Enum):
+    BLOCKED = "blocked"
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED)
+
+
+class AgentState(str, enum.Enum):
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    WAITING_INPUT = "waiting_input"
+    STOPPED = "stopped"
+    DEAD = "dead"
+
+    @property
+    def live(self) -> bool:
+        return self not in (AgentState.STOPPED, AgentState.DEAD)
+
+
+class Priority(int, enum.Enum):
+    """Lower value is served first; FIFO within one priority."""
+
+    HIGH = 0
+    NORMAL = 1
+    LOW = 2
+
+    @classmethod
+    def parse(cls, value: str | int | Priority | None) -> Priority:
+        if value is None:
+            return cls.NORMAL
+        if isinstance(value, Priority):
+            return value
+        if isinstance(value, str):
+            try:
+                return cls[value.strip().upper()]
+            except KeyError:
+                pass
+        raise InvalidInput(f"bad priority {value!r}: expected high, normal or low")
+
+
+def decode_output(data: bytes | None) -> tuple[str | None, str]:
+    """Render output bytes for JSON: text when it is valid UTF-8, else base64 (never lossy)."""
+    if data is None:
+        return None, "utf-8"
+    try:
+        return data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(data).decode("ascii"), "base64"
+
+
+@dataclass
+class Agent:
+    id: str
+    name: str
+    roles: list[str]
+    backend: str
+    host: str
+    pid: int | None
+    state: AgentState
+    current_task: str | None
+    registered_at: float
+    last_heartbeat: float
+    note: str | None = None
+    tasks_done: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self, now: float | None = None) -> dict[str, Any]:
+        d = {
+            "id": self.id,
+            "name": self.name,
+            "roles": self.roles,
+            "backend": self.backend,
+            "host": self.host,
+            "pid": self.pid,
+            "state": self.state.value,
+            "current_task": self.current_task,
+            "registered_at": iso(self.registered_at),
+            "last_heartbeat": iso(self.last_heartbeat),
+            "note": self.note,
+            "tasks_done": self.tasks_done,
+            "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out,
+            "cost_usd": self.cost_usd,
+            "meta": self.meta,
+        }
+        if now is not None:
+            d["heartbeat_age_s"] = round(max(0.0, now - self.last_heartbeat), 3)
+        return d
+
+
+@dataclass
+class Task:
+    id: str
+    prompt: str
+    context: str | None
+    priority: Priority
+    target_agent: str | None
+    target_role: str | None
+    depends_on: list[str]
+    state: TaskState
+    attempts: int
+    max_attempts: int
+    retry_on_failure: bool
+    timeout_s: float | None
+    created_at: float
+    agent_id: str | None = None
+    lease_expires: float | None = None
+    started_at: float | None = None
+    completed_at: float | None = None
+    output: bytes | None = None
+    stderr: bytes | None = None
+    output_truncated: bool = False
+    error: str | None = None
+    exit_code: int | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    cost_usd: float | None = None
+    session_id: str | None = None
+    broadcast_id: str | None = None
+    seq: int = 0
+
+    @property
+    def duration_ms(self) -> float | None:
+        if self.started_at is None or self.completed_at is None:
+            return None
+        return round((self.completed_at - self.started_at) * 1000.0, 3)
+
+    def result(self) -> dict[str, Any]:
+        """The result JSON (the journal's fields plus Podium's)."""
+        text, encoding = decode_output(self.output)
+        d: dict[str, Any] = {
+            "task_id": self.id,
+            "agent_id": self.agent_id,
+            "status": self.state.value,
+            "output": text,
+            "duration_ms": self.duration_ms,
+            "error": self.error,
+            "exit_code": self.exit_code,
+            "attempts": self.attempts,
+            "started_at": iso(self.started_at),
+            "completed_at": iso(self.completed_at),
+            "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out,
+            "cost_usd": self.cost_usd,
+            "session_id": self.session_id,
+            "output_truncated": self.output_truncated,
+        }
+        if encoding != "utf-8":
+            d["output_encoding"] = encoding
+        if self.stderr:
+            d["stderr"], stderr_encoding = decode_output(self.stderr)
+            if stderr_encoding != "utf-8":
+                d["stderr_encoding"] = stderr_encoding
+        return d
+
+    def to_dict(self, with_output: bool = True) -> dict[str, Any]:
+        d = {
+            "id": self.id,
+            "prompt": self.prompt,
+            "context": self.context,
+            "priority": self.priority.name.lower(),
+            "target_agent": self.target_agent,
+            "target_role": self.target_role,
+            "depends_on": self.depends_on,
+            "state": self.state.value,
+            "agent_id": self.agent_id,
+            "attempts": self.attempts,
+            "max_attempts": self.max_attempts,
+            "retry_on_failure": self.retry_on_failure,
+            "timeout_s": self.timeout_s,
+            "created_at": iso(self.created_at),
+            "started_at": iso(self.started_at),
+            "completed_at": iso(self.completed_at),
+            "lease_expires": iso(self.lease_expires),
+            "broadcast_id": self.broadcast_id,
+        }
+        if with_output:
+            d["result"] = self.result()
+        return d
+
+
+@dataclass
+class TaskSpec:
+    """What a caller asks for when adding a task (validated by the service)."""
+
+    prompt: str
+    context: str | None = None
+    priority: Priority = Priority.NORMAL
+    target_agent: str | None = None
+    target_role: str | None = None
+    depends_on: list[str] = field(default_factory=list)
+    timeout_s: float | None = None
+    max_attempts: int = 3
+    retry_on_failure: bool = False
+    broadcast_id: str | None = None
+    session_id: str | None = None
+
+
+@dataclass
+class Outcome:
+    """What a backend run produced; the worker records it as the task's result."""
+
+    status: TaskState  # COMPLETED or FAILED (CANCELLED when the run was cut off by a cancel)
+    output: bytes = b""
+    stderr: bytes | None = None
+    error: str | None = None
+    exit_code: int | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    cost_usd: float | None = None
+    session_id: str | None = None
+    output_truncated: bool = False
+
+
+@dataclass
+class Message:
+    id: int
+    agent_id: str
+    direction: str  # "in": to the agent; "out": from the agent
+    kind: str  # "message", "report", ...
+    body: str
+    created_at: float
+    sender: str | None = None
+    task_id: str | None = None
+    delivered_at: float | None = None
+    read_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "agent_id": self.agent_id,
+            "direction": self.direction,
+            "kind": self.kind,
+            "body": self.body,
+            "sender": self.sender,
+            "task_id": self.task_id,
+            "created_at": iso(self.created_at),
+            "delivered_at": iso(self.delivered_at),
+            "read_at": iso(self.read_at),
+        }
+
+
+@dataclass
+class Event:
+    id: int
+    ts: float
+    kind: str
+    agent_id: str | None
+    task_id: str | None
+    data: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "ts": iso(self.ts),
+            "kind": self.kind,
+            "agent_id": self.agent_id,
+            "task_id": self.task_id,
+            "data": self.data,
+        }
+
+
+@dataclass
+class ContextEntry:
+    key: str
+    value: str
+    version: int
+    updated_at: float
+    updated_by: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "value": self.value,
+            "version": self.version,
+            "updated_at": iso(self.updated_at),
+            "updated_by": self.updated_by,
+        }

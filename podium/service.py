@@ -1,0 +1,239 @@
+"""The one API every face calls: CLI now, MCP, web and TUI later, and Python users.
+
+It validates input (so a failed call changes nothing), turns names into store calls, and adds
+the few things that span several store calls (waiting, following events, broadcast).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterator
+
+from podium.clock import new_id, now
+from podium.errors import InvalidInput, NotFound
+from podium.models import (
+    Agent,
+    AgentState,
+    ContextEntry,
+    Event,
+    Message,
+    Priority,
+    Task,
+    TaskSpec,
+    TaskState,
+)
+from podium.store import Store, open_store
+
+#: The largest prompt, message or context value accepted (bytes of UTF-8).
+MAX_TEXT_BYTES = 64 * 1024 * 1024
+#: How often a waiting call re-checks the store even without a wake-up (a safety net).
+SAFETY_POLL_S = 2.0
+
+
+def _text(value: Any, what: str, allow_empty: bool = False) -> str:
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InvalidInput(f"{what} is not valid UTF-8 (byte {e.start})") from None
+    if not isinstance(value, str):
+        raise InvalidInput(f"{what} must be text, got {type(value).__name__}")
+    if not allow_empty and not value.strip():
+        raise InvalidInput(f"{what} is empty")
+    if len(value) > MAX_TEXT_BYTES // 4 and len(value.encode("utf-8")) > MAX_TEXT_BYTES:
+        raise InvalidInput(f"{what} is larger than {MAX_TEXT_BYTES // (1024 * 1024)} MiB")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{what} contains characters that are not valid Unicode") from None
+    return value
+
+
+class Podium:
+    """Service facade over a store."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    @classmethod
+    def open(cls, url: str | None = None) -> Podium:
+        return cls(open_store(url))
+
+    def close(self) -> None:
+        self.store.close()
+
+    # -- tasks ------------------------------------------------------------------------
+    def spec(
+        self, prompt: Any, agent: str | None = None, role: str | None = None,
+        priority: str | Priority | None = None, depends_on: list[str] | tuple[str, ...] = (),
+        context: str | None = None, timeout_s: float | None = None, max_attempts: int = 3,
+        retry: bool = False, session: str | None = None,
+    ) -> TaskSpec:
+        """Validate a task request; raises ``InvalidInput`` without touching the store."""
+        if timeout_s is not None and not timeout_s > 0:
+            raise InvalidInput(f"bad timeout {timeout_s!r}: must be a positive number of seconds")
+        if not isinstance(max_attempts, int) or max_attempts < 1:
+            raise InvalidInput(f"bad max_attempts {max_attempts!r}: must be at least 1")
+        if role is not None and not role.strip():
+            raise InvalidInput("role is empty")
+        return TaskSpec(
+            prompt=_text(prompt, "prompt"),
+            context=_text(context, "context", allow_empty=True) if context is not None else None,
+            priority=Priority.parse(priority),
+            target_agent=agent or None,
+            target_role=role or None,
+            depends_on=list(depends_on or []),
+            timeout_s=float(timeout_s) if timeout_s is not None else None,
+            max_attempts=max_attempts,
+            retry_on_failure=retry,
+            session_id=session,
+        )
+
+    def add_task(self, prompt: Any, **kwargs: Any) -> Task:
+        return self.store.add_tasks([self.spec(prompt, **kwargs)])[0]
+
+    def add_tasks(self, specs: list[TaskSpec]) -> list[Task]:
+        return self.store.add_tasks(specs)
+
+    def broadcast(self, prompt: Any, context: str | None = None, **kwargs: Any) -> list[Task]:
+        """One task per live agent, grouped by a broadcast id."""
+        base = self.spec(prompt, context=context, **kwargs)
+        live = [a for a in self.agents() if a.state.live]
+        if not live:
+            raise NotFound("no live agents to broadcast to; start some with 'podium up N'")
+        group = new_id("b")
+        specs = [TaskSpec(**{**base.__dict__, "target_agent": a.id, "broadcast_id": group})
+                 for a in live]
+        return self.store.add_tasks(specs)
+
+    def task(self, task_id: str) -> Task:
+        return self.store.get_task(task_id)
+
+    def tasks(self, state: str | None = None, agent: str | None = None, limit: int = 100,
+              with_output: bool = False) -> list[Task]:
+        st = None
+        if state is not None:
+            try:
+                st = TaskState(state)
+            except ValueError:
+                names = ", ".join(s.value for s in TaskState)
+                raise InvalidInput(f"bad state {state!r}: expected one of {names}") from None
+        if agent is not None:
+            self.store.get_agent(agent)
+        return self.store.list_tasks(st, agent, limit, with_output)
+
+    def cancel(self, task_id: str, reason: str = "cancelled by user") -> Task:
+        return self.store.cancel(task_id, reason)
+
+    def result(self, task_id: str) -> dict[str, Any]:
+        return self.store.get_task(task_id).result()
+
+    def wait(self, task_id: str, timeout_s: float | None = None) -> Task:
+        """Block until the task is finished (or ``timeout_s`` passes); returns it either way."""
+        self.store.task_state(task_id)  # NotFound before we start waiting
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        waiter = self.store.event_waiter()
+        last_recover = time.monotonic()
+        try:
+            while True:
+                if self.store.task_state(task_id).finished:
+                    break
+                left = SAFETY_POLL_S if deadline is None else deadline - time.monotonic()
+                if left <= 0:
+                    break
+                waiter.wait(min(left, SAFETY_POLL_S))
+                if time.monotonic() - last_recover >= SAFETY_POLL_S:
+                    self.store.recover()  # nobody else may be alive to notice a dead agent
+                    last_recover = time.monotonic()
+        finally:
+            waiter.close()
+        return self.store.get_task(task_id)
+
+    # -- agents -----------------------------------------------------------------------
+    def agents(self) -> list[Agent]:
+        self.store.recover()
+        return self.store.list_agents()
+
+    def agent(self, agent_id: str) -> Agent:
+        return self.store.get_agent(agent_id)
+
+    # -- messages ---------------------------------------------------------------------
+    def send(self, agent_id: str, body: Any, sender: str = "orchestrator") -> Message:
+        return self.store.add_message(agent_id, _text(body, "message"), "in", "message", sender)
+
+    def inbox(self, agent_id: str, unread: bool = False, ack: bool = False,
+              limit: int = 100) -> list[Message]:
+        return self.store.list_messages(agent_id, "in", unread, limit, mark_read=ack)
+
+    def outbox(self, agent_id: str, limit: int = 100) -> list[Message]:
+        return self.store.list_messages(agent_id, "out", False, limit)
+
+    def report(self, agent_id: str, status: str, note: str | None = None,
+               task_id: str | None = None) -> Message:
+        """An agent reports its own status (the journal's agent-report)."""
+        status = _text(status, "status")
+        if note is not None:
+            note = _text(note, "note", allow_empty=True)
+        known = {s.value for s in AgentState if s.live}
+        text = status if not note else f"{status}: {note}"
+        if status in known:
+            self.store.set_agent_state(agent_id, AgentState(status), text)
+        else:
+            self.store.get_agent(agent_id)
+        return self.store.add_message(agent_id, text, "out", "report", agent_id, task_id)
+
+    # -- context ----------------------------------------------------------------------
+    def set_context(self, key: str, value: Any, by: str | None = None) -> ContextEntry:
+        key = _text(key, "context key")
+        return self.store.set_context(key, _text(value, "context value", allow_empty=True), by)
+
+    def get_context(self, key: str) -> ContextEntry:
+        return self.store.get_context(key)
+
+    def list_context(self) -> list[ContextEntry]:
+        return self.store.list_context()
+
+    # -- events and status ------------------------------------------------------------
+    def events(self, after: int = 0, limit: int = 1000, task_id: str | None = None) -> list[Event]:
+        return self.store.read_events(after, limit, task_id)
+
+    def follow(self, after: int | None = None, idle_timeout: float | None = None) -> Iterator[Event]:
+        """Yield events as they are committed, from ``after`` (default: from now on).
+
+        Stops when ``idle_timeout`` seconds pass without a new event (None: never).
+        """
+        waiter = self.store.event_waiter()
+        cursor = self.store.last_event_id() if after is None else after
+        try:
+            quiet_since = time.monotonic()
+            while True:
+                batch = self.store.read_events(cursor, 1000)
+                for ev in batch:
+                    cursor = ev.id
+                    yield ev
+                if batch:
+                    quiet_since = time.monotonic()
+                    continue
+                if idle_timeout is not None:
+                    left = idle_timeout - (time.monotonic() - quiet_since)
+                    if left <= 0:
+                        return
+                    waiter.wait(min(left, SAFETY_POLL_S))
+                else:
+                    waiter.wait(SAFETY_POLL_S)
+        finally:
+            waiter.close()
+
+    def status(self) -> dict[str, Any]:
+        agents = self.agents()
+        t = now()
+        by_state: dict[str, int] = {}
+        for a in agents:
+            by_state[a.state.value] = by_state.get(a.state.value, 0) + 1
+        return {
+            "store": self.store.url,
+            "agents": {"total": len(agents), **by_state},
+            "tasks": self.store.counts(),
+            "live_agents": [a.to_dict(t) for a in agents if a.state.live],
+            "last_event_id": self.store.last_event_id(),
+        }

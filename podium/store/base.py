@@ -1,0 +1,188 @@
+"""The Store interface: the single source of truth behind every face.
+
+A store keeps agents, tasks (with their dependencies and results), messages, shared context
+and the append-only event log, and wakes waiting processes when something they care about
+changes. Every state change of a task happens inside one store transaction, together with the
+event that records it, so readers following the event log never see a change without its event.
+
+Implementations: ``SQLiteStore`` (embedded, default) and, later, PostgreSQL. One contract test
+suite (``tests/test_store_contract.py``) runs against each.
+"""
+
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+from dataclasses import dataclass
+from typing import Protocol
+
+from podium.models import (
+    Agent,
+    AgentState,
+    ContextEntry,
+    Event,
+    Message,
+    Outcome,
+    Task,
+    TaskSpec,
+    TaskState,
+)
+
+
+class Waiter(Protocol):
+    """A wake-up subscription: ``wait`` returns True when poked, False on timeout."""
+
+    def wait(self, timeout: float | None) -> bool: ...
+
+    def poke(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class Finish:
+    """A result to record for a claimed task (``attempt`` identifies the claim)."""
+
+    task_id: str
+    attempt: int
+    outcome: Outcome
+
+
+@dataclass
+class HeartbeatReply:
+    """What a heartbeat learned about the agent's current task (None when it has none)."""
+
+    task_state: TaskState | None = None
+    lost: bool = False  # the claim is no longer ours (lease expired and taken, or cancelled)
+
+
+class Store(abc.ABC):
+    """Abstract store. Methods raise ``NotFound``, ``Conflict`` or ``StoreError``."""
+
+    url: str
+    #: A directory for files that belong with this store (worker logs, tokens).
+    home: Path
+
+    # -- lifecycle --------------------------------------------------------------
+    @abc.abstractmethod
+    def migrate(self) -> list[str]:
+        """Apply pending migrations; return the names applied."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    # -- wake-ups ---------------------------------------------------------------
+    @abc.abstractmethod
+    def agent_waiter(self, agent_id: str) -> Waiter:
+        """Woken when a task it may take is queued, its task is cancelled or a message arrives."""
+
+    @abc.abstractmethod
+    def event_waiter(self) -> Waiter:
+        """Woken on every new event."""
+
+    # -- agents -----------------------------------------------------------------
+    @abc.abstractmethod
+    def register_agent(
+        self, name: str, roles: list[str], backend: str, host: str, pid: int | None,
+        lease_s: float, meta: dict,
+    ) -> Agent:
+        """Register (or take over a dead or stopped agent of the same name)."""
+
+    @abc.abstractmethod
+    def heartbeat(
+        self, agent_id: str, lease_s: float, task_id: str | None = None, attempt: int = 0
+    ) -> HeartbeatReply:
+        """Mark the agent alive, extend its task's lease and recover expired leases."""
+
+    @abc.abstractmethod
+    def set_agent_state(self, agent_id: str, state: AgentState, note: str | None = None) -> Agent: ...
+
+    @abc.abstractmethod
+    def deregister(self, agent_id: str) -> None:
+        """The agent stopped cleanly."""
+
+    @abc.abstractmethod
+    def get_agent(self, agent_id: str) -> Agent: ...
+
+    @abc.abstractmethod
+    def list_agents(self) -> list[Agent]: ...
+
+    # -- tasks ------------------------------------------------------------------
+    @abc.abstractmethod
+    def add_tasks(self, specs: list[TaskSpec]) -> list[Task]:
+        """Add tasks atomically (all or none). Dependencies must exist."""
+
+    @abc.abstractmethod
+    def claim(
+        self, agent_id: str, roles: list[str], lease_s: float, finish: Finish | None = None
+    ) -> Task | None:
+        """Record ``finish`` (if given) and claim the next task this agent may take, in one
+        transaction. Returns None when there is nothing to take."""
+
+    @abc.abstractmethod
+    def finish(self, agent_id: str, finish: Finish) -> TaskState | None:
+        """Record a result; returns the task's state afterwards, or None if the claim was stale."""
+
+    @abc.abstractmethod
+    def release(self, agent_id: str, task_id: str, attempt: int, reason: str) -> None:
+        """Give a claimed task back to the queue without counting the attempt (shutdown)."""
+
+    @abc.abstractmethod
+    def cancel(self, task_id: str, reason: str) -> Task:
+        """Cancel a blocked, queued or running task (its dependents are cancelled too)."""
+
+    @abc.abstractmethod
+    def recover(self) -> int:
+        """Requeue (or fail) tasks whose lease expired; mark silent agents dead."""
+
+    @abc.abstractmethod
+    def get_task(self, task_id: str) -> Task: ...
+
+    @abc.abstractmethod
+    def task_state(self, task_id: str) -> TaskState: ...
+
+    @abc.abstractmethod
+    def list_tasks(
+        self, state: TaskState | None = None, agent_id: str | None = None, limit: int = 100,
+        with_output: bool = False,
+    ) -> list[Task]: ...
+
+    @abc.abstractmethod
+    def counts(self) -> dict[str, int]:
+        """Number of tasks in each state."""
+
+    # -- messages ---------------------------------------------------------------
+    @abc.abstractmethod
+    def add_message(
+        self, agent_id: str, body: str, direction: str = "in", kind: str = "message",
+        sender: str | None = None, task_id: str | None = None,
+    ) -> Message: ...
+
+    @abc.abstractmethod
+    def list_messages(
+        self, agent_id: str, direction: str | None = None, unread: bool = False,
+        limit: int = 100, mark_read: bool = False,
+    ) -> list[Message]: ...
+
+    # -- shared context ---------------------------------------------------------
+    @abc.abstractmethod
+    def set_context(self, key: str, value: str, by: str | None = None) -> ContextEntry: ...
+
+    @abc.abstractmethod
+    def get_context(self, key: str) -> ContextEntry: ...
+
+    @abc.abstractmethod
+    def list_context(self) -> list[ContextEntry]: ...
+
+    # -- events -----------------------------------------------------------------
+    @abc.abstractmethod
+    def add_event(self, kind: str, agent_id: str | None = None, task_id: str | None = None,
+                  data: dict | None = None) -> None:
+        """Append an event on its own (progress output, hooks...)."""
+
+    @abc.abstractmethod
+    def read_events(self, after: int = 0, limit: int = 1000, task_id: str | None = None) -> list[Event]:
+        """Events with id > ``after``, oldest first."""
+
+    @abc.abstractmethod
+    def last_event_id(self) -> int: ...

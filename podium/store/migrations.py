@@ -1,0 +1,109 @@
+"""Ordered schema migrations, recorded in ``schema_migrations``.
+
+Each migration is SQL written once with a few type placeholders that every dialect fills in
+(``{id}`` an auto-increasing integer key, ``{blob}`` bytes, ``{float}`` a double). Migrations
+are only ever appended; an applied one is never edited.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "m001_initial",
+        """
+CREATE TABLE agents (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    roles TEXT NOT NULL DEFAULT '[]',
+    backend TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER,
+    state TEXT NOT NULL,
+    current_task TEXT,
+    registered_at {float} NOT NULL,
+    last_heartbeat {float} NOT NULL,
+    lease_s {float} NOT NULL,
+    note TEXT,
+    tasks_done INTEGER NOT NULL DEFAULT 0,
+    tokens_in BIGINT NOT NULL DEFAULT 0,
+    tokens_out BIGINT NOT NULL DEFAULT 0,
+    cost_usd {float} NOT NULL DEFAULT 0,
+    meta TEXT NOT NULL DEFAULT '{{}}'
+);
+CREATE TABLE tasks (
+    seq {id},
+    id TEXT NOT NULL UNIQUE,
+    prompt TEXT NOT NULL,
+    context TEXT,
+    priority INTEGER NOT NULL,
+    target_agent TEXT,
+    target_role TEXT,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL,
+    retry_on_failure INTEGER NOT NULL DEFAULT 0,
+    timeout_s {float},
+    created_at {float} NOT NULL,
+    agent_id TEXT,
+    lease_expires {float},
+    started_at {float},
+    completed_at {float},
+    output {blob},
+    stderr {blob},
+    output_truncated INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    exit_code INTEGER,
+    tokens_in BIGINT,
+    tokens_out BIGINT,
+    cost_usd {float},
+    session_id TEXT,
+    broadcast_id TEXT
+);
+CREATE INDEX tasks_queue ON tasks (priority, seq) WHERE state = 'queued';
+CREATE INDEX tasks_running ON tasks (lease_expires) WHERE state = 'running';
+CREATE INDEX tasks_state ON tasks (state, seq);
+CREATE INDEX tasks_agent ON tasks (agent_id, seq);
+CREATE TABLE task_deps (
+    task_id TEXT NOT NULL,
+    depends_on TEXT NOT NULL,
+    PRIMARY KEY (task_id, depends_on)
+);
+CREATE INDEX task_deps_reverse ON task_deps (depends_on);
+CREATE TABLE messages (
+    id {id},
+    agent_id TEXT NOT NULL,
+    direction TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    body TEXT NOT NULL,
+    sender TEXT,
+    task_id TEXT,
+    created_at {float} NOT NULL,
+    delivered_at {float},
+    read_at {float}
+);
+CREATE INDEX messages_agent ON messages (agent_id, id);
+CREATE TABLE events (
+    id {id},
+    ts {float} NOT NULL,
+    kind TEXT NOT NULL,
+    agent_id TEXT,
+    task_id TEXT,
+    data TEXT NOT NULL DEFAULT '{{}}'
+);
+CREATE INDEX events_task ON events (task_id, id);
+CREATE TABLE context (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    updated_at {float} NOT NULL,
+    updated_by TEXT
+);
+""",
+    ),
+]
+
+
+def statements(sql: str, types: dict[str, str]) -> list[str]:
+    """Fill in the dialect's types and split into single statements."""
+    filled = sql.format(**types)
+    return [s.strip() for s in filled.split(";") if s.strip()]

@@ -1,0 +1,632 @@
+"""The store's logic in portable SQL; dialects supply connections, locking and wake-ups.
+
+Subclasses implement ``_transaction`` (a write transaction that serialises claims: SQLite's
+``BEGIN IMMEDIATE``, PostgreSQL's row locks), ``_reader`` and ``_wake``. Everything else — the
+task lifecycle, dependencies, leases, events — is written once here.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import json
+from typing import Any, Iterator
+
+from podium.clock import new_id, now
+from podium.errors import Conflict, InvalidInput, NotFound
+from podium.models import (
+    Agent,
+    AgentState,
+    ContextEntry,
+    Event,
+    Message,
+    Outcome,
+    Priority,
+    Task,
+    TaskSpec,
+    TaskState,
+)
+from podium.store.base import Finish, HeartbeatReply, Store
+from podium.wake import ALL_AGENTS
+
+_TASK_COLS_NO_OUTPUT = (
+    "seq, id, prompt, context, priority, target_agent, target_role, state, attempts, max_attempts, "
+    "retry_on_failure, timeout_s, created_at, agent_id, lease_expires, started_at, completed_at, "
+    "output_truncated, error, exit_code, tokens_in, tokens_out, cost_usd, session_id, broadcast_id"
+)
+_TASK_COLS = _TASK_COLS_NO_OUTPUT + ", output, stderr"
+_LIVE = ("starting", "idle", "busy", "waiting_input")
+
+
+class Tx:
+    """A transaction's cursor with dialect-neutral ``?`` placeholders and pending wake-ups."""
+
+    def __init__(self, cursor: Any, convert):
+        self.cur = cursor
+        self._convert = convert
+        self.wake_agents: set[str] | object = set()
+        self.wake_watchers = False
+
+    def execute(self, sql: str, params: tuple | list = ()) -> Any:
+        self.cur.execute(self._convert(sql), params)
+        return self.cur
+
+    def one(self, sql: str, params: tuple | list = ()) -> Any:
+        return self.execute(sql, params).fetchone()
+
+    def all(self, sql: str, params: tuple | list = ()) -> list[Any]:
+        return self.execute(sql, params).fetchall()
+
+    def wake(self, agent_id: str | None) -> None:
+        """Wake one agent after commit (None: every agent)."""
+        if agent_id is None or self.wake_agents is ALL_AGENTS:
+            self.wake_agents = ALL_AGENTS
+        else:
+            self.wake_agents.add(agent_id)  # type: ignore[union-attr]
+
+    def event(self, kind: str, agent_id: str | None = None, task_id: str | None = None,
+              **data: Any) -> None:
+        self.execute(
+            "INSERT INTO events (ts, kind, agent_id, task_id, data) VALUES (?, ?, ?, ?, ?)",
+            (now(), kind, agent_id, task_id, json.dumps(data, ensure_ascii=False)),
+        )
+        self.wake_watchers = True
+
+
+def _agent(row: Any) -> Agent:
+    return Agent(
+        id=row["id"], name=row["name"], roles=json.loads(row["roles"]), backend=row["backend"],
+        host=row["host"], pid=row["pid"], state=AgentState(row["state"]),
+        current_task=row["current_task"], registered_at=row["registered_at"],
+        last_heartbeat=row["last_heartbeat"], note=row["note"], tasks_done=row["tasks_done"],
+        tokens_in=row["tokens_in"], tokens_out=row["tokens_out"], cost_usd=row["cost_usd"],
+        meta=json.loads(row["meta"]),
+    )
+
+
+def _task(row: Any, depends_on: list[str], with_output: bool = True) -> Task:
+    output = stderr = None
+    if with_output:
+        output, stderr = row["output"], row["stderr"]
+        if output is not None and not isinstance(output, bytes):
+            output = bytes(output)
+        if stderr is not None and not isinstance(stderr, bytes):
+            stderr = bytes(stderr)
+    return Task(
+        seq=row["seq"], id=row["id"], prompt=row["prompt"], context=row["context"],
+        priority=Priority(row["priority"]), target_agent=row["target_agent"],
+        target_role=row["target_role"], depends_on=depends_on, state=TaskState(row["state"]),
+        attempts=row["attempts"], max_attempts=row["max_attempts"],
+        retry_on_failure=bool(row["retry_on_failure"]), timeout_s=row["timeout_s"],
+        created_at=row["created_at"], agent_id=row["agent_id"],
+        lease_expires=row["lease_expires"], started_at=row["started_at"],
+        completed_at=row["completed_at"], output=output, stderr=stderr,
+        output_truncated=bool(row["output_truncated"]), error=row["error"],
+        exit_code=row["exit_code"], tokens_in=row["tokens_in"], tokens_out=row["tokens_out"],
+        cost_usd=row["cost_usd"], session_id=row["session_id"], broadcast_id=row["broadcast_id"],
+    )
+
+
+def _message(row: Any) -> Message:
+    return Message(
+        id=row["id"], agent_id=row["agent_id"], direction=row["direction"], kind=row["kind"],
+        body=row["body"], sender=row["sender"], task_id=row["task_id"],
+        created_at=row["created_at"], delivered_at=row["delivered_at"], read_at=row["read_at"],
+    )
+
+
+class SqlStore(Store):
+    """Store logic shared by the SQL dialects."""
+
+    #: SQL appended to the claim's SELECT (PostgreSQL: ``FOR UPDATE SKIP LOCKED``).
+    claim_lock_clause = ""
+
+    # -- dialect hooks ------------------------------------------------------------
+    @abc.abstractmethod
+    def _transaction(self) -> contextlib.AbstractContextManager[Tx]:
+        """A write transaction; commits on success, rolls back on error."""
+
+    @abc.abstractmethod
+    def _reader(self) -> contextlib.AbstractContextManager[Tx]:
+        """A consistent read."""
+
+    @abc.abstractmethod
+    def _wake(self, agents: set[str] | object, watchers: bool) -> None:
+        """Deliver wake-ups after a commit."""
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Tx]:
+        with self._transaction() as tx:
+            yield tx
+        if tx.wake_agents or tx.wake_watchers:
+            self._wake(tx.wake_agents, tx.wake_watchers)
+
+    # -- agents -------------------------------------------------------------------
+    def register_agent(self, name, roles, backend, host, pid, lease_s, meta) -> Agent:
+        if not name or len(name) > 200:
+            raise InvalidInput("agent name must be 1-200 characters")
+        t = now()
+        with self._write() as tx:
+            row = tx.one("SELECT state, last_heartbeat, lease_s, host, pid FROM agents WHERE id = ?",
+                         (name,))
+            if row is not None:
+                alive = row["state"] in _LIVE and row["last_heartbeat"] + row["lease_s"] > t
+                if alive:
+                    raise Conflict(
+                        f"agent {name!r} is already running (pid {row['pid']} on {row['host']}); "
+                        "stop it first or choose another --name"
+                    )
+                self._orphan_tasks(tx, name, "agent re-registered", t)
+                tx.execute(
+                    "UPDATE agents SET roles = ?, backend = ?, host = ?, pid = ?, state = 'idle', "
+                    "current_task = NULL, registered_at = ?, last_heartbeat = ?, lease_s = ?, "
+                    "note = NULL, meta = ? WHERE id = ?",
+                    (json.dumps(roles), backend, host, pid, t, t, lease_s, json.dumps(meta), name),
+                )
+            else:
+                tx.execute(
+                    "INSERT INTO agents (id, name, roles, backend, host, pid, state, registered_at, "
+                    "last_heartbeat, lease_s, meta) VALUES (?, ?, ?, ?, ?, ?, 'idle', ?, ?, ?, ?)",
+                    (name, name, json.dumps(roles), backend, host, pid, t, t, lease_s,
+                     json.dumps(meta)),
+                )
+            tx.event("agent.registered", name, None, roles=roles, backend=backend, host=host, pid=pid)
+            return _agent(tx.one("SELECT * FROM agents WHERE id = ?", (name,)))
+
+    def heartbeat(self, agent_id, lease_s, task_id=None, attempt=0) -> HeartbeatReply:
+        t = now()
+        reply = HeartbeatReply()
+        with self._write() as tx:
+            cur = tx.execute(
+                "UPDATE agents SET last_heartbeat = ?, lease_s = ?, "
+                "state = CASE WHEN state = 'dead' THEN ? ELSE state END WHERE id = ?",
+                (t, lease_s, "busy" if task_id else "idle", agent_id),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"unknown agent {agent_id!r}")
+            if task_id is not None:
+                cur = tx.execute(
+                    "UPDATE tasks SET lease_expires = ? WHERE id = ? AND agent_id = ? "
+                    "AND attempts = ? AND state = 'running'",
+                    (t + lease_s, task_id, agent_id, attempt),
+                )
+                if cur.rowcount == 0:
+                    row = tx.one("SELECT state FROM tasks WHERE id = ?", (task_id,))
+                    reply.lost = True
+                    reply.task_state = TaskState(row["state"]) if row else None
+                else:
+                    reply.task_state = TaskState.RUNNING
+            self._recover(tx, t)
+        return reply
+
+    def set_agent_state(self, agent_id, state, note=None) -> Agent:
+        with self._write() as tx:
+            cur = tx.execute(
+                "UPDATE agents SET state = ?, note = COALESCE(?, note) WHERE id = ?",
+                (state.value, note, agent_id),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"unknown agent {agent_id!r}")
+            tx.event("agent.state", agent_id, None, state=state.value, note=note)
+            return _agent(tx.one("SELECT * FROM agents WHERE id = ?", (agent_id,)))
+
+    def deregister(self, agent_id) -> None:
+        t = now()
+        with self._write() as tx:
+            cur = tx.execute(
+                "UPDATE agents SET state = 'stopped', current_task = NULL, last_heartbeat = ? "
+                "WHERE id = ?", (t, agent_id))
+            if cur.rowcount == 0:
+                raise NotFound(f"unknown agent {agent_id!r}")
+            self._orphan_tasks(tx, agent_id, "agent stopped", t)
+            tx.event("agent.stopped", agent_id)
+
+    def get_agent(self, agent_id) -> Agent:
+        with self._reader() as tx:
+            row = tx.one("SELECT * FROM agents WHERE id = ?", (agent_id,))
+        if row is None:
+            raise NotFound(f"unknown agent {agent_id!r}")
+        return _agent(row)
+
+    def list_agents(self) -> list[Agent]:
+        with self._reader() as tx:
+            return [_agent(r) for r in tx.all("SELECT * FROM agents ORDER BY registered_at, id")]
+
+    # -- tasks --------------------------------------------------------------------
+    def add_tasks(self, specs: list[TaskSpec]) -> list[Task]:
+        t = now()
+        added: list[Task] = []
+        with self._write() as tx:
+            known: dict[str, str] = {}
+            for spec in specs:
+                if spec.target_agent is not None:
+                    if tx.one("SELECT 1 FROM agents WHERE id = ?", (spec.target_agent,)) is None:
+                        raise NotFound(f"unknown agent {spec.target_agent!r}")
+                dep_states = []
+                for dep in dict.fromkeys(spec.depends_on):
+                    if dep in known:
+                        dep_states.append((dep, known[dep]))
+                        continue
+                    row = tx.one("SELECT state FROM tasks WHERE id = ?", (dep,))
+                    if row is None:
+                        raise NotFound(f"unknown task {dep!r} (in depends_on)")
+                    dep_states.append((dep, row["state"]))
+                state, error = TaskState.QUEUED, None
+                for dep, st in dep_states:
+                    if st in ("failed", "cancelled"):
+                        state, error = TaskState.CANCELLED, f"dependency {dep} {st}"
+                        break
+                    if st != "completed":
+                        state = TaskState.BLOCKED
+                task_id = new_id("t")
+                tx.execute(
+                    "INSERT INTO tasks (id, prompt, context, priority, target_agent, target_role, "
+                    "state, max_attempts, retry_on_failure, timeout_s, created_at, completed_at, "
+                    "error, session_id, broadcast_id) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (task_id, spec.prompt, spec.context, int(spec.priority), spec.target_agent,
+                     spec.target_role, state.value, spec.max_attempts, int(spec.retry_on_failure),
+                     spec.timeout_s, t, t if state.finished else None, error, spec.session_id,
+                     spec.broadcast_id),
+                )
+                for dep, _ in dep_states:
+                    tx.execute("INSERT INTO task_deps (task_id, depends_on) VALUES (?, ?)",
+                               (task_id, dep))
+                known[task_id] = state.value
+                tx.event(f"task.{state.value}", spec.target_agent, task_id,
+                         priority=spec.priority.name.lower(), target_role=spec.target_role,
+                         depends_on=[d for d, _ in dep_states], error=error)
+                if state is TaskState.QUEUED:
+                    tx.wake(spec.target_agent)
+                added.append(self._load_task(tx, task_id))
+        return added
+
+    def _candidate_sql(self, roles: list[str]) -> tuple[str, list[Any]]:
+        role_sql = "target_role IS NULL"
+        params: list[Any] = []
+        if roles:
+            role_sql = f"(target_role IS NULL OR target_role IN ({', '.join('?' * len(roles))}))"
+            params.extend(roles)
+        sql = (
+            "SELECT seq FROM tasks WHERE state = 'queued' "
+            "AND (target_agent IS NULL OR target_agent = ?) AND " + role_sql +
+            " ORDER BY priority, seq LIMIT 1"
+        )
+        return sql, params
+
+    def claim(self, agent_id, roles, lease_s, finish=None) -> Task | None:
+        sql, role_params = self._candidate_sql(roles)
+        params = [agent_id, *role_params]
+        if finish is None:
+            # Cheap look without the write lock: most wake-ups of a crowd of idle agents end here.
+            with self._reader() as tx:
+                if tx.one(sql, params) is None:
+                    return None
+        t = now()
+        with self._write() as tx:
+            if finish is not None:
+                self._finish(tx, agent_id, finish, t)
+            row = tx.one(sql + self.claim_lock_clause, params)
+            if row is None:
+                return None
+            tx.execute(
+                "UPDATE tasks SET state = 'running', agent_id = ?, attempts = attempts + 1, "
+                "lease_expires = ?, started_at = ?, completed_at = NULL, error = NULL "
+                "WHERE seq = ?",
+                (agent_id, t + lease_s, t, row["seq"]),
+            )
+            task = self._load_task(tx, None, seq=row["seq"])
+            tx.execute("UPDATE agents SET state = 'busy', current_task = ? WHERE id = ?",
+                       (task.id, agent_id))
+            tx.event("task.claimed", agent_id, task.id, attempt=task.attempts)
+            return task
+
+    def finish(self, agent_id, finish) -> TaskState | None:
+        with self._write() as tx:
+            return self._finish(tx, agent_id, finish, now())
+
+    def _finish(self, tx: Tx, agent_id: str, finish: Finish, t: float) -> TaskState | None:
+        o: Outcome = finish.outcome
+        row = tx.one(
+            "SELECT state, agent_id, attempts, max_attempts, retry_on_failure, started_at "
+            "FROM tasks WHERE id = ?", (finish.task_id,))
+        tx.execute(
+            "UPDATE agents SET state = CASE WHEN state IN ('busy', 'waiting_input') THEN 'idle' "
+            "ELSE state END, current_task = NULL, tasks_done = tasks_done + 1, "
+            "tokens_in = tokens_in + ?, tokens_out = tokens_out + ?, cost_usd = cost_usd + ? "
+            "WHERE id = ?",
+            (o.tokens_in or 0, o.tokens_out or 0, o.cost_usd or 0.0, agent_id),
+        )
+        if row is None or row["agent_id"] != agent_id or row["attempts"] != finish.attempt or \
+                row["state"] not in ("running", "cancelled"):
+            tx.event("task.stale_result", agent_id, finish.task_id, attempt=finish.attempt)
+            return None
+        result_cols = (
+            "output = ?, stderr = ?, output_truncated = ?, exit_code = ?, tokens_in = ?, tokens_out = ?, "
+            "cost_usd = ?, session_id = COALESCE(?, session_id)"
+        )
+        result_params = (o.output, o.stderr, int(o.output_truncated), o.exit_code, o.tokens_in,
+                         o.tokens_out, o.cost_usd, o.session_id)
+        if row["state"] == "cancelled":
+            # Cancelled while running: keep the state and reason, attach what the run produced.
+            tx.execute(f"UPDATE tasks SET {result_cols}, lease_expires = NULL WHERE id = ?",
+                       (*result_params, finish.task_id))
+            return TaskState.CANCELLED
+        state = o.status
+        if state is TaskState.FAILED and row["retry_on_failure"] and \
+                row["attempts"] < row["max_attempts"]:
+            tx.execute(
+                f"UPDATE tasks SET state = 'queued', agent_id = NULL, lease_expires = NULL, "
+                f"{result_cols}, error = ? WHERE id = ?",
+                (*result_params, o.error, finish.task_id))
+            tx.event("task.requeued", agent_id, finish.task_id, reason=o.error,
+                     attempt=row["attempts"])
+            tx.wake(None)
+            return TaskState.QUEUED
+        tx.execute(
+            f"UPDATE tasks SET state = ?, completed_at = ?, lease_expires = NULL, {result_cols}, "
+            "error = ? WHERE id = ?",
+            (state.value, t, *result_params, o.error, finish.task_id))
+        tx.event(f"task.{state.value}", agent_id, finish.task_id, exit_code=o.exit_code,
+                 error=o.error, duration_ms=round((t - row["started_at"]) * 1000, 3),
+                 tokens_in=o.tokens_in, tokens_out=o.tokens_out, cost_usd=o.cost_usd)
+        self._settle_dependents(tx, finish.task_id, state, t)
+        return state
+
+    def release(self, agent_id, task_id, attempt, reason) -> None:
+        with self._write() as tx:
+            cur = tx.execute(
+                "UPDATE tasks SET state = 'queued', agent_id = NULL, lease_expires = NULL, "
+                "started_at = NULL, attempts = attempts - 1 "
+                "WHERE id = ? AND agent_id = ? AND attempts = ? AND state = 'running'",
+                (task_id, agent_id, attempt))
+            tx.execute("UPDATE agents SET current_task = NULL WHERE id = ?", (agent_id,))
+            if cur.rowcount:
+                tx.event("task.requeued", agent_id, task_id, reason=reason, attempt=attempt)
+                tx.wake(None)
+
+    def cancel(self, task_id, reason) -> Task:
+        t = now()
+        with self._write() as tx:
+            row = tx.one("SELECT state, agent_id FROM tasks WHERE id = ?", (task_id,))
+            if row is None:
+                raise NotFound(f"unknown task {task_id!r}")
+            if TaskState(row["state"]).finished:
+                raise Conflict(f"task {task_id} is already {row['state']}; nothing to cancel")
+            tx.execute(
+                "UPDATE tasks SET state = 'cancelled', completed_at = ?, error = ? WHERE id = ?",
+                (t, reason, task_id))
+            tx.event("task.cancelled", row["agent_id"], task_id, reason=reason,
+                     was=row["state"])
+            if row["state"] == "running" and row["agent_id"]:
+                tx.wake(row["agent_id"])
+            self._settle_dependents(tx, task_id, TaskState.CANCELLED, t)
+            return self._load_task(tx, task_id)
+
+    def recover(self) -> int:
+        with self._write() as tx:
+            return self._recover(tx, now())
+
+    def _recover(self, tx: Tx, t: float) -> int:
+        n = 0
+        for row in tx.all(
+            "SELECT id, agent_id, attempts, max_attempts FROM tasks "
+            "WHERE state = 'running' AND lease_expires < ?", (t,)
+        ):
+            n += 1
+            self._lose_task(tx, row, f"lease expired: agent {row['agent_id']} stopped responding", t)
+        for row in tx.all(
+            "SELECT id FROM agents WHERE state IN ('starting', 'idle', 'busy', 'waiting_input') "
+            "AND last_heartbeat + lease_s < ?", (t,)
+        ):
+            tx.execute("UPDATE agents SET state = 'dead' WHERE id = ?", (row["id"],))
+            tx.event("agent.dead", row["id"], None)
+            n += 1
+        return n
+
+    def _orphan_tasks(self, tx: Tx, agent_id: str, why: str, t: float) -> None:
+        for row in tx.all(
+            "SELECT id, agent_id, attempts, max_attempts FROM tasks "
+            "WHERE state = 'running' AND agent_id = ?", (agent_id,)
+        ):
+            self._lose_task(tx, row, f"{why} while running it", t)
+
+    def _lose_task(self, tx: Tx, row: Any, why: str, t: float) -> None:
+        """A running task whose worker is gone: back to the queue, or failed when out of tries."""
+        if row["attempts"] < row["max_attempts"]:
+            tx.execute(
+                "UPDATE tasks SET state = 'queued', agent_id = NULL, lease_expires = NULL, "
+                "error = ? WHERE id = ?", (why, row["id"]))
+            tx.event("task.requeued", row["agent_id"], row["id"], reason=why,
+                     attempt=row["attempts"])
+            tx.wake(None)
+        else:
+            error = f"{why} (attempt {row['attempts']} of {row['max_attempts']})"
+            tx.execute(
+                "UPDATE tasks SET state = 'failed', completed_at = ?, lease_expires = NULL, "
+                "error = ? WHERE id = ?", (t, error, row["id"]))
+            tx.event("task.failed", row["agent_id"], row["id"], error=error)
+            self._settle_dependents(tx, row["id"], TaskState.FAILED, t)
+        tx.execute("UPDATE agents SET current_task = NULL WHERE id = ? AND current_task = ?",
+                   (row["agent_id"], row["id"]))
+
+    def _settle_dependents(self, tx: Tx, task_id: str, state: TaskState, t: float) -> None:
+        """Release blocked dependents of a completed task; cancel those of a failed one."""
+        pending = [(task_id, state)]
+        while pending:
+            done_id, done_state = pending.pop()
+            rows = tx.all(
+                "SELECT t.id, t.target_agent FROM task_deps d JOIN tasks t ON t.id = d.task_id "
+                "WHERE d.depends_on = ? AND t.state = 'blocked'", (done_id,))
+            for row in rows:
+                if done_state is TaskState.COMPLETED:
+                    unfinished = tx.one(
+                        "SELECT 1 FROM task_deps d JOIN tasks t ON t.id = d.depends_on "
+                        "WHERE d.task_id = ? AND t.state <> 'completed' LIMIT 1", (row["id"],))
+                    if unfinished is None:
+                        tx.execute("UPDATE tasks SET state = 'queued' WHERE id = ?", (row["id"],))
+                        tx.event("task.queued", row["target_agent"], row["id"],
+                                 released_by=done_id)
+                        tx.wake(row["target_agent"])
+                else:
+                    reason = f"dependency {done_id} {done_state.value}"
+                    tx.execute(
+                        "UPDATE tasks SET state = 'cancelled', completed_at = ?, error = ? "
+                        "WHERE id = ?", (t, reason, row["id"]))
+                    tx.event("task.cancelled", row["target_agent"], row["id"], reason=reason)
+                    pending.append((row["id"], TaskState.CANCELLED))
+
+    def _load_task(self, tx: Tx, task_id: str | None, seq: int | None = None,
+                   with_output: bool = True) -> Task:
+        cols = _TASK_COLS if with_output else _TASK_COLS_NO_OUTPUT
+        if seq is not None:
+            row = tx.one(f"SELECT {cols} FROM tasks WHERE seq = ?", (seq,))
+        else:
+            row = tx.one(f"SELECT {cols} FROM tasks WHERE id = ?", (task_id,))
+        if row is None:
+            raise NotFound(f"unknown task {task_id!r}")
+        deps = [r["depends_on"] for r in
+                tx.all("SELECT depends_on FROM task_deps WHERE task_id = ?", (row["id"],))]
+        return _task(row, deps, with_output)
+
+    def get_task(self, task_id) -> Task:
+        with self._reader() as tx:
+            return self._load_task(tx, task_id)
+
+    def task_state(self, task_id) -> TaskState:
+        with self._reader() as tx:
+            row = tx.one("SELECT state FROM tasks WHERE id = ?", (task_id,))
+        if row is None:
+            raise NotFound(f"unknown task {task_id!r}")
+        return TaskState(row["state"])
+
+    def list_tasks(self, state=None, agent_id=None, limit=100, with_output=False) -> list[Task]:
+        cols = _TASK_COLS if with_output else _TASK_COLS_NO_OUTPUT
+        where, params = [], []
+        if state is not None:
+            where.append("state = ?")
+            params.append(state.value)
+        if agent_id is not None:
+            where.append("agent_id = ?")
+            params.append(agent_id)
+        sql = f"SELECT {cols} FROM tasks"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq DESC LIMIT ?"
+        params.append(limit)
+        with self._reader() as tx:
+            rows = tx.all(sql, params)
+            deps: dict[str, list[str]] = {}
+            if rows:
+                ids = [r["id"] for r in rows]
+                for i in range(0, len(ids), 500):
+                    chunk = ids[i:i + 500]
+                    for d in tx.all(
+                        f"SELECT task_id, depends_on FROM task_deps WHERE task_id IN "
+                        f"({', '.join('?' * len(chunk))})", chunk):
+                        deps.setdefault(d["task_id"], []).append(d["depends_on"])
+        return [_task(r, deps.get(r["id"], []), with_output) for r in reversed(rows)]
+
+    def counts(self) -> dict[str, int]:
+        with self._reader() as tx:
+            rows = tx.all("SELECT state, COUNT(*) AS n FROM tasks GROUP BY state")
+        out = {s.value: 0 for s in TaskState}
+        out.update({r["state"]: r["n"] for r in rows})
+        return out
+
+    # -- messages -------------------------------------------------------------------
+    def add_message(self, agent_id, body, direction="in", kind="message", sender=None,
+                    task_id=None) -> Message:
+        if direction not in ("in", "out"):
+            raise InvalidInput(f"bad message direction {direction!r}: expected in or out")
+        with self._write() as tx:
+            if tx.one("SELECT 1 FROM agents WHERE id = ?", (agent_id,)) is None:
+                raise NotFound(f"unknown agent {agent_id!r}")
+            row = tx.one(
+                "INSERT INTO messages (agent_id, direction, kind, body, sender, task_id, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (agent_id, direction, kind, body, sender, task_id, now()))
+            msg_id = row["id"]
+            tx.event("message.sent", agent_id, task_id, message_id=msg_id, direction=direction,
+                     kind=kind, sender=sender)
+            if direction == "in":
+                tx.wake(agent_id)
+            return _message(tx.one("SELECT * FROM messages WHERE id = ?", (msg_id,)))
+
+    def list_messages(self, agent_id, direction=None, unread=False, limit=100,
+                      mark_read=False) -> list[Message]:
+        where, params = ["agent_id = ?"], [agent_id]
+        if direction is not None:
+            where.append("direction = ?")
+            params.append(direction)
+        if unread:
+            where.append("read_at IS NULL")
+        sql = (f"SELECT * FROM messages WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?")
+        params.append(limit)
+        ctx = self._write() if mark_read else self._reader()
+        with ctx as tx:
+            if tx.one("SELECT 1 FROM agents WHERE id = ?", (agent_id,)) is None:
+                raise NotFound(f"unknown agent {agent_id!r}")
+            rows = tx.all(sql, params)
+            msgs = [_message(r) for r in reversed(rows)]
+            if mark_read and msgs:
+                t = now()
+                ids = [m.id for m in msgs if m.read_at is None]
+                if ids:
+                    tx.execute(
+                        f"UPDATE messages SET read_at = ?, delivered_at = COALESCE(delivered_at, ?) "
+                        f"WHERE id IN ({', '.join('?' * len(ids))})", (t, t, *ids))
+                    tx.event("message.read", agent_id, None, message_ids=ids)
+        return msgs
+
+    # -- context --------------------------------------------------------------------
+    def set_context(self, key, value, by=None) -> ContextEntry:
+        if not key:
+            raise InvalidInput("context key must not be empty")
+        t = now()
+        with self._write() as tx:
+            row = tx.one("SELECT version FROM context WHERE key = ?", (key,))
+            version = 1 if row is None else row["version"] + 1
+            if row is None:
+                tx.execute("INSERT INTO context (key, value, version, updated_at, updated_by) "
+                           "VALUES (?, ?, ?, ?, ?)", (key, value, version, t, by))
+            else:
+                tx.execute("UPDATE context SET value = ?, version = ?, updated_at = ?, "
+                           "updated_by = ? WHERE key = ?", (value, version, t, by, key))
+            tx.event("context.set", by, None, key=key, version=version)
+        return ContextEntry(key, value, version, t, by)
+
+    def get_context(self, key) -> ContextEntry:
+        with self._reader() as tx:
+            row = tx.one("SELECT * FROM context WHERE key = ?", (key,))
+        if row is None:
+            raise NotFound(f"unknown context key {key!r}")
+        return ContextEntry(row["key"], row["value"], row["version"], row["updated_at"],
+                            row["updated_by"])
+
+    def list_context(self) -> list[ContextEntry]:
+        with self._reader() as tx:
+            rows = tx.all("SELECT * FROM context ORDER BY key")
+        return [ContextEntry(r["key"], r["value"], r["version"], r["updated_at"], r["updated_by"])
+                for r in rows]
+
+    # -- events ---------------------------------------------------------------------
+    def add_event(self, kind, agent_id=None, task_id=None, data=None) -> None:
+        with self._write() as tx:
+            tx.event(kind, agent_id, task_id, **(data or {}))
+
+    def read_events(self, after=0, limit=1000, task_id=None) -> list[Event]:
+        with self._reader() as tx:
+            if task_id is None:
+                rows = tx.all("SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?",
+                              (after, limit))
+            else:
+                rows = tx.all("SELECT * FROM events WHERE task_id = ? AND id > ? ORDER BY id "
+                              "LIMIT ?", (task_id, after, limit))
+        return [Event(r["id"], r["ts"], r["kind"], r["agent_id"], r["task_id"],
+                      json.loads(r["data"])) for r in rows]
+
+    def last_event_id(self) -> int:
+        with self._reader() as tx:
+            row = tx.one("SELECT MAX(id) AS m FROM events")
+        return row["m"] or 0

@@ -1,0 +1,163 @@
+"""The embedded store: one SQLite file in WAL mode.
+
+Writers take a kernel file lock (``flock``) before ``BEGIN IMMEDIATE``: SQLite's own busy
+waiting is unfair (with many writer processes one can starve for seconds), while the kernel
+queues flock waiters so every writer gets its turn. Claims are atomic because the whole claim
+runs inside that one immediate transaction. After a commit, waiting processes are woken through
+the store's wake channel (``podium.wake``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Iterator
+
+from podium.clock import now
+from podium.errors import StoreError
+from podium.store.migrations import MIGRATIONS, statements
+from podium.store.sql import SqlStore, Tx
+from podium.wake import Listener, WakeChannel
+
+TYPES = {"id": "INTEGER PRIMARY KEY AUTOINCREMENT", "blob": "BLOB", "float": "REAL"}
+SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+
+def _same(sql: str) -> str:
+    return sql
+
+
+def _store_error(e: sqlite3.Error, path: Path) -> StoreError:
+    msg = str(e)
+    if "full" in msg:
+        return StoreError(f"the disk holding {path} is full; free some space and retry")
+    if "readonly" in msg or "read-only" in msg:
+        return StoreError(f"store {path} is read-only")
+    if "unable to open" in msg:
+        return StoreError(f"cannot open store {path}: {msg}")
+    if "not a database" in msg:
+        return StoreError(f"{path} is not a Podium store (not an SQLite database)")
+    return StoreError(f"store {path}: {msg}")
+
+
+class SQLiteStore(SqlStore):
+    def __init__(self, path: str | os.PathLike, synchronous: str = "NORMAL", migrate: bool = True):
+        self.path = Path(path).resolve()
+        sync = synchronous.upper()
+        if sync not in SYNCHRONOUS:
+            raise StoreError(f"bad synchronous={synchronous!r}: expected one of {', '.join(SYNCHRONOUS)}")
+        self.synchronous = sync
+        self.url = f"sqlite://{self.path}"
+        self.home = self.path.parent
+        if not self.path.parent.is_dir():
+            raise StoreError(f"cannot create store {self.path}: directory {self.path.parent} does not exist")
+        self._lock = threading.RLock()
+        try:
+            self._conn = sqlite3.connect(
+                str(self.path), timeout=60.0, isolation_level=None, check_same_thread=False)
+            self._conn.row_factory = sqlite3.Row
+            self._conn.execute("PRAGMA busy_timeout = 60000")
+            mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise StoreError(f"store {self.path}: could not switch to WAL mode (got {mode})")
+            self._conn.execute(f"PRAGMA synchronous = {sync}")
+            self._lockfile = os.open(str(self.path) + "-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except sqlite3.Error as e:
+            raise _store_error(e, self.path) from None
+        except OSError as e:
+            raise StoreError(f"cannot open store {self.path}: {e.strerror}") from None
+        self._channel = WakeChannel(str(self.path))
+        if migrate:
+            self.migrate()
+
+    # -- dialect hooks --------------------------------------------------------------
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Tx]:
+        with self._lock:
+            fcntl.flock(self._lockfile, fcntl.LOCK_EX)
+            try:
+                cur = self._conn.cursor()
+                try:
+                    cur.execute("BEGIN IMMEDIATE")
+                except sqlite3.Error as e:
+                    raise _store_error(e, self.path) from None
+                tx = Tx(cur, _same)
+                try:
+                    yield tx
+                    cur.execute("COMMIT")
+                except BaseException as exc:
+                    try:
+                        cur.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                    if isinstance(exc, sqlite3.Error):
+                        raise _store_error(exc, self.path) from None
+                    raise
+                finally:
+                    cur.close()
+            finally:
+                fcntl.flock(self._lockfile, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def _reader(self) -> Iterator[Tx]:
+        with self._lock:
+            cur = self._conn.cursor()
+            try:
+                cur.execute("BEGIN")
+                yield Tx(cur, _same)
+            except sqlite3.Error as e:
+                raise _store_error(e, self.path) from None
+            finally:
+                try:
+                    cur.execute("COMMIT")
+                except sqlite3.Error:
+                    pass
+                cur.close()
+
+    def _wake(self, agents, watchers) -> None:
+        self._channel.notify(agents, watchers)
+
+    def agent_waiter(self, agent_id: str) -> Listener:
+        return self._channel.agent_listener(agent_id)
+
+    def event_waiter(self) -> Listener:
+        return self._channel.watch_listener()
+
+    # -- lifecycle ------------------------------------------------------------------
+    def migrate(self) -> list[str]:
+        applied: list[str] = []
+        with self._lock:
+            try:
+                have = {r[0] for r in self._conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'")}
+                if have:
+                    done = {r[0] for r in self._conn.execute("SELECT name FROM schema_migrations")}
+                    if all(name in done for name, _ in MIGRATIONS):
+                        return []
+            except sqlite3.Error as e:
+                raise _store_error(e, self.path) from None
+            with self._transaction() as tx:
+                tx.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
+                           "(name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+                done = {r["name"] for r in tx.all("SELECT name FROM schema_migrations")}
+                for name, sql in MIGRATIONS:
+                    if name in done:
+                        continue
+                    for stmt in statements(sql, TYPES):
+                        tx.execute(stmt)
+                    tx.execute("INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)",
+                               (name, now()))
+                    applied.append(name)
+        return applied
+
+    def close(self) -> None:
+        with self._lock:
+            self._channel.close()
+            try:
+                self._conn.close()
+            finally:
+                os.close(self._lockfile)

@@ -1,0 +1,134 @@
+"""Starting and stopping background workers on this machine (``podium up`` / ``podium down``).
+
+Workers are ordinary ``podium agent run`` processes in their own sessions, logging to
+``<store dir>/logs/<name>.log``; the store, not this module, knows which are alive.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from podium.errors import PodiumError
+from podium.models import Agent
+from podium.service import Podium
+
+
+def log_dir(podium: Podium) -> Path:
+    return podium.store.home / "logs"
+
+
+def free_names(podium: Podium, n: int, prefix: str) -> list[str]:
+    taken = {a.id for a in podium.store.list_agents() if a.state.live}
+    names, i = [], 1
+    while len(names) < n:
+        name = f"{prefix}-{i}"
+        if name not in taken:
+            names.append(name)
+        i += 1
+    return names
+
+
+def worker_argv(podium: Podium, name: str, backend: str, roles: list[str],
+                options: list[str], lease_s: float | None, workdir: str | None) -> list[str]:
+    argv = [sys.executable, "-m", "podium", "--store", podium.store.url, "agent", "run",
+            "--name", name, "--backend", backend]
+    for r in roles:
+        argv += ["--role", r]
+    for o in options:
+        argv += ["--option", o]
+    if lease_s is not None:
+        argv += ["--lease", str(lease_s)]
+    if workdir:
+        argv += ["--workdir", workdir]
+    return argv
+
+
+def up(podium: Podium, n: int, backend: str, roles: list[str], options: list[str],
+       prefix: str = "agent", lease_s: float | None = None, workdir: str | None = None,
+       wait_s: float = 20.0) -> list[Agent]:
+    """Start ``n`` workers in the background and wait until each has registered."""
+    if n < 1:
+        raise PodiumError("the number of agents must be at least 1")
+    logs = log_dir(podium)
+    logs.mkdir(parents=True, exist_ok=True)
+    names = free_names(podium, n, prefix)
+    started = time.time()
+    procs = {}
+    for name in names:
+        with open(logs / f"{name}.log", "ab") as log:
+            procs[name] = subprocess.Popen(
+                worker_argv(podium, name, backend, roles, options, lease_s, workdir),
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, close_fds=True)
+    waiter = podium.store.event_waiter()
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            agents = {a.id: a for a in podium.store.list_agents()}
+            ready = [agents[nm] for nm in names
+                     if nm in agents and agents[nm].registered_at >= started - 1
+                     and agents[nm].pid == procs[nm].pid and agents[nm].state.live]
+            if len(ready) == len(names):
+                return ready
+            for nm, p in procs.items():
+                if p.poll() is not None:
+                    tail = (logs / f"{nm}.log").read_text(errors="replace").strip().splitlines()[-3:]
+                    raise PodiumError(f"agent {nm} exited with code {p.returncode} during start-up: "
+                                      + " | ".join(tail))
+            if time.monotonic() > deadline:
+                raise PodiumError(f"agents did not register within {wait_s:g}s; see {logs}")
+            waiter.wait(0.2)
+    finally:
+        waiter.close()
+
+
+def _alive(pid: int) -> bool:
+    try:  # reap it if it is our own child (otherwise a zombie looks alive)
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def down(podium: Podium, timeout_s: float = 15.0, drain: bool = False,
+         names: list[str] | None = None) -> list[str]:
+    """Stop the live agents of this host: SIGTERM (SIGINT to drain), then SIGKILL at timeout."""
+    host = socket.gethostname()
+    targets = [a for a in podium.store.list_agents()
+               if a.state.live and a.host == host and a.pid and (names is None or a.id in names)]
+    sig = signal.SIGINT if drain else signal.SIGTERM
+    for a in targets:
+        if _alive(a.pid):
+            os.kill(a.pid, sig)
+    deadline = time.monotonic() + timeout_s
+    pending = {a.id: a for a in targets}
+    while pending and time.monotonic() < deadline:
+        for aid, a in list(pending.items()):
+            if not _alive(a.pid) or not podium.store.get_agent(aid).state.live:
+                pending.pop(aid)
+        if pending:
+            time.sleep(0.05)
+    for aid, a in pending.items():
+        if _alive(a.pid):
+            os.kill(a.pid, signal.SIGKILL)
+    # Wait for stopped workers to be reaped, and record the ones that could not deregister.
+    for a in targets:
+        end = time.monotonic() + 2
+        while _alive(a.pid) and time.monotonic() < end:
+            time.sleep(0.02)
+        if podium.store.get_agent(a.id).state.live:
+            podium.store.deregister(a.id)
+    return [a.id for a in targets]
