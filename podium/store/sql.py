@@ -548,7 +548,7 @@ class SqlStore(Store):
                 (agent_id, direction, kind, body, sender, task_id, now()))
             msg_id = row["id"]
             tx.event("message.sent", agent_id, task_id, message_id=msg_id, direction=direction,
-                     kind=kind, sender=sender)
+                     message_kind=kind, sender=sender)
             if direction == "in":
                 tx.wake(agent_id)
             return _message(tx.one("SELECT * FROM messages WHERE id = ?", (msg_id,)))

@@ -1,0 +1,147 @@
+"""Shared fixtures: a fresh real store per test, real worker processes, the real CLI.
+
+Store contract tests take the ``store`` fixture, which is parametrized over the store kinds
+this machine can run (SQLite always; PostgreSQL joins when its store exists).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from podium.service import Podium
+from podium.store import open_store
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _isolate(tmp_path, monkeypatch):
+    """No test sees the user's store or leaves files behind in the checkout."""
+    monkeypatch.delenv("PODIUM_STORE", raising=False)
+    monkeypatch.delenv("PODIUM_AGENT_ID", raising=False)
+    monkeypatch.delenv("PODIUM_TASK_ID", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def store_url(tmp_path) -> str:
+    return f"sqlite://{tmp_path / 'podium.db'}"
+
+
+@pytest.fixture(params=["sqlite"])
+def store(request, store_url):
+    s = open_store(store_url)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def podium(store_url):
+    p = Podium.open(store_url)
+    yield p
+    p.close()
+
+
+class Workers:
+    """Real ``podium agent run`` processes, stopped (and checked) at teardown."""
+
+    def __init__(self, store_url: str, tmp_path: Path):
+        self.store_url = store_url
+        self.tmp_path = tmp_path
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, backend: str = "echo", roles=(), lease: float = 30.0,
+              heartbeat: float | None = None, options=(), wait: bool = True) -> subprocess.Popen:
+        argv = [sys.executable, "-m", "podium", "--store", self.store_url, "agent", "run",
+                "--name", name, "--backend", backend, "--lease", str(lease)]
+        if heartbeat is not None:
+            argv += ["--heartbeat", str(heartbeat)]
+        for r in roles:
+            argv += ["--role", r]
+        for o in options:
+            argv += ["--option", o]
+        log = open(self.tmp_path / f"{name}.log", "ab")
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                start_new_session=True)
+        log.close()
+        self.procs[name] = proc
+        if wait:
+            self.wait_registered(name, proc)
+        return proc
+
+    def wait_registered(self, name: str, proc: subprocess.Popen, timeout: float = 20) -> None:
+        s = open_store(self.store_url)
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    raise AssertionError(f"worker {name} exited {proc.returncode}: {self.log(name)}")
+                try:
+                    a = s.get_agent(name)
+                    if a.pid == proc.pid and a.state.live:
+                        return
+                except Exception:
+                    pass
+                time.sleep(0.02)
+            raise AssertionError(f"worker {name} did not register: {self.log(name)}")
+        finally:
+            s.close()
+
+    def log(self, name: str) -> str:
+        p = self.tmp_path / f"{name}.log"
+        return p.read_text(errors="replace") if p.exists() else ""
+
+    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        proc = self.procs[name]
+        if proc.poll() is None:
+            proc.send_signal(sig)
+        return proc.wait(timeout=timeout)
+
+    def kill9(self, name: str) -> None:
+        proc = self.procs[name]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+    def stop_all(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for name, proc in self.procs.items():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+@pytest.fixture
+def workers(store_url, tmp_path):
+    w = Workers(store_url, tmp_path)
+    yield w
+    w.stop_all()
+
+
+def run_cli(*args: str, store_url: str | None = None, input: bytes | None = None,
+            env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run the real ``podium`` command; returns bytes stdout/stderr."""
+    argv = [sys.executable, "-m", "podium"]
+    if store_url:
+        argv += ["--store", store_url]
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run(argv + list(args), input=input, capture_output=True, timeout=timeout,
+                          env=full_env)
+
+
+@pytest.fixture
+def cli(store_url):
+    def run(*args: str, input: bytes | None = None, env: dict | None = None, timeout: float = 60):
+        return run_cli(*args, store_url=store_url, input=input, env=env, timeout=timeout)
+    return run
