@@ -99,6 +99,40 @@ def init(c: Ctx) -> None:
     _write(c.podium.store.url + "\n")
 
 
+@cli.group()
+def store() -> None:
+    """Manage the store itself."""
+
+
+@store.command("migrate")
+@pass_ctx
+def store_migrate(c: Ctx) -> None:
+    """Apply pending schema migrations (opening a store does it too) and list them."""
+    applied = c.podium.store.migrate()
+    _write(("applied: " + ", ".join(applied) if applied else "up to date") + "\n")
+
+
+@store.command("copy")
+@click.argument("source")
+@click.argument("destination")
+def store_copy(source, destination) -> None:
+    """Copy every agent, task, message, event and context entry from SOURCE to an empty
+    DESTINATION (paths or URLs; SQLite and PostgreSQL in either direction)."""
+    from podium.store import open_store
+    from podium.store.copy import copy_store
+
+    src = open_store(source)
+    try:
+        dst = open_store(destination)
+        try:
+            counts = copy_store(src, dst)
+        finally:
+            dst.close()
+    finally:
+        src.close()
+    _write("copied " + ", ".join(f"{n} {t}" for t, n in counts.items()) + "\n")
+
+
 @cli.command()
 @click.argument("n", type=int)
 @click.option("--backend", "-b", default="shell", show_default=True)

@@ -27,3 +27,7 @@ class StoreError(PodiumError):
 
 class BackendUnavailable(PodiumError):
     """A backend cannot run here: its program or model is missing, or it is not logged in."""
+
+
+class StoreUnavailable(StoreError):
+    """The store's server cannot be reached right now (a retry may succeed)."""

@@ -7,6 +7,7 @@ this machine can run (SQLite always; PostgreSQL joins when its store exists).
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -35,9 +36,48 @@ def store_url(tmp_path) -> str:
     return f"sqlite://{tmp_path / 'podium.db'}"
 
 
-@pytest.fixture(params=["sqlite"])
-def store(request, store_url):
-    s = open_store(store_url)
+PG_SERVER = os.environ.get("PODIUM_TEST_PG", "postgresql://127.0.0.1:5432/test")
+
+
+def _pg_admin():
+    """A connection to the test PostgreSQL server, or a skip saying why there is none."""
+    try:
+        import psycopg
+    except ImportError:
+        pytest.skip("psycopg is not installed")
+    try:
+        return psycopg.connect(PG_SERVER, autocommit=True, connect_timeout=3)
+    except psycopg.Error as e:
+        if os.environ.get("PODIUM_REQUIRE_POSTGRES"):
+            raise
+        pytest.skip(f"no PostgreSQL at {PG_SERVER}: {str(e).strip()}")
+
+
+@pytest.fixture
+def pg_url():
+    """A fresh, empty schema on the test server; dropped afterwards."""
+    admin = _pg_admin()
+    schema = "podium_t_" + secrets.token_hex(6)
+    admin.execute(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in PG_SERVER else "?"
+    try:
+        yield f"{PG_SERVER}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        admin.execute(f"DROP SCHEMA {schema} CASCADE")
+        admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_store_url(request, tmp_path):
+    """Every store kind: contract tests run once per kind."""
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path / 'podium.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def store(any_store_url):
+    s = open_store(any_store_url)
     yield s
     s.close()
 

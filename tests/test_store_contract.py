@@ -357,7 +357,8 @@ def test_event_cursor_sees_everything_in_order(store):
 
 # -- concurrency and wake-ups -----------------------------------------------------------
 
-def test_concurrent_claimers_take_each_task_once(store, store_url):
+def test_concurrent_claimers_take_each_task_once(store):
+    store_url = store.url
     n_tasks, n_claimers = 300, 6
     add(store, *[f"t{i}" for i in range(n_tasks)])
     seen: list[str] = []

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from podium.agents.backends import MAX_OUTPUT_BYTES, Backend, Run
+from podium.errors import StoreError, StoreUnavailable
 from podium.models import Outcome, Task, TaskState
 from podium.prompt import compose
 from podium.store import Finish, Store
@@ -43,6 +44,8 @@ class _OutputStream:
         self.sent = 0
         self.last = time.monotonic()
         self.lock = threading.Lock()
+        self.timer: threading.Timer | None = None
+        self.closed = False
 
     def emit(self, chunk: bytes) -> None:
         with self.lock:
@@ -51,6 +54,17 @@ class _OutputStream:
             self.sent += len(chunk)
             self.pending.append(self.decoder.decode(chunk))
             if time.monotonic() - self.last >= STREAM_INTERVAL_S:
+                self._flush()
+            elif self.timer is None:
+                # The program may go quiet after this chunk: flush it soon even if no more comes.
+                self.timer = threading.Timer(STREAM_INTERVAL_S, self._flush_later)
+                self.timer.daemon = True
+                self.timer.start()
+
+    def _flush_later(self) -> None:
+        with self.lock:
+            self.timer = None
+            if not self.closed:
                 self._flush()
 
     def _flush(self) -> None:
@@ -61,10 +75,17 @@ class _OutputStream:
             data = {"chunk": text}
             if self.sent >= STREAM_LIMIT_BYTES:
                 data["stream_truncated"] = True
-            self.store.add_event("task.output", self.agent_id, self.task_id, data)
+            try:
+                self.store.add_event("task.output", self.agent_id, self.task_id, data)
+            except StoreUnavailable:
+                pass  # live output is best effort; the result keeps all of it
 
     def close(self) -> None:
         with self.lock:
+            self.closed = True
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
             self.pending.append(self.decoder.decode(b"", final=True))
             self._flush()
 
@@ -121,30 +142,59 @@ class Worker:
                  f"store {self.store.url})")
         finish: Finish | None = None
         self._next_heartbeat = time.monotonic() + self.heartbeat_s
+        backoff = 0.0
+        give_up: float | None = None
         try:
             while True:
-                if self.stop:
-                    if finish is not None:
-                        self.store.finish(self.name, finish)
-                    break
-                if time.monotonic() >= self._next_heartbeat:
-                    self._heartbeat()
-                task = self.store.claim(self.name, self.roles, self.lease_s, finish)
-                finish = None
-                if task is None:
-                    self.waiter.wait(max(0.0, self._next_heartbeat - time.monotonic()))
-                    continue
-                outcome = self._execute(task)
-                if outcome is not None:
-                    finish = Finish(task.id, task.attempts, outcome)
+                try:
+                    if self.stop:
+                        if finish is not None:
+                            self.store.finish(self.name, finish)
+                        break
+                    if time.monotonic() >= self._next_heartbeat:
+                        self._heartbeat()
+                    # The finished task's result and the next claim: one transaction.
+                    task = self.store.claim(self.name, self.roles, self.lease_s, finish)
+                    finish = None
+                    backoff = 0.0
+                    if task is None:
+                        self.waiter.wait(max(0.0, self._next_heartbeat - time.monotonic()))
+                        continue
+                    outcome = self._execute(task)
+                    if outcome is not None:
+                        finish = Finish(task.id, task.attempts, outcome)
+                except StoreUnavailable as e:
+                    # The server went away: keep the pending result and try again, backing off.
+                    backoff = min(5.0, max(0.1, backoff * 2))
+                    self.log(f"store unavailable ({e}); retrying in {backoff:.1f}s")
+                    if self.stop and finish is not None:
+                        # Stopping with a result still to record: keep trying for a while.
+                        give_up = give_up or time.monotonic() + 30
+                        if time.monotonic() > give_up:
+                            self.log(f"giving up on recording {finish.task_id}; "
+                                     "its lease will expire and it will run again")
+                            break
+                        time.sleep(backoff)
+                    else:
+                        self._sleep(backoff)
+                    if self.stop == "now" and finish is None:
+                        break
         finally:
             # Free the wake-up socket first: once deregistered, a new agent of the same name
             # may start and bind it.
             self.waiter.close()
             self.waiter = None
-            self.store.deregister(self.name)
+            try:
+                self.store.deregister(self.name)
+            except StoreError as e:
+                self.log(f"could not deregister ({e}); the lease will expire instead")
             self.log("stopped")
         return 0
+
+    def _sleep(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while not self.stop and time.monotonic() < end:
+            time.sleep(min(0.05, end - time.monotonic()))
 
     def _heartbeat(self, task: Task | None = None):
         self._next_heartbeat = time.monotonic() + self.heartbeat_s
@@ -204,13 +254,17 @@ class Worker:
                     run.cancel("worker stopping")
                 if deadline is not None and time.monotonic() >= deadline and not run.cancelled:
                     run.cancel(f"timed out after {task.timeout_s:g}s", timed_out=True)
-                if time.monotonic() >= self._next_heartbeat:
-                    reply = self._heartbeat(task)
-                    if reply.lost and not run.cancelled:
-                        run.cancel(f"task {reply.task_state.value if reply.task_state else 'lost'}")
-                elif woke and not run.cancelled:
-                    if self.store.task_state(task.id) is TaskState.CANCELLED:
-                        run.cancel("cancelled")
+                try:
+                    if time.monotonic() >= self._next_heartbeat:
+                        reply = self._heartbeat(task)
+                        if reply.lost and not run.cancelled:
+                            state = reply.task_state.value if reply.task_state else "lost"
+                            run.cancel(f"task {state}")
+                    elif woke and not run.cancelled:
+                        if self.store.task_state(task.id) is TaskState.CANCELLED:
+                            run.cancel("cancelled")
+                except StoreUnavailable as e:
+                    self.log(f"store unavailable while running {task.id} ({e}); still running")
             thread.join()
         stream.close()
         outcome = result[0]

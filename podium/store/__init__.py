@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from podium.errors import InvalidInput, StoreError
+from podium.errors import InvalidInput
 from podium.store.base import Finish, HeartbeatReply, Store
 
 DEFAULT_PATH = Path(".podium") / "podium.db"
@@ -39,7 +39,9 @@ def open_store(url: str | None = None) -> Store:
                 path = "/" + path.lstrip("/")
             query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         elif parts.scheme in ("postgres", "postgresql"):
-            raise StoreError("PostgreSQL stores are not available in this version of Podium yet")
+            from podium.store.postgres import PostgresStore
+
+            return PostgresStore(url)
         else:
             raise InvalidInput(
                 f"bad store URL {url!r}: expected a file path, sqlite:///path or postgresql://...")

@@ -46,6 +46,7 @@ class Tx:
         self._convert = convert
         self.wake_agents: set[str] | object = set()
         self.wake_watchers = False
+        self.events: list[tuple] = []
 
     def execute(self, sql: str, params: tuple | list = ()) -> Any:
         self.cur.execute(self._convert(sql), params)
@@ -66,10 +67,8 @@ class Tx:
 
     def event(self, kind: str, agent_id: str | None = None, task_id: str | None = None,
               **data: Any) -> None:
-        self.execute(
-            "INSERT INTO events (ts, kind, agent_id, task_id, data) VALUES (?, ?, ?, ?, ?)",
-            (now(), kind, agent_id, task_id, json.dumps(data, ensure_ascii=False)),
-        )
+        """Record an event; events are written together just before the commit."""
+        self.events.append((now(), kind, agent_id, task_id, json.dumps(data, ensure_ascii=False)))
         self.wake_watchers = True
 
 
@@ -134,10 +133,21 @@ class SqlStore(Store):
     def _wake(self, agents: set[str] | object, watchers: bool) -> None:
         """Deliver wake-ups after a commit."""
 
+    def _before_commit(self, tx: Tx) -> None:
+        """Write the transaction's events (dialects may also take locks or notify here)."""
+        if tx.events:
+            tx.cur.executemany(
+                tx._convert("INSERT INTO events (ts, kind, agent_id, task_id, data) "
+                            "VALUES (?, ?, ?, ?, ?)"), tx.events)
+
+    def _after_copy(self, tx: Tx) -> None:
+        """After rows were loaded with explicit ids (``store copy``): fix id generators."""
+
     @contextlib.contextmanager
     def _write(self) -> Iterator[Tx]:
         with self._transaction() as tx:
             yield tx
+            self._before_commit(tx)
         if tx.wake_agents or tx.wake_watchers:
             self._wake(tx.wake_agents, tx.wake_watchers)
 

@@ -1,0 +1,47 @@
+"""Moving a team's whole history from one store to another (SQLite <-> PostgreSQL).
+
+Rows are copied table by table with their ids, in one transaction on the destination, which
+must be empty. Export and backup come for free: ``podium store copy postgresql://... backup.db``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from podium.errors import Conflict, InvalidInput
+from podium.store.sql import SqlStore
+
+#: Tables in an order that keeps references meaningful while loading.
+TABLES = ["agents", "tasks", "task_deps", "messages", "events", "context"]
+BATCH = 1000
+
+
+def copy_store(src: SqlStore, dst: SqlStore,
+               progress: Callable[[str, int], None] | None = None) -> dict[str, int]:
+    if not isinstance(src, SqlStore) or not isinstance(dst, SqlStore):
+        raise InvalidInput("store copy works between SQL stores")
+    if src.url == dst.url:
+        raise InvalidInput("source and destination are the same store")
+    counts: dict[str, int] = {}
+    with dst._write() as out:
+        for table in TABLES:
+            if out.one(f"SELECT 1 FROM {table} LIMIT 1") is not None:
+                raise Conflict(f"destination {dst.url} is not empty (table {table} has rows); "
+                               "copy into a new store")
+        for table in TABLES:
+            n = 0
+            with src._reader() as inp:
+                rows = inp.all(f"SELECT * FROM {table}")
+            if rows:
+                cols = list(rows[0].keys())
+                sql = (f"INSERT INTO {table} ({', '.join(cols)}) "
+                       f"VALUES ({', '.join('?' * len(cols))})")
+                for i in range(0, len(rows), BATCH):
+                    out.cur.executemany(out._convert(sql),
+                                        [tuple(r[c] for c in cols) for r in rows[i:i + BATCH]])
+                n = len(rows)
+            counts[table] = n
+            if progress:
+                progress(table, n)
+        dst._after_copy(out)
+    return counts

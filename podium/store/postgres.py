@@ -1,0 +1,268 @@
+"""The shared store: PostgreSQL, for agents on several machines.
+
+Same schema and lifecycle as SQLite (the SQL lives in ``sql.py``); this module supplies what
+differs: a connection pool (psycopg 3), claims with ``SELECT ... FOR UPDATE SKIP LOCKED`` so
+concurrent claimers never wait on each other's rows, and wake-ups through ``LISTEN/NOTIFY`` sent
+inside the committing transaction (delivered exactly when it commits).
+
+Event ids come from a sequence, which hands out numbers at insert time, not commit time: two
+transactions could commit their events out of id order and a reader following the cursor would
+skip one. Each transaction therefore writes its events last, under a transaction-scoped advisory
+lock, so events become visible in id order.
+
+Per-store names (notification channels, the advisory lock) are derived from the database and
+schema, so several Podium stores can share one server (``?options=-csearch_path%3Dmyteam``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import os
+import select
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+from podium.clock import now
+from podium.errors import StoreError, StoreUnavailable
+from podium.store.migrations import MIGRATIONS, statements
+from podium.store.sql import SqlStore, Tx
+from podium.wake import ALL_AGENTS
+
+TYPES = {"id": "BIGSERIAL PRIMARY KEY", "blob": "BYTEA", "float": "DOUBLE PRECISION"}
+_ALL = "*"
+
+
+@functools.lru_cache(maxsize=512)
+def _convert(sql: str) -> str:
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and listings."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))
+
+
+def _psycopg():
+    try:
+        import psycopg  # noqa: F401
+        import psycopg_pool  # noqa: F401
+    except ImportError:
+        raise StoreError("PostgreSQL stores need psycopg: pip install 'podium[postgres]' "
+                         "(psycopg[binary] and psycopg-pool)") from None
+    return psycopg
+
+
+def _explain(e: Exception, url: str) -> StoreError:
+    """A clear message for the usual ways of failing to connect."""
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    shown = redact(url)
+    low = msg.lower()
+    if "does not exist" in low and "database" in low:
+        return StoreError(f"{shown}: {msg} (create it with: createdb <name>)")
+    if "password authentication failed" in low or "no password supplied" in low or \
+            "role" in low and "does not exist" in low:
+        return StoreError(f"{shown}: the server refused the credentials: {msg}")
+    if "connection refused" in low or "could not connect" in low or "timeout" in low \
+            or "no route" in low or "could not translate host" in low or "closed" in low \
+            or "terminat" in low or "server" in low:
+        return StoreUnavailable(f"cannot reach PostgreSQL at {shown}: {msg}")
+    return StoreError(f"{shown}: {msg}")
+
+
+class PgListener:
+    """A LISTEN connection: woken by notifications for one agent (or all), or every event."""
+
+    def __init__(self, store: PostgresStore, agent_id: str | None):
+        self.store = store
+        self.agent_id = agent_id
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        os.set_blocking(self._w, False)
+        self.conn = None
+        self._connect()
+
+    def _connect(self) -> None:
+        psycopg = _psycopg()
+        try:
+            self.conn = psycopg.connect(self.store.url, autocommit=True, connect_timeout=5)
+            channel = self.store.channel_events if self.agent_id is None else self.store.channel_wake
+            self.conn.execute(f"LISTEN {channel}")
+        except psycopg.Error as e:
+            self.conn = None
+            raise _explain(e, self.store.url) from None
+
+    def _relevant(self, payload: str) -> bool:
+        return self.agent_id is None or payload in (_ALL, self.agent_id)
+
+    def wait(self, timeout: float | None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self.conn is None or self.conn.closed:
+                try:
+                    self._connect()
+                except StoreError:
+                    time.sleep(min(1.0, timeout or 1.0))
+                    return True  # let the caller try the store (and back off) itself
+                return True  # notifications may have been missed while disconnected
+            pg = self.conn.pgconn
+            try:
+                pg.consume_input()
+                hit = False
+                while (n := pg.notifies()) is not None:
+                    hit = hit or self._relevant(n.extra.decode())
+                if hit:
+                    return True
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                ready, _, _ = select.select([pg.socket, self._r], [], [], left)
+                if self._r in ready:
+                    try:
+                        while os.read(self._r, 64):
+                            pass
+                    except BlockingIOError:
+                        pass
+                    return True
+                if not ready:
+                    return False
+            except Exception:
+                with contextlib.suppress(Exception):
+                    self.conn.close()
+                self.conn = None
+                continue
+
+    def poke(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._w, b"!")
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            if self.conn is not None:
+                self.conn.close()
+        for fd in (self._r, self._w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+class PostgresStore(SqlStore):
+    claim_lock_clause = " FOR UPDATE SKIP LOCKED"
+
+    def __init__(self, url: str, migrate: bool = True, pool_size: int = 4):
+        psycopg = _psycopg()
+        from psycopg.rows import dict_row
+        from psycopg_pool import ConnectionPool
+
+        self.url = url
+        self.home = Path(os.environ.get("PODIUM_HOME", ".podium")).resolve()
+        # Connect once directly: the pool would turn a refused login into a bare time-out.
+        try:
+            with psycopg.connect(url, connect_timeout=5) as conn:
+                row = conn.execute("SELECT current_database(), current_schema()").fetchone()
+        except psycopg.Error as e:
+            raise _explain(e, url) from None
+        if row[1] is None:
+            raise StoreError(f"{redact(url)}: the schema in search_path does not exist")
+        key = hashlib.sha1(f"{row[0]}/{row[1]}".encode()).hexdigest()
+        self.channel_wake = f"podium_wake_{key[:12]}"
+        self.channel_events = f"podium_events_{key[:12]}"
+        self._lock_key = int(key[12:27], 16) & 0x7FFFFFFFFFFFFFFF
+        self._pool = ConnectionPool(
+            url, min_size=1, max_size=pool_size, open=False, timeout=10,
+            kwargs={"row_factory": dict_row, "connect_timeout": 5},
+            check=ConnectionPool.check_connection, reconnect_timeout=60,
+        )
+        self._pool.open(wait=False)
+        self._closed = False
+        self._psycopg = psycopg
+        if migrate:
+            self.migrate()
+
+    # -- dialect hooks --------------------------------------------------------------
+    @contextlib.contextmanager
+    def _connection(self):
+        psycopg = self._psycopg
+        from psycopg_pool import PoolTimeout
+
+        try:
+            with self._pool.connection() as conn:
+                yield conn
+        except PoolTimeout:
+            raise StoreUnavailable(f"cannot reach PostgreSQL at {redact(self.url)} "
+                                   "(no connection within 10 s)") from None
+        except psycopg.OperationalError as e:
+            raise _explain(e, self.url) from None
+        except psycopg.errors.DiskFull:
+            raise StoreError(f"the PostgreSQL server's disk is full ({redact(self.url)})") from None
+        except psycopg.Error as e:
+            raise StoreError(f"{redact(self.url)}: {e}".strip()) from None
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Tx]:
+        with self._connection() as conn:
+            with conn.transaction():
+                with conn.cursor() as cur:
+                    yield Tx(cur, _convert)
+
+    @contextlib.contextmanager
+    def _reader(self) -> Iterator[Tx]:
+        with self._connection() as conn:
+            with conn.transaction():
+                with conn.cursor() as cur:
+                    yield Tx(cur, _convert)
+
+    def _before_commit(self, tx: Tx) -> None:
+        if tx.events:
+            tx.cur.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
+            super()._before_commit(tx)
+            tx.cur.execute("SELECT pg_notify(%s, '')", (self.channel_events,))
+        if tx.wake_agents is ALL_AGENTS:
+            tx.cur.execute("SELECT pg_notify(%s, %s)", (self.channel_wake, _ALL))
+        else:
+            for agent in tx.wake_agents:  # type: ignore[union-attr]
+                tx.cur.execute("SELECT pg_notify(%s, %s)", (self.channel_wake, agent))
+
+    def _after_copy(self, tx: Tx) -> None:
+        for table, col in (("tasks", "seq"), ("messages", "id"), ("events", "id")):
+            tx.execute(f"SELECT setval(pg_get_serial_sequence('{table}', '{col}'), "
+                       f"COALESCE((SELECT MAX({col}) FROM {table}), 0) + 1, false)")
+
+    def _wake(self, agents, watchers) -> None:
+        pass  # sent inside the transaction by _before_commit
+
+    def agent_waiter(self, agent_id: str) -> PgListener:
+        return PgListener(self, agent_id)
+
+    def event_waiter(self) -> PgListener:
+        return PgListener(self, None)
+
+    # -- lifecycle ------------------------------------------------------------------
+    def migrate(self) -> list[str]:
+        applied: list[str] = []
+        with self._transaction() as tx:
+            # One migrator at a time across every host.
+            tx.execute("SELECT pg_advisory_xact_lock(?)", (self._lock_key ^ 1,))
+            tx.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
+                       "(name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)")
+            done = {r["name"] for r in tx.all("SELECT name FROM schema_migrations")}
+            for name, sql in MIGRATIONS:
+                if name in done:
+                    continue
+                for stmt in statements(sql, TYPES):
+                    tx.execute(stmt)
+                tx.execute("INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)",
+                           (name, now()))
+                applied.append(name)
+        return applied
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._pool.close()
