@@ -1,0 +1,98 @@
+"""Interactive agents: a program with its own terminal UI (Claude Code, a shell, a REPL) in a pane.
+
+``podium agent interactive --name N -- CMD ...`` registers the agent, runs CMD in the foreground
+of its terminal (it owns the pane), heartbeats from a thread, and deregisters when CMD exits.
+Text reaches it through ``podium send`` (a tmux paste, see ``podium.tmux``). Its state comes from
+structured signals — Claude Code hooks calling ``podium hook`` — and only when none has arrived,
+from the pane's activity (output in the last few seconds: busy; else idle).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+from podium.errors import StoreError
+from podium.models import AgentState
+from podium.store import Store
+from podium.tmux import Tmux
+
+#: A pane with output this recent counts as busy when no hook says otherwise.
+ACTIVITY_WINDOW_S = 3.0
+
+
+class InteractiveAgent:
+    def __init__(self, store: Store, name: str, argv: list[str], roles: list[str] | None = None,
+                 lease_s: float = 30.0, heartbeat_s: float | None = None):
+        self.store = store
+        self.name = name
+        self.argv = argv
+        self.roles = list(roles or [])
+        self.lease_s = lease_s
+        self.heartbeat_s = heartbeat_s or max(0.2, lease_s / 6)
+        self.tmux = Tmux.current()
+        self.pane = os.environ.get("TMUX_PANE")
+        self._stop = threading.Event()
+
+    def _meta(self) -> dict:
+        meta = {"interactive": True, "command": self.argv, "workdir": os.getcwd()}
+        if self.tmux and self.pane:
+            meta.update(pane=self.pane, tmux_socket=self.tmux.socket_path,
+                        tmux_session=os.environ.get("PODIUM_TMUX_SESSION"))
+        return meta
+
+    def _fallback_state(self) -> None:
+        """Pane activity, used only while no hook has ever reported for this agent."""
+        if not (self.tmux and self.pane):
+            return
+        agent = self.store.get_agent(self.name)
+        if agent.note and agent.note.startswith("hook:"):
+            return  # structured signals exist: trust them
+        last = self.tmux.window_activity(self.pane)
+        if last is None:
+            return
+        state = AgentState.BUSY if time.time() - last < ACTIVITY_WINDOW_S else AgentState.IDLE
+        if agent.state is not state and agent.state.live:
+            self.store.set_agent_state(self.name, state, "pane activity")
+
+    def _heartbeats(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                self.store.heartbeat(self.name, self.lease_s)
+                self._fallback_state()
+            except StoreError:
+                pass  # the lease tolerates a missed beat; the next one retries
+
+    def run(self) -> int:
+        self.store.register_agent(self.name, self.roles, f"interactive:{os.path.basename(self.argv[0])}",
+                                  socket.gethostname(), os.getpid(), self.lease_s, self._meta())
+        env = dict(os.environ, PODIUM_AGENT_ID=self.name, PODIUM_STORE=self.store.url)
+        try:
+            child = subprocess.Popen(self.argv, env=env)
+        except OSError as e:
+            self.store.deregister(self.name)
+            raise StoreError(f"cannot start {self.argv[0]}: {e.strerror}") from None
+
+        def forward(signum, frame):
+            if child.poll() is None:
+                child.send_signal(signum)
+
+        signal.signal(signal.SIGTERM, forward)
+        signal.signal(signal.SIGHUP, forward)
+        beat = threading.Thread(target=self._heartbeats, daemon=True)
+        beat.start()
+        try:
+            while True:
+                try:
+                    code = child.wait()
+                    break
+                except KeyboardInterrupt:
+                    continue  # Ctrl-C belongs to the program in the pane
+        finally:
+            self._stop.set()
+            self.store.deregister(self.name)
+        return code
