@@ -82,6 +82,9 @@ class Listener:
         """Wake this listener from inside its own process (signal handlers, other threads)."""
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+                # Never block: a full queue means a wake-up is pending already, and a blocking
+                # send to our own undrained socket (inline backends, signal handlers) hangs.
+                s.setblocking(False)
                 s.sendto(b"!", str(self.path))
         except OSError:
             pass

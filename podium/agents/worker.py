@@ -103,6 +103,7 @@ class Worker:
         max_output: int = MAX_OUTPUT_BYTES,
         log: Callable[[str], None] | None = None,
         meta: dict | None = None,
+        echo_output: bool = False,
     ):
         self.store = store
         self.name = name
@@ -114,6 +115,11 @@ class Worker:
         self.max_output = max_output
         self.log = log or (lambda msg: print(f"[{name}] {msg}", file=sys.stderr, flush=True))
         self.meta = meta or {}
+        tmux = os.environ.get("TMUX")
+        if tmux and os.environ.get("TMUX_PANE"):  # running in a pane: say which, for `down`
+            self.meta.update(pane=os.environ["TMUX_PANE"], tmux_socket=tmux.split(",")[0],
+                             tmux_session=os.environ.get("PODIUM_TMUX_SESSION"))
+        self.echo_output = echo_output
         self.stop: str | None = None  # None, "drain" or "now"
         self.waiter = None
         self._next_heartbeat = 0.0
@@ -137,6 +143,7 @@ class Worker:
         self.store.register_agent(
             self.name, self.roles, self.backend.name, socket.gethostname(), os.getpid(),
             self.lease_s, {"workdir": str(self.workdir), **self.meta})
+        self.backend.attach(self.store, self.name)
         self.waiter = self.store.agent_waiter(self.name)
         self.log(f"registered (backend {self.backend.name}, roles {self.roles or 'any'}, "
                  f"store {self.store.url})")
@@ -221,8 +228,16 @@ class Worker:
         if self.backend.takes_context:
             prompt = compose(task.prompt, task.context, self.store.list_context())
         stream = _OutputStream(self.store, self.name, task.id)
+        emit = stream.emit
+        if self.echo_output:  # a worker in a tmux pane shows its tasks live
+            self.log(f"▶ {task.id}: {task.prompt[:200]}")
+
+            def emit(chunk: bytes) -> None:
+                stream.emit(chunk)
+                sys.stderr.buffer.write(chunk)
+                sys.stderr.buffer.flush()
         run = Run(task=task, prompt=prompt, workdir=self.workdir, env=self._env(task),
-                  emit=stream.emit, max_output=self.max_output)
+                  emit=emit, max_output=self.max_output)
         deadline = time.monotonic() + task.timeout_s if task.timeout_s else None
         result: list[Outcome] = []
         done = threading.Event()
@@ -235,10 +250,11 @@ class Worker:
             finally:
                 done.set()
                 waiter = self.waiter
-                if waiter is not None:
-                    waiter.poke()
+                if threaded and waiter is not None:
+                    waiter.poke()  # the worker's thread is waiting for this run to end
 
-        if self.backend.inline and deadline is None:
+        threaded = not (self.backend.inline and deadline is None)
+        if not threaded:
             target()
         else:
             thread = threading.Thread(target=target, name=f"task-{task.id}", daemon=True)
@@ -275,4 +291,6 @@ class Worker:
                 return None
             outcome.status = TaskState.FAILED if run.timed_out else TaskState.CANCELLED
             outcome.error = run.cancel_reason
+        if self.echo_output:
+            self.log(f"■ {task.id} {outcome.status.value}" + (f": {outcome.error}" if outcome.error else ""))
         return outcome
