@@ -65,6 +65,17 @@ def test_stopped_agent_name_can_be_reused(store):
     assert reg(store, "a1").state is AgentState.IDLE
 
 
+def test_agent_session_is_kept_across_reregistration(store):
+    reg(store, "a1")
+    assert store.set_agent_session("a1", "s-1").meta["session_id"] == "s-1"
+    store.deregister("a1")
+    assert reg(store, "a1").meta["session_id"] == "s-1"  # a restarted agent resumes it
+    assert "session_id" not in store.set_agent_session("a1", None).meta
+    assert "agent.session" in [e.kind for e in store.read_events(0, 10_000)]
+    with pytest.raises(NotFound):
+        store.set_agent_session("nope", "s")
+
+
 def test_reregistering_dead_agent_requeues_its_task(store):
     reg(store, "a1", lease=0.05)
     [t] = add(store, "x")

@@ -98,6 +98,11 @@ class Store(abc.ABC):
     def set_agent_state(self, agent_id: str, state: AgentState, note: str | None = None) -> Agent: ...
 
     @abc.abstractmethod
+    def set_agent_session(self, agent_id: str, session_id: str | None) -> Agent:
+        """Remember the agent's backend session (``meta["session_id"]``; None forgets it). It
+        survives the agent re-registering, so a restarted agent can resume its session."""
+
+    @abc.abstractmethod
     def deregister(self, agent_id: str) -> None:
         """The agent stopped cleanly."""
 
@@ -157,6 +162,10 @@ class Store(abc.ABC):
         self, agent_id: str, body: str, direction: str = "in", kind: str = "message",
         sender: str | None = None, task_id: str | None = None,
     ) -> Message: ...
+
+    @abc.abstractmethod
+    def mark_delivered(self, message_id: int, confirmed: bool, how: str) -> Message:
+        """Record that a message reached its agent (e.g. pasted into its pane)."""
 
     @abc.abstractmethod
     def list_messages(

@@ -157,8 +157,8 @@ class SqlStore(Store):
             raise InvalidInput("agent name must be 1-200 characters")
         t = now()
         with self._write() as tx:
-            row = tx.one("SELECT state, last_heartbeat, lease_s, host, pid FROM agents WHERE id = ?",
-                         (name,))
+            row = tx.one("SELECT state, last_heartbeat, lease_s, host, pid, meta FROM agents "
+                         "WHERE id = ?", (name,))
             if row is not None:
                 alive = row["state"] in _LIVE and row["last_heartbeat"] + row["lease_s"] > t
                 if alive:
@@ -167,6 +167,9 @@ class SqlStore(Store):
                         "stop it first or choose another --name"
                     )
                 self._orphan_tasks(tx, name, "agent re-registered", t)
+                session = json.loads(row["meta"] or "{}").get("session_id")
+                if session and "session_id" not in meta:  # a restarted agent keeps its session
+                    meta = {**meta, "session_id": session}
                 tx.execute(
                     "UPDATE agents SET roles = ?, backend = ?, host = ?, pid = ?, state = 'idle', "
                     "current_task = NULL, registered_at = ?, last_heartbeat = ?, lease_s = ?, "
@@ -218,6 +221,22 @@ class SqlStore(Store):
             if cur.rowcount == 0:
                 raise NotFound(f"unknown agent {agent_id!r}")
             tx.event("agent.state", agent_id, None, state=state.value, note=note)
+            return _agent(tx.one("SELECT * FROM agents WHERE id = ?", (agent_id,)))
+
+    def set_agent_session(self, agent_id, session_id) -> Agent:
+        with self._write() as tx:
+            row = tx.one("SELECT meta FROM agents WHERE id = ?", (agent_id,))
+            if row is None:
+                raise NotFound(f"unknown agent {agent_id!r}")
+            meta = json.loads(row["meta"] or "{}")
+            if meta.get("session_id") == session_id:
+                return _agent(tx.one("SELECT * FROM agents WHERE id = ?", (agent_id,)))
+            if session_id is None:
+                meta.pop("session_id", None)
+            else:
+                meta["session_id"] = session_id
+            tx.execute("UPDATE agents SET meta = ? WHERE id = ?", (json.dumps(meta), agent_id))
+            tx.event("agent.session", agent_id, None, session_id=session_id)
             return _agent(tx.one("SELECT * FROM agents WHERE id = ?", (agent_id,)))
 
     def deregister(self, agent_id) -> None:
@@ -562,6 +581,16 @@ class SqlStore(Store):
             if direction == "in":
                 tx.wake(agent_id)
             return _message(tx.one("SELECT * FROM messages WHERE id = ?", (msg_id,)))
+
+    def mark_delivered(self, message_id, confirmed, how) -> Message:
+        with self._write() as tx:
+            row = tx.one("SELECT * FROM messages WHERE id = ?", (message_id,))
+            if row is None:
+                raise NotFound(f"unknown message {message_id}")
+            tx.execute("UPDATE messages SET delivered_at = ? WHERE id = ?", (now(), message_id))
+            tx.event("message.delivered", row["agent_id"], row["task_id"], message_id=message_id,
+                     confirmed=confirmed, via=how)
+            return _message(tx.one("SELECT * FROM messages WHERE id = ?", (message_id,)))
 
     def list_messages(self, agent_id, direction=None, unread=False, limit=100,
                       mark_read=False) -> list[Message]:

@@ -108,6 +108,11 @@ class Backend:
     def check(self) -> None:
         """Raise ``BackendUnavailable`` with a how-to-fix message if this backend cannot run."""
 
+    def attach(self, store, agent_id: str) -> None:
+        """Called by the worker once its agent is registered: the store and the agent's name,
+        for backends that keep state with the agent (a session to resume). Default: kept."""
+        self.store, self.agent_id = store, agent_id
+
     def run(self, run: Run) -> Outcome:  # pragma: no cover - interface
         raise NotImplementedError
 

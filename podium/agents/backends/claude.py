@@ -1,0 +1,194 @@
+"""``claude``: Claude Code in print mode, one run per task.
+
+Runs ``claude -p --output-format stream-json --verbose`` in the agent's directory with the
+prompt (shared and task context in front: ``takes_context``) on stdin — never in argv, never
+through a shell. The stream is parsed as it arrives: the assistant's text is the task's output
+(messages separated by a blank line) and is streamed into ``task.output`` events; the final
+``result`` event gives the tokens (input counts cache reads and writes too), ``total_cost_usd``,
+the session id and ``is_error`` (a failed task with Claude's message: API errors, "Not logged in",
+budget or turn limits).
+
+Options (``--option key=value``): ``model``, ``permission_mode``, ``allowed_tools``,
+``disallowed_tools``, ``append_system_prompt``, ``mcp_config`` (a file or JSON), ``extra_args``
+(more arguments, split like a shell line), ``bin`` (the claude program), ``keep_session``.
+
+Sessions. Every run's Claude session id is recorded with the result and with the agent
+(``meta.session_id``, kept when the agent restarts). With ``keep_session=true`` a task resumes
+the agent's previous session (``--resume``), so the agent remembers earlier tasks. A task added
+with ``--session NAME`` runs in that named session whatever the agent: the name maps to a fixed
+UUID (uuid5), created with ``--session-id`` on first use and resumed after; named sessions do
+not change the agent's own. Claude keeps sessions per user and working directory, so tasks
+sharing a session should run on agents with the same home and workdir, one at a time. (A task
+retried after a failed attempt continues the session that attempt recorded.)
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from podium.agents.backends import Backend, Run
+from podium.agents.backends.jsonstream import (
+    TextOutput,
+    extra_args,
+    find_program,
+    flag,
+    run_json_cli,
+    stderr_tail,
+)
+from podium.errors import PodiumError
+from podium.models import Outcome, TaskState
+
+INSTALL = "install Claude Code with `npm install -g @anthropic-ai/claude-code`"
+#: Named sessions map to UUIDs in this namespace (stable across hosts and versions).
+SESSION_NAMESPACE = uuid.UUID("5f0c8a52-3d3e-4f55-9a57-6f64b0d1c1a7")
+
+
+def session_uuid(name: str) -> str:
+    """The Claude session id for a task's session name (a UUID is used as it is)."""
+    try:
+        return str(uuid.UUID(name))
+    except ValueError:
+        return str(uuid.uuid5(SESSION_NAMESPACE, name))
+
+
+class _Stream:
+    """What one ``claude`` run said, gathered from its events as they come."""
+
+    def __init__(self, run: Run):
+        self.text = TextOutput(run)
+        self.session_id: str | None = None
+        self.result: dict[str, Any] | None = None
+
+    def on_event(self, ev: dict[str, Any]) -> None:
+        kind = ev.get("type")
+        if ev.get("session_id") and not self.session_id:
+            self.session_id = ev["session_id"]
+        if kind == "assistant":
+            if ev.get("parent_tool_use_id") or ev.get("is_api_error_message"):
+                return  # a subagent's turn, or an error the result event reports
+            message = ev.get("message") or {}
+            texts = [b.get("text", "") for b in message.get("content") or []
+                     if isinstance(b, dict) and b.get("type") == "text"]
+            joined = "".join(texts)
+            if joined.strip():
+                self.text.add(joined, separate=True)
+        elif kind == "result":
+            self.result = ev
+            if ev.get("session_id"):
+                self.session_id = ev["session_id"]
+
+
+class ClaudeBackend(Backend):
+    takes_context = True
+
+    def check(self) -> None:
+        self._program()
+
+    def _program(self) -> str:
+        return find_program(self.options, "claude", INSTALL)
+
+    # -- the agent's own session ----------------------------------------------------------
+    def attach(self, store, agent_id: str) -> None:
+        super().attach(store, agent_id)
+        self._session = store.get_agent(agent_id).meta.get("session_id")
+
+    def _remember(self, session_id: str) -> None:
+        self._session = session_id
+        store = getattr(self, "store", None)
+        if store is not None:
+            try:
+                store.set_agent_session(self.agent_id, session_id)
+            except PodiumError:
+                pass  # best effort: the result keeps the session id too
+
+    # -- a run --------------------------------------------------------------------------
+    def _argv(self) -> list[str]:
+        o = self.options
+        argv = [self._program(), "-p", "--output-format", "stream-json", "--verbose"]
+        if o.get("model"):
+            argv += ["--model", o["model"]]
+        if o.get("permission_mode"):
+            argv += ["--permission-mode", o["permission_mode"]]
+        # The list options take several values: the "--flag=value" form keeps them to one.
+        if o.get("allowed_tools"):
+            argv.append("--allowedTools=" + o["allowed_tools"])
+        if o.get("disallowed_tools"):
+            argv.append("--disallowedTools=" + o["disallowed_tools"])
+        if o.get("mcp_config"):
+            argv.append("--mcp-config=" + o["mcp_config"])
+        if o.get("append_system_prompt"):
+            argv += ["--append-system-prompt", o["append_system_prompt"]]
+        return argv + extra_args(o)
+
+    def run(self, run: Run) -> Outcome:
+        named = run.task.session_id  # the session the task asked for (--session NAME)
+        if named:
+            sid = session_uuid(named)
+            plans = [["--resume", sid], ["--session-id", sid], ["--resume", sid]]
+        elif flag(self.options, "keep_session", False) and getattr(self, "_session", None):
+            plans = [["--resume", self._session], []]
+        else:
+            plans = [[]]
+        base = self._argv()
+        stdin = run.prompt.encode("utf-8")
+        for i, session_args in enumerate(plans):
+            stream = _Stream(run)
+            res, lines = run_json_cli(base + session_args, run, stdin, stream.on_event)
+            last = i == len(plans) - 1
+            if not last and not run.cancelled and _session_missing_or_taken(stream, res.stderr):
+                continue  # first use of a named session, or the agent's session is gone
+            break
+        outcome = self._outcome(stream, res, lines.other)
+        if outcome.session_id and not named and outcome.status is TaskState.COMPLETED:
+            self._remember(outcome.session_id)
+        return outcome
+
+    def _outcome(self, stream: _Stream, res, other: list[str]) -> Outcome:
+        r = stream.result
+        out = Outcome(
+            TaskState.COMPLETED, output=stream.text.value(), stderr=res.stderr or None,
+            exit_code=res.exit_code, session_id=stream.session_id,
+            output_truncated=stream.text.truncated,
+        )
+        if r is not None:
+            usage = r.get("usage") or {}
+            if usage:
+                out.tokens_in = sum(int(usage.get(k) or 0) for k in (
+                    "input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"))
+                out.tokens_out = int(usage.get("output_tokens") or 0)
+            if r.get("total_cost_usd") is not None:
+                out.cost_usd = float(r["total_cost_usd"])
+            if not out.output and not r.get("is_error") and isinstance(r.get("result"), str):
+                out.output = r["result"].encode("utf-8")  # no assistant events: the final text
+        if r is not None and r.get("is_error"):
+            out.status = TaskState.FAILED
+            out.error = "claude: " + _result_error(r)
+        elif r is None:
+            out.status = TaskState.FAILED
+            why = stderr_tail(res.stderr) or "\n".join(other[-5:])
+            out.error = (f"claude exited with code {res.exit_code}" if res.exit_code
+                         else "claude ended without a result") + (f": {why}" if why else "")
+        elif res.exit_code:
+            out.status = TaskState.FAILED
+            out.error = f"claude exited with code {res.exit_code}"
+        if out.error and "not logged in" in out.error.lower():
+            out.error += " (log in by running `claude` once, or set ANTHROPIC_API_KEY)"
+        return out
+
+
+def _result_error(r: dict[str, Any]) -> str:
+    errors = [str(e) for e in r.get("errors") or [] if e]
+    message = r.get("result") if isinstance(r.get("result"), str) else None
+    text = message or "; ".join(errors) or str(r.get("subtype") or "error")
+    return text.strip()
+
+
+def _session_missing_or_taken(stream: _Stream, stderr: bytes) -> bool:
+    """The run stopped at once because the session to resume does not exist (or the one to
+    create already does): worth the next plan."""
+    if stream.text.size:
+        return False
+    said = " ".join(str(e) for e in (stream.result or {}).get("errors") or [])
+    said += " " + stderr.decode("utf-8", "replace")
+    return "No conversation found" in said or "already in use" in said

@@ -1,0 +1,139 @@
+"""``codex``: OpenAI's Codex CLI, ``codex exec --json``, one run per task.
+
+The prompt (with context) goes on stdin (``-`` as the prompt argument) — never in argv, never
+through a shell. The JSON lines are parsed as they come: ``agent_message`` items are the task's
+output (streamed into ``task.output`` events), ``turn.completed`` gives the token usage,
+``thread.started`` the session (thread) id, ``turn.failed`` (or a non-zero exit) fails the task
+with Codex's message. Codex reports no cost.
+
+Credentials: without ``CODEX_API_KEY``, ``OPENAI_API_KEY`` or ``CODEX_ACCESS_TOKEN`` in the
+environment, each task first asks ``codex login status``; when that says it is not logged in
+the task fails at once with that reason (offline, ``codex exec`` would otherwise retry the
+network forever; with credentials but no network it still does, and the task's ``--timeout``
+kills its whole process group). ``check_login=false`` skips the question (custom providers).
+
+Options: ``model``, ``sandbox`` (read-only, workspace-write, danger-full-access), ``profile``,
+``extra_args``, ``bin``, ``check_login`` (default true), ``skip_git_repo_check`` (default true:
+the agent's directory need not be a Git repository).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from podium.agents.backends import Backend, Run
+from podium.agents.backends.jsonstream import (
+    JsonLines,
+    TextOutput,
+    extra_args,
+    find_program,
+    flag,
+    run_json_cli,
+    stderr_tail,
+)
+from podium.agents.process import ProcessResult, run_process
+from podium.models import Outcome, TaskState
+
+INSTALL = "install the Codex CLI with `npm install -g @openai/codex`"
+CREDENTIAL_VARS = ("CODEX_API_KEY", "OPENAI_API_KEY", "CODEX_ACCESS_TOKEN")
+
+
+class _Stream:
+    def __init__(self, run: Run):
+        self.text = TextOutput(run)
+        self.session_id: str | None = None
+        self.tokens_in: int | None = None
+        self.tokens_out: int | None = None
+        self.failed: str | None = None
+        self.errors: list[str] = []  # non-fatal: reconnects, fallbacks
+        self.completed = False
+
+    def on_event(self, ev: dict[str, Any]) -> None:
+        kind = ev.get("type")
+        if kind == "thread.started":
+            self.session_id = ev.get("thread_id") or self.session_id
+        elif kind == "item.completed":
+            item = ev.get("item") or {}
+            if item.get("type") == "agent_message":
+                self.text.add(item.get("text") or "", separate=True)
+            elif item.get("type") == "error" and item.get("message"):
+                self.errors.append(str(item["message"]))
+        elif kind == "turn.completed":
+            self.completed = True
+            usage = ev.get("usage") or {}
+            self.tokens_in = (self.tokens_in or 0) + int(usage.get("input_tokens") or 0)
+            self.tokens_out = (self.tokens_out or 0) + int(usage.get("output_tokens") or 0)
+        elif kind == "turn.failed":
+            err = ev.get("error") or {}
+            self.failed = str(err.get("message") or err or "turn failed")
+        elif kind == "error" and ev.get("message"):
+            self.errors.append(str(ev["message"]))
+
+
+class CodexBackend(Backend):
+    takes_context = True
+
+    def check(self) -> None:
+        find_program(self.options, "codex", INSTALL)
+
+    def _argv(self) -> list[str]:
+        o = self.options
+        argv = [find_program(o, "codex", INSTALL), "exec", "--json", "--color", "never"]
+        if flag(o, "skip_git_repo_check", True):
+            argv.append("--skip-git-repo-check")
+        if o.get("model"):
+            argv += ["--model", o["model"]]
+        if o.get("sandbox"):
+            argv += ["--sandbox", o["sandbox"]]
+        if o.get("profile"):
+            argv += ["--profile", o["profile"]]
+        return argv + extra_args(o) + ["-"]  # "-": the prompt is on stdin
+
+    def _not_logged_in(self, run: Run) -> str | None:
+        """Why codex cannot authenticate, or None when it can (or we cannot tell)."""
+        if not flag(self.options, "check_login", True):
+            return None
+        if any(run.env.get(k) for k in CREDENTIAL_VARS):
+            return None
+        res = run_process([find_program(self.options, "codex", INSTALL), "login", "status"], run)
+        if res.exit_code == 0 or run.cancelled:
+            return None
+        said = stderr_tail(res.stderr + b"\n" + res.stdout, 300) or f"exit code {res.exit_code}"
+        return (f"codex is not logged in ({said}): run `codex login`, or set CODEX_API_KEY "
+                "in the agent's environment")
+
+    def run(self, run: Run) -> Outcome:
+        argv = self._argv()
+        why = self._not_logged_in(run)
+        if why:
+            return Outcome(TaskState.FAILED, error=why)
+        stream = _Stream(run)
+        res, lines = run_json_cli(argv, run, run.prompt.encode("utf-8"), stream.on_event)
+        return _outcome(stream, res, lines.other)
+
+
+def outcome_from(run: Run, stdout: bytes, exit_code: int = 0, stderr: bytes = b"") -> Outcome:
+    """The outcome of a finished ``codex exec --json`` run from its recorded output."""
+    stream = _Stream(run)
+    lines = JsonLines(stream.on_event)
+    lines.feed(stdout)
+    lines.close()
+    return _outcome(stream, ProcessResult(exit_code, stdout, stderr, False), lines.other)
+
+
+def _outcome(stream: _Stream, res: ProcessResult, other: list[str]) -> Outcome:
+    out = Outcome(
+        TaskState.COMPLETED, output=stream.text.value(), stderr=res.stderr or None,
+        exit_code=res.exit_code, tokens_in=stream.tokens_in, tokens_out=stream.tokens_out,
+        session_id=stream.session_id, output_truncated=stream.text.truncated,
+    )
+    if stream.failed:
+        out.status, out.error = TaskState.FAILED, f"codex: {stream.failed}"
+    elif res.exit_code != 0 or not stream.completed:
+        out.status = TaskState.FAILED
+        why = (stream.errors[-1] if stream.errors else "") or stderr_tail(res.stderr) \
+            or "\n".join(other[-5:])
+        head = (f"codex exited with code {res.exit_code}" if res.exit_code
+                else "codex ended without completing its turn")
+        out.error = head + (f": {why}" if why else "")
+    return out

@@ -1,0 +1,140 @@
+"""``gemini``: Google's Gemini CLI in headless mode, one run per task.
+
+Runs ``gemini -p "" -o stream-json`` with the prompt (with context) on stdin — the CLI appends
+``-p``'s (empty) text to its stdin, so the prompt is never in argv and never goes through a
+shell. The JSON lines are parsed as they come: the assistant's ``message`` chunks are the task's
+output (streamed into ``task.output`` events), the ``result`` event gives the status, its error
+and the token stats, ``init`` the session id. Gemini reports no cost.
+
+Gemini writes its errors to stderr — a missing credential ("Please set an Auth method ..."),
+a bad flag — and exits non-zero without a result event; the task then fails with the end of its
+stderr (the CLI's chatter and stack frames left out). Offline, it retries the API with backoff
+for a long while: the task's ``--timeout`` kills its whole process group.
+
+Options: ``model``, ``approval_mode`` (default, auto_edit, yolo, plan), ``extra_args``, ``bin``,
+``skip_trust`` (default true: the CLI refuses to run headless in a folder not marked trusted;
+Podium runs it in the agent's directory, which the user chose).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from podium.agents.backends import Backend, Run
+from podium.agents.backends.jsonstream import (
+    JsonLines,
+    TextOutput,
+    extra_args,
+    find_program,
+    flag,
+    run_json_cli,
+    stderr_tail,
+)
+from podium.agents.process import ProcessResult
+from podium.models import Outcome, TaskState
+
+INSTALL = "install the Gemini CLI with `npm install -g @google/gemini-cli`"
+
+
+class _Stream:
+    def __init__(self, run: Run):
+        self.text = TextOutput(run)
+        self.session_id: str | None = None
+        self.result: dict[str, Any] | None = None
+        self.errors: list[str] = []
+        self._in_message = False
+
+    def on_event(self, ev: dict[str, Any]) -> None:
+        kind = ev.get("type")
+        if kind == "init":
+            self.session_id = ev.get("session_id") or self.session_id
+        elif kind == "message":
+            if ev.get("role") != "assistant":
+                self._in_message = False
+                return
+            content = ev.get("content")
+            if isinstance(content, str) and content:
+                # Deltas continue the current message; a new message starts after a blank line.
+                self.text.add(content, separate=not (ev.get("delta") and self._in_message))
+                self._in_message = bool(ev.get("delta"))
+        elif kind in ("tool_use", "tool_result"):
+            self._in_message = False
+        elif kind == "error":
+            self.errors.append(str(ev.get("message") or ev.get("error") or ev))
+        elif kind == "result":
+            self.result = ev
+
+
+class GeminiBackend(Backend):
+    takes_context = True
+
+    def check(self) -> None:
+        find_program(self.options, "gemini", INSTALL)
+
+    def _argv(self) -> list[str]:
+        o = self.options
+        argv = [find_program(o, "gemini", INSTALL), "-p", "", "-o", "stream-json"]
+        if flag(o, "skip_trust", True):
+            argv.append("--skip-trust")
+        if o.get("model"):
+            argv += ["--model", o["model"]]
+        if o.get("approval_mode"):
+            argv += ["--approval-mode", o["approval_mode"]]
+        return argv + extra_args(o)
+
+    def run(self, run: Run) -> Outcome:
+        stream = _Stream(run)
+        res, lines = run_json_cli(self._argv(), run, run.prompt.encode("utf-8"), stream.on_event)
+        return _outcome(stream, res, lines.other)
+
+
+def outcome_from(run: Run, stdout: bytes, exit_code: int = 0, stderr: bytes = b"") -> Outcome:
+    """The outcome of a finished ``gemini -o stream-json`` run from its recorded output."""
+    stream = _Stream(run)
+    lines = JsonLines(stream.on_event)
+    lines.feed(stdout)
+    lines.close()
+    return _outcome(stream, ProcessResult(exit_code, stdout, stderr, False), lines.other)
+
+
+def _outcome(stream: _Stream, res: ProcessResult, other: list[str]) -> Outcome:
+    out = Outcome(
+        TaskState.COMPLETED, output=stream.text.value(), stderr=res.stderr or None,
+        exit_code=res.exit_code, session_id=stream.session_id,
+        output_truncated=stream.text.truncated,
+    )
+    r = stream.result
+    if r is not None:
+        stats = r.get("stats") or {}
+        if "input_tokens" in stats or "output_tokens" in stats:
+            out.tokens_in = int(stats.get("input_tokens") or 0)
+            out.tokens_out = int(stats.get("output_tokens") or 0)
+    if r is not None and r.get("status") not in (None, "success"):
+        err = r.get("error") or {}
+        message = err.get("message") if isinstance(err, dict) else err
+        out.status = TaskState.FAILED
+        out.error = f"gemini: {message or r.get('status')}"
+    elif r is None or res.exit_code != 0:
+        out.status = TaskState.FAILED
+        why = _stderr_error(res.stderr) or (stream.errors[-1] if stream.errors else "") \
+            or "\n".join(other[-5:])
+        head = (f"gemini exited with code {res.exit_code}" if res.exit_code
+                else "gemini ended without a result")
+        out.error = head + (f": {why}" if why else "")
+    return out
+
+
+def _stderr_error(stderr: bytes) -> str:
+    """Gemini's error from stderr: its JSON error object when there is one, else the tail."""
+    text = stderr[-65536:].decode("utf-8", "replace")
+    start = text.find("{")
+    while start >= 0:
+        try:
+            obj, _ = json.JSONDecoder().raw_decode(text[start:])
+        except ValueError:
+            obj = None
+        if isinstance(obj, dict) and isinstance(obj.get("error"), dict):
+            return str(obj["error"].get("message") or obj["error"])
+        start = text.find("{", start + 1)
+    return stderr_tail(stderr)

@@ -1,0 +1,171 @@
+"""Shared plumbing of the backends that drive an agent CLI printing JSON lines.
+
+``claude``, ``codex`` and ``gemini`` all run a program (no shell, prompt on stdin, its own
+process group — see ``podium.agents.process``) whose stdout is a stream of JSON objects, one a
+line. ``run_json_cli`` runs it and hands every object to a callback *as it arrives*, so the
+backend can stream the agent's text into ``task.output`` events while the program still runs;
+``TextOutput`` keeps that text (capped at the run's output limit) and streams it; ``find_program``
+resolves the program or raises ``BackendUnavailable`` saying how to install it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+from typing import Any, Callable
+
+from podium.agents.backends import Run
+from podium.agents.process import ProcessResult, run_process
+from podium.errors import BackendUnavailable, InvalidInput
+
+#: Raw stdout kept per run at most (the JSON stream is larger than the text it carries).
+STREAM_LIMIT_BYTES = 256 * 1024 * 1024
+
+
+def find_program(options: dict[str, str], default: str, install: str) -> str:
+    """The program to run: option ``bin`` (a path or a name on PATH), else ``default`` on PATH."""
+    name = options.get("bin") or default
+    if os.sep in name:
+        if os.path.isfile(name) and os.access(name, os.X_OK):
+            return os.path.abspath(name)
+        raise BackendUnavailable(f"{name} is not an executable file; {install}, "
+                                 f"or point --option bin= at the {default} program")
+    found = shutil.which(name)
+    if found is None:
+        raise BackendUnavailable(f"the {name!r} program was not found on PATH; {install}, "
+                                 f"or pass --option bin=/path/to/{default}")
+    return found
+
+
+def extra_args(options: dict[str, str]) -> list[str]:
+    """Option ``extra_args``, split like a shell would (but never run by one)."""
+    raw = options.get("extra_args") or ""
+    try:
+        return shlex.split(raw)
+    except ValueError as e:
+        raise InvalidInput(f"bad extra_args {raw!r}: {e}") from None
+
+
+def flag(options: dict[str, str], key: str, default: bool) -> bool:
+    value = options.get(key)
+    if value is None or value == "":
+        return default
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise InvalidInput(f"bad option {key}={value!r}: expected true or false")
+
+
+class JsonLines:
+    """Splits a byte stream into lines and hands each JSON object to ``on_event``.
+
+    Lines that are not JSON objects are kept (the last few) in ``other`` for error messages.
+    """
+
+    def __init__(self, on_event: Callable[[dict[str, Any]], None]):
+        self.on_event = on_event
+        self.buf = b""
+        self.other: list[str] = []
+        self.events = 0
+
+    def feed(self, chunk: bytes) -> None:
+        self.buf += chunk
+        while True:
+            nl = self.buf.find(b"\n")
+            if nl < 0:
+                return
+            line, self.buf = self.buf[:nl], self.buf[nl + 1:]
+            self._line(line)
+
+    def close(self) -> None:
+        if self.buf.strip():
+            self._line(self.buf)
+        self.buf = b""
+
+    def _line(self, raw: bytes) -> None:
+        text = raw.decode("utf-8", "replace").strip()
+        if not text:
+            return
+        try:
+            obj = json.loads(text)
+        except ValueError:
+            obj = None
+        if not isinstance(obj, dict):
+            self.other = (self.other + [text])[-20:]
+            return
+        self.events += 1
+        self.on_event(obj)
+
+
+class TextOutput:
+    """The agent's text: kept (up to the run's limit) and streamed to ``run.emit`` as it comes."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.truncated = False
+        self.pieces = 0  # separate messages added (for separators)
+
+    def add(self, text: str, separate: bool = False) -> None:
+        """Append text; ``separate`` puts a blank line between it and earlier messages."""
+        if not text:
+            return
+        if separate and self.pieces:
+            text = "\n\n" + text
+        self.pieces += 1
+        data = text.encode("utf-8")
+        room = self.run.max_output - self.size
+        if room <= 0:
+            self.truncated = True
+            return
+        if len(data) > room:
+            data = data[:room]
+            self.truncated = True
+        self.parts.append(data)
+        self.size += len(data)
+        self.run.emit(data)
+
+    def value(self) -> bytes:
+        return b"".join(self.parts)
+
+
+class _Tap:
+    """The run as ``run_process`` sees it, with stdout going to the JSON parser instead."""
+
+    def __init__(self, run: Run, emit: Callable[[bytes], None]):
+        self._run = run
+        self.emit = emit
+        self.max_output = max(run.max_output, STREAM_LIMIT_BYTES)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._run, name)
+
+
+def run_json_cli(argv: list[str], run: Run, stdin: bytes | None,
+                 on_event: Callable[[dict[str, Any]], None],
+                 env: dict[str, str] | None = None) -> tuple[ProcessResult, JsonLines]:
+    """Run ``argv`` (prompt bytes on stdin), parsing its stdout's JSON lines as they come."""
+    lines = JsonLines(on_event)
+    res = run_process(argv, _Tap(run, lines.feed), stdin=stdin, env=env)  # type: ignore[arg-type]
+    lines.close()
+    return res, lines
+
+
+_NOISE = ("Warning: ", "Ripgrep is not available", "[STARTUP]", "WARNING: proceeding")
+
+
+def stderr_tail(stderr: bytes, limit: int = 1500) -> str:
+    """The informative end of a program's stderr (stack frames and known noise dropped)."""
+    lines = []
+    for line in stderr.decode("utf-8", "replace").splitlines():
+        s = line.strip()
+        if not s or s.startswith("at ") or s.startswith(_NOISE):
+            continue
+        lines.append(s)
+    text = "\n".join(lines).strip()
+    return text[-limit:]
