@@ -142,22 +142,91 @@ def store_copy(source, destination) -> None:
 @click.option("--prefix", default="agent", show_default=True, help="Agent names: PREFIX-1, PREFIX-2...")
 @click.option("--lease", type=float, help="Lease seconds (an agent silent this long is dead).")
 @click.option("--workdir", type=click.Path(file_okay=False), help="Working directory of the agents.")
+@click.option("--tmux", "in_tmux", is_flag=True,
+              help="Run the agents in panes of a tmux session, with a dashboard pane.")
+@click.option("--session", default="podium", show_default=True, help="tmux session name.")
+@click.option("--interactive", metavar="CMD",
+              help="With --tmux: each pane runs this interactive program (e.g. claude) as the agent.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-def up(c: Ctx, n, backend, roles, options, prefix, lease, workdir, as_json) -> None:
-    """Start N agents in the background (logs next to the store, in logs/)."""
+def up(c: Ctx, n, backend, roles, options, prefix, lease, workdir, in_tmux, session, interactive,
+       as_json) -> None:
+    """Start N agents in the background (logs next to the store, in logs/) or in tmux panes."""
     from podium.agents import backends
-    from podium.supervisor import log_dir, up as start
+    from podium.supervisor import log_dir, up as start, up_tmux
 
-    backends.load(backend)
-    backends.parse_options(options)
-    agents = start(c.podium, n, backend, list(roles), list(options), prefix, lease, workdir)
+    if interactive and not in_tmux:
+        raise InvalidInput("--interactive needs --tmux (an interactive program needs a pane)")
+    if not interactive:
+        backends.load(backend)
+        backends.parse_options(options)
+    if in_tmux:
+        agents = up_tmux(c.podium, n, backend, list(roles), list(options), prefix, lease, workdir,
+                         session, interactive)
+    else:
+        agents = start(c.podium, n, backend, list(roles), list(options), prefix, lease, workdir)
     if as_json:
         _json([a.to_dict(now()) for a in agents])
         return
     for a in agents:
         _write(f"{a.id}  pid {a.pid}  backend {a.backend}\n")
-    _write(f"logs: {log_dir(c.podium)}\n")
+    if in_tmux:
+        _write(f"tmux session {session}: podium attach --session {session}\n")
+    else:
+        _write(f"logs: {log_dir(c.podium)}\n")
+
+
+@cli.command()
+@click.option("--session", default="podium", show_default=True)
+def attach(session) -> None:
+    """Attach this terminal to the team's tmux session."""
+    from podium.tmux import Tmux, require_tmux
+
+    tmux = Tmux.from_env()
+    if not tmux.has_session(session):
+        raise InvalidInput(f"no tmux session {session!r}; start one with 'podium up N --tmux'")
+    os.execvp(require_tmux(), [require_tmux(), *tmux.args(), "attach-session", "-t", f"={session}"])
+
+
+@cli.command()
+@pass_ctx
+def dashboard(c: Ctx) -> None:
+    """The terminal dashboard: agents, queue and live events (keys: a add, c cancel, s send, o output)."""
+    from podium.tui.app import Dashboard
+
+    Dashboard(c.podium).run()
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--agent", envvar="PODIUM_AGENT_ID", required=True,
+              help="The agent (default $PODIUM_AGENT_ID, set for interactive agents).")
+@pass_ctx
+def hook(c: Ctx, name, agent) -> None:
+    """Record a Claude Code hook event (JSON on stdin) as the agent's state."""
+    from podium.hooks import parse_payload
+
+    payload = parse_payload(b"" if sys.stdin.isatty() else sys.stdin.buffer.read())
+    a = c.podium.hook(agent, name, payload)
+    _write(f"{a.id} {a.state.value}\n")
+
+
+@cli.group()
+def hooks() -> None:
+    """Claude Code hooks that report interactive agents' state."""
+
+
+@hooks.command("install")
+@click.option("--dir", "directory", type=click.Path(file_okay=False), default=".",
+              show_default=True, help="Project directory of the agent (its .claude/ is used).")
+@pass_ctx
+def hooks_install(c: Ctx, directory) -> None:
+    """Write Podium's hooks into DIR/.claude/settings.local.json (merged with what is there)."""
+    from podium.hooks import install
+
+    path = Path(directory).resolve() / ".claude" / "settings.local.json"
+    install(path, c.podium.store.url)
+    _write(f"wrote hooks to {path}\n")
 
 
 @cli.command()
@@ -217,20 +286,35 @@ def agent_list(c: Ctx, as_json: bool) -> None:
               help="Seconds a claim lives without a heartbeat.")
 @click.option("--heartbeat", type=float, help="Heartbeat interval (default lease/6).")
 @click.option("--workdir", type=click.Path(file_okay=False, exists=True))
+@click.option("--echo-output", is_flag=True, help="Also print tasks and their output (for panes).")
 @pass_ctx
-def agent_run(c: Ctx, name, roles, backend, options, lease, heartbeat, workdir) -> None:
+def agent_run(c: Ctx, name, roles, backend, options, lease, heartbeat, workdir, echo_output) -> None:
     """Run one agent in the foreground: pull tasks and run them until stopped."""
     from podium.agents import backends
     from podium.agents.worker import Worker
 
-    if lease <= 0 or (heartbeat is not None and not 0 < heartbeat < lease):
+    if not 0 < lease < float("inf") or (heartbeat is not None and not 0 < heartbeat < lease):
         raise InvalidInput("--lease must be positive and --heartbeat between 0 and the lease")
     cls = backends.load(backend)
     wd = Path(workdir).resolve() if workdir else Path.cwd()
     worker = Worker(c.podium.store, name, cls(backends.parse_options(options), wd), list(roles),
-                    lease_s=lease, heartbeat_s=heartbeat, workdir=wd)
+                    lease_s=lease, heartbeat_s=heartbeat, workdir=wd, echo_output=echo_output)
     worker.install_signal_handlers()
     sys.exit(worker.run())
+
+
+@agent.command("interactive", context_settings={"ignore_unknown_options": True})
+@click.option("--name", "-n", required=True)
+@click.option("--role", "-r", "roles", multiple=True)
+@click.option("--lease", type=float, default=30.0, show_default=True)
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@pass_ctx
+def agent_interactive(c: Ctx, name, roles, lease, command) -> None:
+    """Run an interactive program (e.g. claude) as agent NAME in this terminal: podium agent
+    interactive --name N -- CMD ARGS..."""
+    from podium.agents.interactive import InteractiveAgent
+
+    sys.exit(InteractiveAgent(c.podium.store, name, list(command), list(roles), lease).run())
 
 
 # -- tasks ---------------------------------------------------------------------------------
@@ -253,14 +337,16 @@ def task() -> None:
 @click.option("--max-attempts", type=int, default=3, show_default=True,
               help="Claims allowed (a crashed agent's task is retried until then).")
 @click.option("--retry", is_flag=True, help="Also retry when the run fails (up to --max-attempts).")
+@click.option("--session", metavar="NAME",
+              help="Run in this named agent session (continued by every task naming it).")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def task_add(c: Ctx, prompt, agent, role, priority, depends_on, context, timeout, max_attempts,
-             retry, as_json) -> None:
+             retry, session, as_json) -> None:
     """Queue a task; PROMPT '-' reads it from stdin. Prints the task id."""
     t = c.podium.add_task(_read_arg(prompt, "prompt"), agent=agent, role=role, priority=priority,
                           depends_on=list(depends_on), context=context, timeout_s=timeout,
-                          max_attempts=max_attempts, retry=retry)
+                          max_attempts=max_attempts, retry=retry, session=session)
     if as_json:
         _json(t.to_dict())
     else:
@@ -512,18 +598,107 @@ def status(c: Ctx, as_json) -> None:
 
 
 @cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def costs(c: Ctx, as_json) -> None:
+    """Tokens and cost per agent, per role, per backend and overall."""
+    s = c.podium.costs()
+    if as_json:
+        _json(s)
+        return
+    nums = ["TASKS", "TOKENS IN", "TOKENS OUT", "COST USD"]
+
+    def cols(r) -> list[str]:
+        return [str(r["tasks"]), str(r["tokens_in"]), str(r["tokens_out"]), f"{r['cost_usd']:.4f}"]
+
+    _table([[r["agent"], r["backend"], ",".join(r["roles"]) or "-", *cols(r)] for r in s["agents"]],
+           ["AGENT", "BACKEND", "ROLES", *nums])
+    _write("\n")
+    _table([[r["role"] or "-", str(r["agents"]), *cols(r)] for r in s["roles"]],
+           ["ROLE", "AGENTS", *nums])
+    _write("\n")
+    _table([[r["backend"], str(r["agents"]), *cols(r)] for r in s["backends"]] +
+           [["total", str(s["total"]["agents"]), *cols(s["total"])]], ["BACKEND", "AGENTS", *nums])
+
+
+@cli.command()
 @click.option("--agents", "n", type=int, default=3, show_default=True)
 @click.option("--keep", is_flag=True, help="Leave the store in place afterwards (path printed).")
-def demo(n: int, keep: bool) -> None:
+@click.option("--ai-backend", default="local", show_default=True,
+              help="Backend of the AI agent (e.g. claude when its CLI is logged in).")
+@click.option("--ai-option", "ai_options", multiple=True, metavar="KEY=VALUE",
+              help="Option of the AI agent's backend (repeat; default: the local model's).")
+def demo(n: int, keep: bool, ai_backend: str, ai_options) -> None:
     """The main job: start agents, run a small pipeline of real tasks, print the results."""
     from podium.demo import run_demo
 
-    sys.exit(run_demo(n, keep, _write))
+    sys.exit(run_demo(n, keep, _write, ai_backend, list(ai_options) or None))
+
+
+@cli.group("mcp")
+def mcp_group() -> None:
+    """MCP server: let an AI orchestrator (Claude Code, any MCP client) drive the team."""
+
+
+@mcp_group.command("serve")
+@click.option("--http", "use_http", is_flag=True,
+              help="Streamable HTTP at http://HOST:PORT/mcp (bearer token) instead of stdio.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="With --http: address to bind.")
+@click.option("--port", type=int, default=8765, show_default=True, help="With --http: port.")
+@pass_ctx
+def mcp_serve(c: Ctx, use_http, host, port) -> None:
+    """Serve Podium's tools and resources over MCP (stdio by default)."""
+    from podium.mcp import serve
+
+    serve(c.podium, http=use_http, host=host, port=port)
+
+
+@mcp_group.command("install")
+@click.option("--scope", type=click.Choice(["project"]), default="project", show_default=True,
+              help="project: DIR/.mcp.json, which Claude Code reads in that project.")
+@click.option("--dir", "directory", type=click.Path(file_okay=False), default=".",
+              show_default=True, help="Project directory.")
+@click.option("--name", default="podium", show_default=True, help="Server name in the file.")
+@pass_ctx
+def mcp_install(c: Ctx, scope, directory, name) -> None:
+    """Write or merge .mcp.json so that Claude Code starts 'podium mcp serve' on this store."""
+    from podium.mcp import install
+
+    path, entry = install(c.podium.store.url, directory, name, scope)
+    _write(f"wrote server {name!r} to {path}:\n")
+    _json(entry)
+
+
+@mcp_group.command("token")
+@pass_ctx
+def mcp_token(c: Ctx) -> None:
+    """Print the bearer token of 'podium mcp serve --http' (created on first use, mode 0600)."""
+    from podium.mcp import load_token
+
+    _write(load_token(c.podium.store.home) + "\n")
+
+
+def _utf8_args(argv: list[str]) -> list[str]:
+    """Arguments as UTF-8 whatever the locale says, as stdin is read and output written.
+
+    Bytes the locale could not decode arrive as lone surrogates (which no store can take);
+    re-read them as UTF-8, and refuse them with a clear error when they are not UTF-8 either.
+    """
+    args = []
+    for a in argv:
+        if any("\udc80" <= ch <= "\udcff" for ch in a):
+            raw = os.fsencode(a)
+            try:
+                a = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidInput(f"argument {raw!r} is not valid UTF-8") from None
+        args.append(a)
+    return args
 
 
 def main() -> None:
     try:
-        cli.main(standalone_mode=False)
+        cli.main(args=_utf8_args(sys.argv[1:]), standalone_mode=False)
     except PodiumError as e:
         click.echo(f"podium: error: {e}", err=True)
         sys.exit(EXIT_ERROR)

@@ -10,7 +10,7 @@ import time
 from typing import Any, Iterator
 
 from podium.clock import new_id, now
-from podium.errors import InvalidInput, NotFound
+from podium.errors import InvalidInput, NotFound, PodiumError
 from podium.models import (
     Agent,
     AgentState,
@@ -70,7 +70,7 @@ class Podium:
         retry: bool = False, session: str | None = None,
     ) -> TaskSpec:
         """Validate a task request; raises ``InvalidInput`` without touching the store."""
-        if timeout_s is not None and not timeout_s > 0:
+        if timeout_s is not None and not 0 < timeout_s < float("inf"):  # nan/inf: not JSON
             raise InvalidInput(f"bad timeout {timeout_s!r}: must be a positive number of seconds")
         if not isinstance(max_attempts, int) or max_attempts < 1:
             raise InvalidInput(f"bad max_attempts {max_attempts!r}: must be at least 1")
@@ -130,6 +130,8 @@ class Podium:
 
     def wait(self, task_id: str, timeout_s: float | None = None) -> Task:
         """Block until the task is finished (or ``timeout_s`` passes); returns it either way."""
+        if timeout_s is not None and not timeout_s >= 0:  # negative or nan
+            raise InvalidInput(f"bad timeout {timeout_s!r}: must be zero or more seconds")
         self.store.task_state(task_id)  # NotFound before we start waiting
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         waiter = self.store.event_waiter()
@@ -159,7 +161,34 @@ class Podium:
 
     # -- messages ---------------------------------------------------------------------
     def send(self, agent_id: str, body: Any, sender: str = "orchestrator") -> Message:
-        return self.store.add_message(agent_id, _text(body, "message"), "in", "message", sender)
+        """Put a message in the agent's inbox; an interactive agent also gets it typed into its
+        pane (a tmux paste, then Enter once the text shows), recorded as ``message.delivered``."""
+        text = _text(body, "message")
+        agent = self.store.get_agent(agent_id)
+        msg = self.store.add_message(agent_id, text, "in", "message", sender)
+        pane = agent.meta.get("pane") if agent.meta.get("interactive") else None
+        if pane and agent.state.live:
+            from podium.tmux import Tmux
+
+            tmux = Tmux(socket_path=agent.meta.get("tmux_socket"))
+            try:
+                seen = tmux.deliver(pane, text)
+            except PodiumError as e:
+                raise PodiumError(f"message {msg.id} is in {agent_id}'s inbox but could not be "
+                                  f"typed into its pane: {e}") from None
+            msg = self.store.mark_delivered(msg.id, seen, f"tmux pane {pane}")
+        return msg
+
+    def hook(self, agent_id: str, name: str, payload: dict[str, Any] | None = None) -> Agent:
+        """A Claude Code hook fired for an interactive agent: record the state it implies."""
+        from podium.hooks import state_for
+
+        state = state_for(name)
+        note = f"hook:{name}"
+        message = (payload or {}).get("message")
+        if isinstance(message, str) and message:
+            note += f": {message[:200]}"
+        return self.store.set_agent_state(agent_id, state, note)
 
     def inbox(self, agent_id: str, unread: bool = False, ack: bool = False,
               limit: int = 100) -> list[Message]:
@@ -167,6 +196,33 @@ class Podium:
 
     def outbox(self, agent_id: str, limit: int = 100) -> list[Message]:
         return self.store.list_messages(agent_id, "out", False, limit)
+
+    def response(self, agent_id: str, scan: int = 100) -> dict[str, Any]:
+        """The agent's latest response: the newer of its latest outbound message (a report) and
+        the result of the task it finished last (among its last ``scan`` tasks).
+
+        ``source`` is ``"message"``, ``"result"`` or None (neither yet); ``response`` is that
+        message's body or that result's output; both candidates are included.
+        """
+        msgs = self.outbox(agent_id, limit=1)
+        msg = msgs[-1] if msgs else None
+        done = [t for t in self.tasks(agent=agent_id, limit=scan)
+                if t.state.finished and t.completed_at is not None]
+        last = self.task(max(done, key=lambda t: t.completed_at).id) if done else None
+        source = None
+        if msg is not None and (last is None or msg.created_at >= last.completed_at):
+            source = "message"
+        elif last is not None:
+            source = "result"
+        result = last.result() if last is not None else None
+        return {
+            "agent_id": agent_id,
+            "source": source,
+            "response": (msg.body if source == "message"
+                         else result["output"] if result is not None else None),
+            "message": msg.to_dict() if msg is not None else None,
+            "result": result,
+        }
 
     def report(self, agent_id: str, status: str, note: str | None = None,
                task_id: str | None = None) -> Message:
@@ -202,6 +258,8 @@ class Podium:
 
         Stops when ``idle_timeout`` seconds pass without a new event (None: never).
         """
+        if idle_timeout is not None and not idle_timeout >= 0:  # negative or nan
+            raise InvalidInput(f"bad idle timeout {idle_timeout!r}: must be zero or more seconds")
         waiter = self.store.event_waiter()
         cursor = self.store.last_event_id() if after is None else after
         try:
@@ -236,4 +294,38 @@ class Podium:
             "tasks": self.store.counts(),
             "live_agents": [a.to_dict(t) for a in agents if a.state.live],
             "last_event_id": self.store.last_event_id(),
+        }
+
+    def costs(self) -> dict[str, Any]:
+        """Tokens and cost per agent, per role, per backend and overall.
+
+        From each agent's counters, which add up every run it finished (retries and runs cut
+        off included) and survive its restarts. An agent with several roles counts under
+        each of them; one with none under the role ``None``.
+        """
+        fields = ("tasks", "tokens_in", "tokens_out", "cost_usd")
+
+        def zero() -> dict[str, Any]:
+            return {"agents": 0, "tasks": 0, "tokens_in": 0, "tokens_out": 0, "cost_usd": 0.0}
+
+        rows, roles, backends, total = [], {}, {}, zero()
+        for a in self.store.list_agents():
+            row = {"agent": a.id, "backend": a.backend, "roles": a.roles, "state": a.state.value,
+                   "tasks": a.tasks_done, "tokens_in": a.tokens_in, "tokens_out": a.tokens_out,
+                   "cost_usd": a.cost_usd}
+            rows.append(row)
+            groups = [roles.setdefault(r, zero()) for r in (a.roles or [None])]
+            groups += [backends.setdefault(a.backend, zero()), total]
+            for g in groups:
+                g["agents"] += 1
+                for f in fields:
+                    g[f] += row[f]
+        for g in [*roles.values(), *backends.values(), total]:
+            g["cost_usd"] = round(g["cost_usd"], 6)
+        return {
+            "agents": rows,
+            "roles": [{"role": r, **g} for r, g in
+                      sorted(roles.items(), key=lambda kv: (kv[0] is None, kv[0] or ""))],
+            "backends": [{"backend": b, **g} for b, g in sorted(backends.items())],
+            "total": total,
         }

@@ -7,6 +7,7 @@ Workers are ordinary ``podium agent run`` processes in their own sessions, loggi
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -66,6 +67,21 @@ def up(podium: Podium, n: int, backend: str, roles: list[str], options: list[str
                 worker_argv(podium, name, backend, roles, options, lease_s, workdir),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True, close_fds=True)
+
+    def check() -> None:
+        for nm, p in procs.items():
+            if p.poll() is not None:
+                tail = (logs / f"{nm}.log").read_text(errors="replace").strip().splitlines()[-3:]
+                raise PodiumError(f"agent {nm} exited with code {p.returncode} during start-up: "
+                                  + " | ".join(tail))
+
+    return wait_registered(podium, names, started, wait_s, check, f"see {logs}",
+                           pids={nm: p.pid for nm, p in procs.items()})
+
+
+def wait_registered(podium: Podium, names: list[str], started: float, wait_s: float,
+                    check=lambda: None, hint: str = "", pids: dict | None = None) -> list[Agent]:
+    """Wait until every named agent registered after ``started`` (with the given pids)."""
     waiter = podium.store.event_waiter()
     try:
         deadline = time.monotonic() + wait_s
@@ -73,19 +89,51 @@ def up(podium: Podium, n: int, backend: str, roles: list[str], options: list[str
             agents = {a.id: a for a in podium.store.list_agents()}
             ready = [agents[nm] for nm in names
                      if nm in agents and agents[nm].registered_at >= started - 1
-                     and agents[nm].pid == procs[nm].pid and agents[nm].state.live]
+                     and (pids is None or agents[nm].pid == pids[nm]) and agents[nm].state.live]
             if len(ready) == len(names):
                 return ready
-            for nm, p in procs.items():
-                if p.poll() is not None:
-                    tail = (logs / f"{nm}.log").read_text(errors="replace").strip().splitlines()[-3:]
-                    raise PodiumError(f"agent {nm} exited with code {p.returncode} during start-up: "
-                                      + " | ".join(tail))
+            check()
             if time.monotonic() > deadline:
-                raise PodiumError(f"agents did not register within {wait_s:g}s; see {logs}")
+                raise PodiumError(f"agents did not register within {wait_s:g}s; {hint}".rstrip("; "))
             waiter.wait(0.2)
     finally:
         waiter.close()
+
+
+def up_tmux(podium: Podium, n: int, backend: str, roles: list[str], options: list[str],
+            prefix: str = "agent", lease_s: float | None = None, workdir: str | None = None,
+            session: str = "podium", interactive: str | None = None,
+            wait_s: float = 30.0) -> list[Agent]:
+    """Start ``n`` agents in panes of a new tmux session, with a dashboard pane."""
+    from podium.tmux import Tmux
+
+    if n < 1:
+        raise PodiumError("the number of agents must be at least 1")
+    names = free_names(podium, n, prefix)
+    base = [sys.executable, "-m", "podium", "--store", podium.store.url]
+    panes = []
+    for name in names:
+        if interactive:
+            argv = [*base, "agent", "interactive", "--name", name]
+            for r in roles:
+                argv += ["--role", r]
+            argv += ["--", *shlex.split(interactive)]
+        else:
+            argv = worker_argv(podium, name, backend, roles, options, lease_s, workdir)
+            argv.append("--echo-output")
+        panes.append((name, "exec " + shlex.join(argv)))
+    dashboard = "exec " + shlex.join([*base, "dashboard"])
+    started = time.time()
+    tmux = Tmux.from_env()
+    cwd = str(Path(workdir).resolve()) if workdir else os.getcwd()
+    env_cmd = f"export PODIUM_TMUX_SESSION={shlex.quote(session)}; "
+    tmux.create_team(session, env_cmd + dashboard, [(nm, env_cmd + c) for nm, c in panes], cwd)
+    try:
+        return wait_registered(podium, names, started, wait_s,
+                               hint=f"look at the panes: tmux attach -t {session}")
+    except PodiumError:
+        tmux.kill_session(session)
+        raise
 
 
 def _alive(pid: int) -> bool:
@@ -100,7 +148,11 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a zombie nobody has reaped yet (a container's PID 1 may never do it) has exited
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
 
 
 def down(podium: Podium, timeout_s: float = 15.0, drain: bool = False,
@@ -131,4 +183,11 @@ def down(podium: Podium, timeout_s: float = 15.0, drain: bool = False,
             time.sleep(0.02)
         if podium.store.get_agent(a.id).state.live:
             podium.store.deregister(a.id)
+    sessions = {a.meta.get("tmux_session") for a in targets} - {None}
+    if sessions and names is None:
+        from podium.tmux import Tmux
+
+        for session in sessions:
+            Tmux(socket_path=next(a.meta.get("tmux_socket") for a in targets
+                                  if a.meta.get("tmux_session") == session)).kill_session(session)
     return [a.id for a in targets]
