@@ -159,7 +159,7 @@ def run_demo(n_agents: int, keep: bool, write: Callable[[str], None], ai_backend
             write(f"shell check of that code: {_text(check_t.output).strip()}\n")
             write(f"\n{ai.id} summarised (prompt: {SUMMARY_PROMPT!r}, after the shared "
                   f"context):\n{_indent(summary_t.output)}\n")
-            write(f"\ntokens and cost per agent (podium costs):\n")
+            write("\ntokens and cost per agent (podium costs):\n")
             for row in podium.costs()["agents"]:
                 if row["tokens_in"] or row["tokens_out"]:
                     write(f"    {row['agent']:<8} {row['backend']:<6} {row['tasks']} tasks, "

@@ -222,6 +222,14 @@ class Worker:
             env.pop("PODIUM_TASK_CONTEXT", None)
         return env
 
+    @staticmethod
+    def _tee(emit: Callable[[bytes], None]) -> Callable[[bytes], None]:
+        def both(chunk: bytes) -> None:
+            emit(chunk)
+            sys.stderr.buffer.write(chunk)
+            sys.stderr.buffer.flush()
+        return both
+
     def _execute(self, task: Task) -> Outcome | None:
         """Run one claimed task; None when it was handed back because the worker is stopping."""
         prompt = task.prompt
@@ -231,11 +239,7 @@ class Worker:
         emit = stream.emit
         if self.echo_output:  # a worker in a tmux pane shows its tasks live
             self.log(f"▶ {task.id}: {task.prompt[:200]}")
-
-            def emit(chunk: bytes) -> None:
-                stream.emit(chunk)
-                sys.stderr.buffer.write(chunk)
-                sys.stderr.buffer.flush()
+            emit = self._tee(stream.emit)
         run = Run(task=task, prompt=prompt, workdir=self.workdir, env=self._env(task),
                   emit=emit, max_output=self.max_output)
         deadline = time.monotonic() + task.timeout_s if task.timeout_s else None

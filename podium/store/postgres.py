@@ -21,15 +21,13 @@ import functools
 import hashlib
 import os
 import select
-import threading
 import time
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
-from podium.clock import now
 from podium.errors import StoreError, StoreUnavailable
-from podium.store.migrations import MIGRATIONS, statements
+from podium.store.migrations import MIGRATIONS
 from podium.store.sql import SqlStore, Tx
 from podium.wake import ALL_AGENTS
 
@@ -294,22 +292,10 @@ class PostgresStore(SqlStore):
 
     # -- lifecycle ------------------------------------------------------------------
     def migrate(self) -> list[str]:
-        applied: list[str] = []
         with self._transaction() as tx:
             # One migrator at a time across every host.
             tx.execute("SELECT pg_advisory_xact_lock(?)", (self._lock_key ^ 1,))
-            tx.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
-                       "(name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)")
-            done = {r["name"] for r in tx.all("SELECT name FROM schema_migrations")}
-            for name, sql in MIGRATIONS:
-                if name in done:
-                    continue
-                for stmt in statements(sql, TYPES):
-                    tx.execute(stmt)
-                tx.execute("INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)",
-                           (name, now()))
-                applied.append(name)
-        return applied
+            return self._apply_migrations(tx, MIGRATIONS, TYPES)
 
     def close(self) -> None:
         if not self._closed:

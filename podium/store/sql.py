@@ -27,6 +27,7 @@ from podium.models import (
     TaskState,
 )
 from podium.store.base import Finish, HeartbeatReply, Store
+from podium.store.migrations import statements
 from podium.wake import ALL_AGENTS
 
 _TASK_COLS_NO_OUTPUT = (
@@ -139,6 +140,24 @@ class SqlStore(Store):
             tx.cur.executemany(
                 tx._convert("INSERT INTO events (ts, kind, agent_id, task_id, data) "
                             "VALUES (?, ?, ?, ?, ?)"), tx.events)
+
+    @staticmethod
+    def _apply_migrations(tx: Tx, migrations: list[tuple[str, str]],
+                          types: dict[str, str]) -> list[str]:
+        """Apply, in order, the migrations not yet recorded; return their names."""
+        tx.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
+                   f"(name TEXT PRIMARY KEY, applied_at {types['float']} NOT NULL)")
+        done = {r["name"] for r in tx.all("SELECT name FROM schema_migrations")}
+        applied = []
+        for name, sql in migrations:
+            if name in done:
+                continue
+            for stmt in statements(sql, types):
+                tx.execute(stmt)
+            tx.execute("INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)",
+                       (name, now()))
+            applied.append(name)
+        return applied
 
     def _after_copy(self, tx: Tx) -> None:
         """After rows were loaded with explicit ids (``store copy``): fix id generators."""

@@ -17,9 +17,8 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
-from podium.clock import now
 from podium.errors import StoreError
-from podium.store.migrations import MIGRATIONS, statements
+from podium.store.migrations import MIGRATIONS
 from podium.store.sql import SqlStore, Tx
 from podium.wake import Listener, WakeChannel
 
@@ -129,7 +128,6 @@ class SQLiteStore(SqlStore):
 
     # -- lifecycle ------------------------------------------------------------------
     def migrate(self) -> list[str]:
-        applied: list[str] = []
         with self._lock:
             try:
                 have = {r[0] for r in self._conn.execute(
@@ -141,18 +139,7 @@ class SQLiteStore(SqlStore):
             except sqlite3.Error as e:
                 raise _store_error(e, self.path) from None
             with self._transaction() as tx:
-                tx.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
-                           "(name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
-                done = {r["name"] for r in tx.all("SELECT name FROM schema_migrations")}
-                for name, sql in MIGRATIONS:
-                    if name in done:
-                        continue
-                    for stmt in statements(sql, TYPES):
-                        tx.execute(stmt)
-                    tx.execute("INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)",
-                               (name, now()))
-                    applied.append(name)
-        return applied
+                return self._apply_migrations(tx, MIGRATIONS, TYPES)
 
     def close(self) -> None:
         with self._lock:
