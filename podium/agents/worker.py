@@ -120,6 +120,7 @@ class Worker:
             self.meta.update(pane=os.environ["TMUX_PANE"], tmux_socket=tmux.split(",")[0],
                              tmux_session=os.environ.get("PODIUM_TMUX_SESSION"))
         self.echo_output = echo_output
+        self._base_env: dict[str, str] | None = None
         self.stop: str | None = None  # None, "drain" or "now"
         self.waiter = None
         self._next_heartbeat = 0.0
@@ -210,16 +211,13 @@ class Worker:
         return self.store.heartbeat(self.name, self.lease_s, task.id, task.attempts)
 
     def _env(self, task: Task) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update({
-            "PODIUM_TASK_ID": task.id,
-            "PODIUM_AGENT_ID": self.name,
-            "PODIUM_STORE": self.store.url,
-        })
-        if task.context and len(task.context.encode("utf-8")) < 100_000:
+        if self._base_env is None:  # os.environ is slow to copy: do it once per worker
+            self._base_env = dict(os.environ, PODIUM_AGENT_ID=self.name,
+                                  PODIUM_STORE=self.store.url)
+            self._base_env.pop("PODIUM_TASK_CONTEXT", None)
+        env = dict(self._base_env, PODIUM_TASK_ID=task.id)
+        if task.context and len(task.context) < 25_000:  # well under one argument's limit
             env["PODIUM_TASK_CONTEXT"] = task.context
-        else:
-            env.pop("PODIUM_TASK_CONTEXT", None)
         return env
 
     @staticmethod

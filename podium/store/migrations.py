@@ -100,6 +100,15 @@ CREATE TABLE context (
 );
 """,
     ),
+    (
+        # The planner preferred tasks_state (state, seq) and sorted every queued row per claim
+        # (1 ms with 10,000 queued); with state leading this index it reads one entry.
+        "m002_claim_index",
+        """
+DROP INDEX tasks_queue;
+CREATE INDEX tasks_claim ON tasks (state, priority, seq) WHERE state = 'queued';
+""",
+    ),
 ]
 
 

@@ -357,13 +357,15 @@ class SqlStore(Store):
             row = tx.one(sql + self.claim_lock_clause, params)
             if row is None:
                 return None
-            tx.execute(
+            claimed = tx.one(
                 "UPDATE tasks SET state = 'running', agent_id = ?, attempts = attempts + 1, "
                 "lease_expires = ?, started_at = ?, completed_at = NULL, error = NULL "
-                "WHERE seq = ?",
+                f"WHERE seq = ? RETURNING {_TASK_COLS_NO_OUTPUT}",
                 (agent_id, t + lease_s, t, row["seq"]),
             )
-            task = self._load_task(tx, None, seq=row["seq"])
+            deps = [r["depends_on"] for r in tx.all(
+                "SELECT depends_on FROM task_deps WHERE task_id = ?", (claimed["id"],))]
+            task = _task(claimed, deps, with_output=False)
             tx.execute("UPDATE agents SET state = 'busy', current_task = ? WHERE id = ?",
                        (task.id, agent_id))
             tx.event("task.claimed", agent_id, task.id, attempt=task.attempts)

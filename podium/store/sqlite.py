@@ -103,18 +103,15 @@ class SQLiteStore(SqlStore):
 
     @contextlib.contextmanager
     def _reader(self) -> Iterator[Tx]:
+        # Each statement reads its own snapshot (autocommit): the reads that span several
+        # statements only add immutable details (a task's dependencies), so no BEGIN is needed.
         with self._lock:
             cur = self._conn.cursor()
             try:
-                cur.execute("BEGIN")
                 yield Tx(cur, _same)
             except sqlite3.Error as e:
                 raise _store_error(e, self.path) from None
             finally:
-                try:
-                    cur.execute("COMMIT")
-                except sqlite3.Error:
-                    pass
                 cur.close()
 
     def _wake(self, agents, watchers) -> None:
