@@ -233,6 +233,8 @@ class Outcome:
     cost_usd: float | None = None
     session_id: str | None = None
     output_truncated: bool = False
+    #: When the backend began this run (set by the worker; None keeps the claim time).
+    started_at: float | None = None
 
 
 @dataclass

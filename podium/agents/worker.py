@@ -29,6 +29,8 @@ from podium.models import Outcome, Task, TaskState
 from podium.prompt import compose
 from podium.store import Finish, Store
 
+#: Tasks an inline (in-process, instant) backend claims per transaction.
+CLAIM_BATCH = int(os.environ.get("PODIUM_CLAIM_BATCH", 16))
 #: Streamed output events are flushed at most this often, and stop after this many bytes.
 STREAM_INTERVAL_S = 0.2
 STREAM_LIMIT_BYTES = 1024 * 1024
@@ -148,7 +150,9 @@ class Worker:
         self.waiter = self.store.agent_waiter(self.name)
         self.log(f"registered (backend {self.backend.name}, roles {self.roles or 'any'}, "
                  f"store {self.store.url})")
-        finish: Finish | None = None
+        finishes: list[Finish] = []
+        # In-process instant backends take several tasks per transaction; others one at a time.
+        batch = CLAIM_BATCH if self.backend.inline else 1
         self._next_heartbeat = time.monotonic() + self.heartbeat_s
         backoff = 0.0
         give_up: float | None = None
@@ -156,36 +160,44 @@ class Worker:
             while True:
                 try:
                     if self.stop:
-                        if finish is not None:
-                            self.store.finish(self.name, finish)
+                        if finishes:
+                            self.store.claim_batch(self.name, self.roles, self.lease_s, finishes, 0)
+                            finishes = []
                         break
                     if time.monotonic() >= self._next_heartbeat:
                         self._heartbeat()
-                    # The finished task's result and the next claim: one transaction.
-                    task = self.store.claim(self.name, self.roles, self.lease_s, finish)
-                    finish = None
+                    # The finished tasks' results and the next claim: one transaction.
+                    tasks = self.store.claim_batch(self.name, self.roles, self.lease_s,
+                                                   finishes, batch)
+                    finishes = []
                     backoff = 0.0
-                    if task is None:
+                    if not tasks:
                         self.waiter.wait(max(0.0, self._next_heartbeat - time.monotonic()))
                         continue
-                    outcome = self._execute(task)
-                    if outcome is not None:
-                        finish = Finish(task.id, task.attempts, outcome)
+                    for i, task in enumerate(tasks):
+                        if self.stop:  # claimed but not started: back to the queue
+                            for rest in tasks[i:]:
+                                self.store.release(self.name, rest.id, rest.attempts,
+                                                   "worker stopping")
+                            break
+                        outcome = self._execute(task)
+                        if outcome is not None:
+                            finishes.append(Finish(task.id, task.attempts, outcome))
                 except StoreUnavailable as e:
-                    # The server went away: keep the pending result and try again, backing off.
+                    # The server went away: keep the pending results and try again, backing off.
                     backoff = min(5.0, max(0.1, backoff * 2))
                     self.log(f"store unavailable ({e}); retrying in {backoff:.1f}s")
-                    if self.stop and finish is not None:
-                        # Stopping with a result still to record: keep trying for a while.
+                    if self.stop and finishes:
+                        # Stopping with results still to record: keep trying for a while.
                         give_up = give_up or time.monotonic() + 30
                         if time.monotonic() > give_up:
-                            self.log(f"giving up on recording {finish.task_id}; "
-                                     "its lease will expire and it will run again")
+                            self.log(f"giving up on recording {len(finishes)} result(s); "
+                                     "their leases will expire and they will run again")
                             break
                         time.sleep(backoff)
                     else:
                         self._sleep(backoff)
-                    if self.stop == "now" and finish is None:
+                    if self.stop == "now" and not finishes:
                         break
         finally:
             # Free the wake-up socket first: once deregistered, a new agent of the same name
@@ -255,6 +267,7 @@ class Worker:
                 if threaded and waiter is not None:
                     waiter.poke()  # the worker's thread is waiting for this run to end
 
+        began = time.time()
         threaded = not (self.backend.inline and deadline is None)
         if not threaded:
             target()
@@ -286,6 +299,7 @@ class Worker:
             thread.join()
         stream.close()
         outcome = result[0]
+        outcome.started_at = began
         if run.cancelled:
             if run.cancel_reason == "worker stopping":
                 self.store.release(self.name, task.id, task.attempts, "worker stopping")

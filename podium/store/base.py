@@ -125,6 +125,13 @@ class Store(abc.ABC):
         transaction. Returns None when there is nothing to take."""
 
     @abc.abstractmethod
+    def claim_batch(
+        self, agent_id: str, roles: list[str], lease_s: float, finishes: list[Finish], limit: int
+    ) -> list[Task]:
+        """Record every result in ``finishes`` and claim up to ``limit`` tasks (best first), in
+        one transaction. ``claim`` is the one-task case."""
+
+    @abc.abstractmethod
     def finish(self, agent_id: str, finish: Finish) -> TaskState | None:
         """Record a result; returns the task's state afterwards, or None if the claim was stale."""
 

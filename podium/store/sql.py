@@ -326,10 +326,18 @@ class SqlStore(Store):
                          depends_on=[d for d, _ in dep_states], error=error)
                 if state is TaskState.QUEUED:
                     tx.wake(spec.target_agent)
-                added.append(self._load_task(tx, task_id))
+                added.append(Task(
+                    id=task_id, prompt=spec.prompt, context=spec.context, priority=spec.priority,
+                    target_agent=spec.target_agent, target_role=spec.target_role,
+                    depends_on=[d for d, _ in dep_states], state=state, attempts=0,
+                    max_attempts=spec.max_attempts, retry_on_failure=spec.retry_on_failure,
+                    timeout_s=spec.timeout_s, created_at=t,
+                    completed_at=t if state.finished else None, error=error,
+                    session_id=spec.session_id, broadcast_id=spec.broadcast_id))
         return added
 
     def _candidate_sql(self, roles: list[str]) -> tuple[str, list[Any]]:
+        """The next tasks this agent may take, best first (``LIMIT ?`` is the last parameter)."""
         role_sql = "target_role IS NULL"
         params: list[Any] = []
         if roles:
@@ -338,55 +346,74 @@ class SqlStore(Store):
         sql = (
             "SELECT seq FROM tasks WHERE state = 'queued' "
             "AND (target_agent IS NULL OR target_agent = ?) AND " + role_sql +
-            " ORDER BY priority, seq LIMIT 1"
+            " ORDER BY priority, seq LIMIT ?"
         )
         return sql, params
 
     def claim(self, agent_id, roles, lease_s, finish=None) -> Task | None:
+        tasks = self.claim_batch(agent_id, roles, lease_s, [finish] if finish else [], 1)
+        return tasks[0] if tasks else None
+
+    def claim_batch(self, agent_id, roles, lease_s, finishes, limit) -> list[Task]:
         sql, role_params = self._candidate_sql(roles)
         params = [agent_id, *role_params]
-        if finish is None:
+        if not finishes:
+            if limit < 1:
+                return []
             # Cheap look without the write lock: most wake-ups of a crowd of idle agents end here.
             with self._reader() as tx:
-                if tx.one(sql, params) is None:
-                    return None
+                if tx.one(sql, [*params, 1]) is None:
+                    return []
         t = now()
         with self._write() as tx:
-            if finish is not None:
-                self._finish(tx, agent_id, finish, t)
-            row = tx.one(sql + self.claim_lock_clause, params)
-            if row is None:
-                return None
-            claimed = tx.one(
-                "UPDATE tasks SET state = 'running', agent_id = ?, attempts = attempts + 1, "
-                "lease_expires = ?, started_at = ?, completed_at = NULL, error = NULL "
-                f"WHERE seq = ? RETURNING {_TASK_COLS_NO_OUTPUT}",
-                (agent_id, t + lease_s, t, row["seq"]),
-            )
-            deps = [r["depends_on"] for r in tx.all(
-                "SELECT depends_on FROM task_deps WHERE task_id = ?", (claimed["id"],))]
-            task = _task(claimed, deps, with_output=False)
-            tx.execute("UPDATE agents SET state = 'busy', current_task = ? WHERE id = ?",
-                       (task.id, agent_id))
-            tx.event("task.claimed", agent_id, task.id, attempt=task.attempts)
-            return task
+            for f in finishes:
+                self._finish(tx, agent_id, f, t)
+            rows = tx.all(sql + self.claim_lock_clause, [*params, limit]) if limit > 0 else []
+            tasks = []
+            for row in rows:
+                claimed = tx.one(
+                    "UPDATE tasks SET state = 'running', agent_id = ?, attempts = attempts + 1, "
+                    "lease_expires = ?, started_at = ?, completed_at = NULL, error = NULL "
+                    f"WHERE seq = ? RETURNING {_TASK_COLS_NO_OUTPUT}",
+                    (agent_id, t + lease_s, t, row["seq"]),
+                )
+                deps = [r["depends_on"] for r in tx.all(
+                    "SELECT depends_on FROM task_deps WHERE task_id = ?", (claimed["id"],))]
+                tasks.append(_task(claimed, deps, with_output=False))
+                tx.event("task.claimed", agent_id, claimed["id"], attempt=claimed["attempts"])
+            self._update_agent(tx, agent_id, finishes, tasks[0].id if tasks else None)
+            return tasks
+
+    def _update_agent(self, tx: Tx, agent_id: str, finishes: list[Finish],
+                      current: str | None) -> None:
+        """One write for the agent's state, current task and counters."""
+        tokens_in = sum(f.outcome.tokens_in or 0 for f in finishes)
+        tokens_out = sum(f.outcome.tokens_out or 0 for f in finishes)
+        cost = sum(f.outcome.cost_usd or 0.0 for f in finishes)
+        if current is not None:
+            state_sql, params = "state = 'busy', current_task = ?", [current]
+        elif finishes:
+            state_sql = ("state = CASE WHEN state IN ('busy', 'waiting_input') THEN 'idle' "
+                         "ELSE state END, current_task = NULL")
+            params = []
+        else:
+            return
+        tx.execute(
+            f"UPDATE agents SET {state_sql}, tasks_done = tasks_done + ?, "
+            "tokens_in = tokens_in + ?, tokens_out = tokens_out + ?, cost_usd = cost_usd + ? "
+            "WHERE id = ?", (*params, len(finishes), tokens_in, tokens_out, cost, agent_id))
 
     def finish(self, agent_id, finish) -> TaskState | None:
         with self._write() as tx:
-            return self._finish(tx, agent_id, finish, now())
+            state = self._finish(tx, agent_id, finish, now())
+            self._update_agent(tx, agent_id, [finish], None)
+            return state
 
     def _finish(self, tx: Tx, agent_id: str, finish: Finish, t: float) -> TaskState | None:
         o: Outcome = finish.outcome
         row = tx.one(
             "SELECT state, agent_id, attempts, max_attempts, retry_on_failure, started_at "
             "FROM tasks WHERE id = ?", (finish.task_id,))
-        tx.execute(
-            "UPDATE agents SET state = CASE WHEN state IN ('busy', 'waiting_input') THEN 'idle' "
-            "ELSE state END, current_task = NULL, tasks_done = tasks_done + 1, "
-            "tokens_in = tokens_in + ?, tokens_out = tokens_out + ?, cost_usd = cost_usd + ? "
-            "WHERE id = ?",
-            (o.tokens_in or 0, o.tokens_out or 0, o.cost_usd or 0.0, agent_id),
-        )
         if row is None or row["agent_id"] != agent_id or row["attempts"] != finish.attempt or \
                 row["state"] not in ("running", "cancelled"):
             tx.event("task.stale_result", agent_id, finish.task_id, attempt=finish.attempt)
@@ -413,12 +440,13 @@ class SqlStore(Store):
                      attempt=row["attempts"])
             tx.wake(None)
             return TaskState.QUEUED
+        started = o.started_at or row["started_at"]
         tx.execute(
-            f"UPDATE tasks SET state = ?, completed_at = ?, lease_expires = NULL, {result_cols}, "
-            "error = ? WHERE id = ?",
-            (state.value, t, *result_params, o.error, finish.task_id))
+            f"UPDATE tasks SET state = ?, started_at = ?, completed_at = ?, lease_expires = NULL, "
+            f"{result_cols}, error = ? WHERE id = ?",
+            (state.value, started, t, *result_params, o.error, finish.task_id))
         tx.event(f"task.{state.value}", agent_id, finish.task_id, exit_code=o.exit_code,
-                 error=o.error, duration_ms=round((t - row["started_at"]) * 1000, 3),
+                 error=o.error, duration_ms=round((t - started) * 1000, 3),
                  tokens_in=o.tokens_in, tokens_out=o.tokens_out, cost_usd=o.cost_usd)
         self._settle_dependents(tx, finish.task_id, state, t)
         return state
