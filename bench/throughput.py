@@ -154,8 +154,9 @@ def main() -> int:
                     help="runs per system at FULL/EXTRA (slow: an fsync per commit)")
     ap.add_argument("--sync", default="NORMAL,FULL", help="SQLite synchronous levels to run")
     ap.add_argument("--timeout", type=float, default=120.0, help="per run")
-    ap.add_argument("--no-what-if", dest="what_if", action="store_false",
-                    help="skip the extra Podium run with the proposed claim index")
+    ap.add_argument("--what-if", dest="what_if", action="store_true",
+                    help="an extra Podium run with the claim index created by hand (now part "
+                         "of migration m002, so it changes nothing on a current Podium)")
     ap.add_argument("--worker", choices=["auto", "stock", "patched"], default="auto",
                     help="Podium worker: stock 'python -m podium', or bench/_worker.py with the "
                          "non-blocking poke fix; auto = patched only if the stock one deadlocks")
