@@ -141,6 +141,8 @@ class Task:
     session_id: str | None = None
     broadcast_id: str | None = None
     seq: int = 0
+    #: Set on claimed tasks: a number that changes whenever shared context changes.
+    context_generation: int | None = None
 
     @property
     def duration_ms(self) -> float | None:

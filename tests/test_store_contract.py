@@ -428,3 +428,14 @@ def test_event_waiter_wakes_on_any_event(store):
         assert w.wait(0) is True
     finally:
         w.close()
+
+
+def test_claim_reports_context_generation(store):
+    reg(store)
+    add(store, "a", "b", "c")
+    g0 = store.claim("a1", [], 30).context_generation
+    store.set_context("k", "v1")
+    g1 = store.claim("a1", [], 30).context_generation
+    store.set_context("k", "v2")
+    g2 = store.claim("a1", [], 30).context_generation
+    assert g0 < g1 < g2

@@ -563,3 +563,17 @@ def test_inline_backend_runs_many_tasks_back_to_back_and_still_stops(podium, wor
     assert time.monotonic() - started < 5
     assert podium.agent("e1").state is AgentState.STOPPED
     assert podium.agent("e1").tasks_done == 100
+
+
+def test_shared_context_change_reaches_a_running_worker(podium, workers):
+    """Workers reuse the shared context they hold only while it is unchanged."""
+    workers.start("ctx", backend="echo")
+    podium.set_context("style", "version one")
+    first = podium.wait(podium.add_task("task A").id, timeout_s=20)
+    assert b"version one" in first.output
+    podium.set_context("style", "version two")
+    second = podium.wait(podium.add_task("task B").id, timeout_s=20)
+    assert b"version two" in second.output and b"version one" not in second.output
+    podium.set_context("extra", "a new key")
+    third = podium.wait(podium.add_task("task C").id, timeout_s=20)
+    assert b"a new key" in third.output and b"version two" in third.output

@@ -123,6 +123,7 @@ class Worker:
                              tmux_session=os.environ.get("PODIUM_TMUX_SESSION"))
         self.echo_output = echo_output
         self._base_env: dict[str, str] | None = None
+        self._context: tuple[int | None, list] = (None, [])
         self.stop: str | None = None  # None, "drain" or "now"
         self.waiter = None
         self._next_heartbeat = 0.0
@@ -232,6 +233,13 @@ class Worker:
             env["PODIUM_TASK_CONTEXT"] = task.context
         return env
 
+    def _shared_context(self, task: Task) -> list:
+        """Shared context, read again only when the claim says it changed."""
+        gen = task.context_generation
+        if gen is None or gen != self._context[0]:
+            self._context = (gen, self.store.list_context())
+        return self._context[1]
+
     @staticmethod
     def _tee(emit: Callable[[bytes], None]) -> Callable[[bytes], None]:
         def both(chunk: bytes) -> None:
@@ -244,7 +252,7 @@ class Worker:
         """Run one claimed task; None when it was handed back because the worker is stopping."""
         prompt = task.prompt
         if self.backend.takes_context:
-            prompt = compose(task.prompt, task.context, self.store.list_context())
+            prompt = compose(task.prompt, task.context, self._shared_context(task))
         stream = _OutputStream(self.store, self.name, task.id)
         emit = stream.emit
         if self.echo_output:  # a worker in a tmux pane shows its tasks live

@@ -371,15 +371,20 @@ class SqlStore(Store):
             rows = tx.all(sql + self.claim_lock_clause, [*params, limit]) if limit > 0 else []
             tasks = []
             for row in rows:
+                # ctx_gen grows with every context change: workers reuse the shared context
+                # they hold while it is unchanged, without another query.
                 claimed = tx.one(
                     "UPDATE tasks SET state = 'running', agent_id = ?, attempts = attempts + 1, "
                     "lease_expires = ?, started_at = ?, completed_at = NULL, error = NULL "
-                    f"WHERE seq = ? RETURNING {_TASK_COLS_NO_OUTPUT}",
+                    f"WHERE seq = ? RETURNING {_TASK_COLS_NO_OUTPUT}, "
+                    "(SELECT COALESCE(SUM(version), 0) FROM context) AS ctx_gen",
                     (agent_id, t + lease_s, t, row["seq"]),
                 )
                 deps = [r["depends_on"] for r in tx.all(
                     "SELECT depends_on FROM task_deps WHERE task_id = ?", (claimed["id"],))]
-                tasks.append(_task(claimed, deps, with_output=False))
+                task = _task(claimed, deps, with_output=False)
+                task.context_generation = int(claimed["ctx_gen"])
+                tasks.append(task)
                 tx.event("task.claimed", agent_id, claimed["id"], attempt=claimed["attempts"])
             self._update_agent(tx, agent_id, finishes, tasks[0].id if tasks else None)
             return tasks
