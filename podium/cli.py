@@ -565,9 +565,7 @@ def context_list(c: Ctx, as_json) -> None:
 @pass_ctx
 def watch(c: Ctx, after, task_id, idle_timeout, as_json) -> None:
     """Stream events live."""
-    for ev in c.podium.follow(after, idle_timeout):
-        if task_id and ev.task_id != task_id:
-            continue
+    for ev in c.podium.follow(after, idle_timeout, task_id):
         if as_json:
             _write(json.dumps(ev.to_dict(), ensure_ascii=False) + "\n")
             continue

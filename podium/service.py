@@ -253,8 +253,10 @@ class Podium:
     def events(self, after: int = 0, limit: int = 1000, task_id: str | None = None) -> list[Event]:
         return self.store.read_events(after, limit, task_id)
 
-    def follow(self, after: int | None = None, idle_timeout: float | None = None) -> Iterator[Event]:
-        """Yield events as they are committed, from ``after`` (default: from now on).
+    def follow(self, after: int | None = None, idle_timeout: float | None = None,
+               task_id: str | None = None) -> Iterator[Event]:
+        """Yield events as they are committed, from ``after`` (default: from now on), only the
+        events of ``task_id`` when it is given.
 
         Stops when ``idle_timeout`` seconds pass without a new event (None: never).
         """
@@ -265,7 +267,7 @@ class Podium:
         try:
             quiet_since = time.monotonic()
             while True:
-                batch = self.store.read_events(cursor, 1000)
+                batch = self.store.read_events(cursor, 1000, task_id)
                 for ev in batch:
                     cursor = ev.id
                     yield ev

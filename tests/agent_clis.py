@@ -9,7 +9,6 @@ set (then it fails).
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -61,14 +60,3 @@ def processes_in(directory: Path, exclude=()) -> list[tuple[int, str]]:
             continue
         found.append((int(entry), cmd))
     return found
-
-
-def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)

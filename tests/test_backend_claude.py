@@ -17,7 +17,8 @@ import uuid
 
 import pytest
 
-from agent_clis import isolate_env, npm_bin, processes_in, wait_for
+from agent_clis import isolate_env, npm_bin, processes_in
+from helpers import wait_for
 from anthropic_api import ApiError, Hang, ScriptedAnthropic, Text, ToolUse
 from podium.agents.backends.claude import session_uuid
 from podium.models import TaskState

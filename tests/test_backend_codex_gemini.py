@@ -20,7 +20,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from agent_clis import isolate_env, npm_bin, processes_in, wait_for
+from agent_clis import isolate_env, npm_bin, processes_in
+from helpers import wait_for
 from podium.agents.backends import codex, gemini
 from podium.models import TaskState
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 import collections
 import json
 import random
-import time
 
 import pytest
+
+from helpers import all_events, wait_for
 
 from podium.models import AgentState, TaskState
 
@@ -28,25 +29,8 @@ def store(podium):
     return podium.store
 
 
-def wait_for(predicate, timeout: float = 15.0, interval: float = 0.02, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
-def all_events(store, task_id: str | None = None):
-    out, after = [], 0
-    while True:
-        batch = store.read_events(after, 1000, task_id)
-        if not batch:
-            return out
-        out.extend(batch)
-        after = batch[-1].id
 
 
 def assert_clean_logs(workers, names) -> None:

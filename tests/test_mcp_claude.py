@@ -24,7 +24,8 @@ from typing import Any, Callable
 
 import pytest
 
-from agent_clis import isolate_env, npm_bin, processes_in, wait_for
+from agent_clis import isolate_env, npm_bin, processes_in
+from helpers import wait_for
 from anthropic_api import ApiError, ScriptedAnthropic, Text, ToolUse
 from podium.models import TaskState
 

@@ -50,6 +50,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from helpers import all_events, wait_for
+
 from podium.models import AgentState, TaskSpec, TaskState
 from podium.store import open_store
 
@@ -58,25 +60,8 @@ PG_SERVER = os.environ.get("PODIUM_TEST_PG", "postgresql://127.0.0.1:5432/test")
 
 # -- helpers ------------------------------------------------------------------------------------
 
-def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
-def all_events(store, task_id: str | None = None):
-    out, after = [], 0
-    while True:
-        batch = store.read_events(after, 1000, task_id)
-        if not batch:
-            return out
-        out.extend(batch)
-        after = batch[-1].id
 
 
 def kinds_by_task(store, task_ids) -> dict[str, list[tuple[str, str | None]]]:

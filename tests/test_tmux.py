@@ -9,9 +9,10 @@ import json
 import secrets
 import shutil
 import subprocess
-import time
 
 import pytest
+
+from helpers import wait_for
 
 from podium.service import Podium
 
@@ -32,14 +33,6 @@ def tmux(sock, *args) -> str:
                           check=True).stdout
 
 
-def wait_for(pred, timeout=15.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_up_tmux_layout_task_in_pane_and_clean_down(cli, store_url, tmux_socket):

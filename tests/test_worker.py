@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import all_events, wait_for
+
 from podium.models import AgentState, Priority, TaskState
 
 LEASE = 2.0
@@ -30,26 +32,8 @@ def store(podium):
 
 # -- helpers ---------------------------------------------------------------------------------
 
-def wait_for(predicate, timeout: float = 15.0, interval: float = 0.02, what: str = "condition"):
-    """Poll ``predicate`` until it returns something truthy; return that value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
-def all_events(store, task_id: str | None = None):
-    out, after = [], 0
-    while True:
-        batch = store.read_events(after, 1000, task_id)
-        if not batch:
-            return out
-        out.extend(batch)
-        after = batch[-1].id
 
 
 def kinds(store, task_id: str) -> list[str]:

@@ -23,11 +23,11 @@ from typing import Any
 
 from podium.agents.backends import Backend, Run
 from podium.agents.backends.jsonstream import (
-    JsonLines,
     TextOutput,
     extra_args,
     find_program,
     flag,
+    replay,
     run_json_cli,
     stderr_tail,
 )
@@ -92,10 +92,8 @@ class GeminiBackend(Backend):
 def outcome_from(run: Run, stdout: bytes, exit_code: int = 0, stderr: bytes = b"") -> Outcome:
     """The outcome of a finished ``gemini -o stream-json`` run from its recorded output."""
     stream = _Stream(run)
-    lines = JsonLines(stream.on_event)
-    lines.feed(stdout)
-    lines.close()
-    return _outcome(stream, ProcessResult(exit_code, stdout, stderr, False), lines.other)
+    other = replay(stdout, stream.on_event)
+    return _outcome(stream, ProcessResult(exit_code, stdout, stderr, False), other)
 
 
 def _outcome(stream: _Stream, res: ProcessResult, other: list[str]) -> Outcome:

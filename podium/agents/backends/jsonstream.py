@@ -101,6 +101,15 @@ class JsonLines:
         self.on_event(obj)
 
 
+def replay(stdout: bytes, on_event: Callable[[dict[str, Any]], None]) -> list[str]:
+    """Feed recorded JSON-lines output to ``on_event`` as if it had just streamed; returns the
+    lines that were not JSON objects (for error messages), as ``JsonLines.other``."""
+    lines = JsonLines(on_event)
+    lines.feed(stdout)
+    lines.close()
+    return lines.other
+
+
 class TextOutput:
     """The agent's text: kept (up to the run's limit) and streamed to ``run.emit`` as it comes."""
 
