@@ -25,7 +25,7 @@ import pytest
 from conftest import run_cli
 
 ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
-TASK_ID = re.compile(r"^t-[0-9a-z]{10}$")
+TASK_ID = re.compile(r"^t-[0-9a-z]{14}$")
 RESULT_FIELDS = {"task_id", "agent_id", "status", "output", "duration_ms", "error", "exit_code",
                  "attempts", "started_at", "completed_at", "tokens_in", "tokens_out", "cost_usd"}
 TASK_FIELDS = {"id", "prompt", "context", "priority", "target_agent", "target_role", "depends_on",

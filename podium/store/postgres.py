@@ -181,6 +181,10 @@ class PgListener:
 
 class PostgresStore(SqlStore):
     claim_lock_clause = " FOR UPDATE SKIP LOCKED"
+    precheck_claims = False  # a claim that finds nothing is one short read-only transaction
+    concat_sql = "string_agg(depends_on, ' ')"
+    float_type = TYPES["float"]
+    blob_type = TYPES["blob"]
 
     def __init__(self, url: str, migrate: bool = True, pool_size: int = 4):
         psycopg = _psycopg()
@@ -264,11 +268,17 @@ class PostgresStore(SqlStore):
 
     def _before_commit(self, tx: Tx) -> None:
         conn, tail = getattr(tx, "pg_tail", (None, None))
-        if conn is not None and (tx.events or tx.wake_agents) and _PIPELINE:
+        if conn is not None and _PIPELINE and (tx.events or tx.wake_agents or tx.deferred):
             tail.enter_context(conn.pipeline())
+        self._run_deferred(tx)
+        if tx.relaxed:
+            # A claim lost in a server crash only puts its task back in the queue (the worker's
+            # late result is refused, as after an expired lease): no need to wait for the disk.
+            # Later synchronous commits (the result) flush it anyway.
+            tx.cur.execute("SET LOCAL synchronous_commit = off")
         if tx.events:
             tx.cur.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
-            super()._before_commit(tx)
+            self._write_events(tx)
             tx.cur.execute("SELECT pg_notify(%s, '')", (self.channel_events,))
         if tx.wake_agents is ALL_AGENTS:
             tx.cur.execute("SELECT pg_notify(%s, %s)", (self.channel_wake, _ALL))

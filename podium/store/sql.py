@@ -12,7 +12,7 @@ import contextlib
 import json
 from typing import Any, Iterator
 
-from podium.clock import new_id, now
+from podium.clock import now, sortable_id
 from podium.errors import Conflict, InvalidInput, NotFound
 from podium.models import (
     Agent,
@@ -48,16 +48,34 @@ class Tx:
         self.wake_agents: set[str] | object = set()
         self.wake_watchers = False
         self.events: list[tuple] = []
+        #: Writes whose results nobody reads, sent with the commit (one round trip on PostgreSQL).
+        self.deferred: list[tuple[str, tuple | list]] = []
+        #: Set when losing this transaction in a server crash harms nothing (a claim: its task
+        #: would just be queued again), so the dialect may commit without waiting for the disk.
+        self.relaxed = False
 
     def execute(self, sql: str, params: tuple | list = ()) -> Any:
         self.cur.execute(self._convert(sql), params)
         return self.cur
+
+    def executemany(self, sql: str, rows: list) -> None:
+        self.cur.executemany(self._convert(sql), rows)
 
     def one(self, sql: str, params: tuple | list = ()) -> Any:
         return self.execute(sql, params).fetchone()
 
     def all(self, sql: str, params: tuple | list = ()) -> list[Any]:
         return self.execute(sql, params).fetchall()
+
+    def defer(self, sql: str, params: tuple | list = ()) -> None:
+        """Run a write just before the commit; its result is not needed."""
+        self.deferred.append((sql, params))
+
+    def event_json(self, kind: str, agent_id: str | None, task_id: str | None,
+                   data: str) -> None:
+        """``event`` with its data already encoded as JSON (for the hot paths)."""
+        self.events.append((now(), kind, agent_id, task_id, data))
+        self.wake_watchers = True
 
     def wake(self, agent_id: str | None) -> None:
         """Wake one agent after commit (None: every agent)."""
@@ -115,11 +133,47 @@ def _message(row: Any) -> Message:
     )
 
 
+def _finish_event(o: Outcome, duration_s: float) -> str:
+    return json.dumps({"exit_code": o.exit_code, "error": o.error,
+                       "duration_ms": round(duration_s * 1000, 3), "tokens_in": o.tokens_in,
+                       "tokens_out": o.tokens_out, "cost_usd": o.cost_usd}, ensure_ascii=False)
+
+
+class _Results:
+    """Finished runs made ready for recording (statement parameters, event data) before the
+    transaction begins."""
+
+    def __init__(self, finishes: list[Finish], t: float):
+        self.finishes = finishes
+        self.params: list[Any] = []
+        self.events: list[str | None] = []
+        for f in finishes:
+            o = f.outcome
+            self.params += (f.task_id, f.attempt, o.status.value, o.started_at, o.output,
+                            o.stderr, int(o.output_truncated), o.exit_code, o.tokens_in,
+                            o.tokens_out, o.cost_usd, o.session_id, o.error,
+                            int(o.status is TaskState.FAILED))
+            self.events.append(None if o.started_at is None else
+                               _finish_event(o, t - o.started_at))
+
+
 class SqlStore(Store):
     """Store logic shared by the SQL dialects."""
 
     #: SQL appended to the claim's SELECT (PostgreSQL: ``FOR UPDATE SKIP LOCKED``).
     claim_lock_clause = ""
+    #: Look for a claimable task without the write lock before taking it (SQLite: a crowd of
+    #: woken idle agents would otherwise queue for the one writer lock to find nothing).
+    precheck_claims = True
+    #: An aggregate joining ``depends_on`` values with spaces (task ids have none).
+    concat_sql = "group_concat(depends_on, ' ')"
+    #: Column types for casts (as in the dialect's migrations).
+    float_type = "REAL"
+    blob_type = "BLOB"
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        cls._record_sql = {}  # one result-recording statement per batch size
 
     # -- dialect hooks ------------------------------------------------------------
     @abc.abstractmethod
@@ -135,11 +189,20 @@ class SqlStore(Store):
         """Deliver wake-ups after a commit."""
 
     def _before_commit(self, tx: Tx) -> None:
-        """Write the transaction's events (dialects may also take locks or notify here)."""
+        """Run deferred writes and write the events (dialects may also lock or notify here)."""
+        self._run_deferred(tx)
+        self._write_events(tx)
+
+    @staticmethod
+    def _run_deferred(tx: Tx) -> None:
+        for sql, params in tx.deferred:
+            tx.execute(sql, params)
+
+    @staticmethod
+    def _write_events(tx: Tx) -> None:
         if tx.events:
-            tx.cur.executemany(
-                tx._convert("INSERT INTO events (ts, kind, agent_id, task_id, data) "
-                            "VALUES (?, ?, ?, ?, ?)"), tx.events)
+            tx.executemany("INSERT INTO events (ts, kind, agent_id, task_id, data) "
+                           "VALUES (?, ?, ?, ?, ?)", tx.events)
 
     @staticmethod
     def _apply_migrations(tx: Tx, migrations: list[tuple[str, str]],
@@ -284,12 +347,17 @@ class SqlStore(Store):
     def add_tasks(self, specs: list[TaskSpec]) -> list[Task]:
         t = now()
         added: list[Task] = []
+        rows: list[tuple] = []
+        dep_rows: list[tuple[str, str]] = []
         with self._write() as tx:
             known: dict[str, str] = {}
+            agents_seen: set[str] = set()
+            plain: dict[tuple, str] = {}
             for spec in specs:
-                if spec.target_agent is not None:
+                if spec.target_agent is not None and spec.target_agent not in agents_seen:
                     if tx.one("SELECT 1 FROM agents WHERE id = ?", (spec.target_agent,)) is None:
                         raise NotFound(f"unknown agent {spec.target_agent!r}")
+                    agents_seen.add(spec.target_agent)
                 dep_states = []
                 for dep in dict.fromkeys(spec.depends_on):
                     if dep in known:
@@ -306,34 +374,48 @@ class SqlStore(Store):
                         break
                     if st != "completed":
                         state = TaskState.BLOCKED
-                task_id = new_id("t")
-                tx.execute(
-                    "INSERT INTO tasks (id, prompt, context, priority, target_agent, target_role, "
-                    "state, max_attempts, retry_on_failure, timeout_s, created_at, completed_at, "
-                    "error, session_id, broadcast_id) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (task_id, spec.prompt, spec.context, int(spec.priority), spec.target_agent,
-                     spec.target_role, state.value, spec.max_attempts, int(spec.retry_on_failure),
-                     spec.timeout_s, t, t if state.finished else None, error, spec.session_id,
-                     spec.broadcast_id),
-                )
-                for dep, _ in dep_states:
-                    tx.execute("INSERT INTO task_deps (task_id, depends_on) VALUES (?, ?)",
-                               (task_id, dep))
+                task_id = sortable_id("t")
+                depends_on = [d for d, _ in dep_states]
+                rows.append((task_id, spec.prompt, spec.context, int(spec.priority),
+                             spec.target_agent, spec.target_role, state.value, spec.max_attempts,
+                             int(spec.retry_on_failure), spec.timeout_s, t,
+                             t if state.finished else None, error, spec.session_id,
+                             spec.broadcast_id))
+                dep_rows.extend((task_id, dep) for dep in depends_on)
                 known[task_id] = state.value
-                tx.event(f"task.{state.value}", spec.target_agent, task_id,
-                         priority=spec.priority.name.lower(), target_role=spec.target_role,
-                         depends_on=[d for d, _ in dep_states], error=error)
+                if depends_on or error:
+                    data = json.dumps({"priority": spec.priority.name.lower(),
+                                       "target_role": spec.target_role,
+                                       "depends_on": depends_on, "error": error},
+                                      ensure_ascii=False)
+                else:  # the common case: one encoding per priority and role in the batch
+                    key = (spec.priority, spec.target_role)
+                    data = plain.get(key)
+                    if data is None:
+                        data = plain[key] = json.dumps(
+                            {"priority": spec.priority.name.lower(),
+                             "target_role": spec.target_role, "depends_on": [], "error": None},
+                            ensure_ascii=False)
+                tx.event_json(f"task.{state.value}", spec.target_agent, task_id, data)
                 if state is TaskState.QUEUED:
                     tx.wake(spec.target_agent)
                 added.append(Task(
                     id=task_id, prompt=spec.prompt, context=spec.context, priority=spec.priority,
                     target_agent=spec.target_agent, target_role=spec.target_role,
-                    depends_on=[d for d, _ in dep_states], state=state, attempts=0,
+                    depends_on=depends_on, state=state, attempts=0,
                     max_attempts=spec.max_attempts, retry_on_failure=spec.retry_on_failure,
                     timeout_s=spec.timeout_s, created_at=t,
                     completed_at=t if state.finished else None, error=error,
                     session_id=spec.session_id, broadcast_id=spec.broadcast_id))
+            # One statement for all rows: a batch of thousands costs a few µs per task.
+            tx.executemany(
+                "INSERT INTO tasks (id, prompt, context, priority, target_agent, target_role, "
+                "state, max_attempts, retry_on_failure, timeout_s, created_at, completed_at, "
+                "error, session_id, broadcast_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            if dep_rows:
+                tx.executemany("INSERT INTO task_deps (task_id, depends_on) VALUES (?, ?)",
+                               dep_rows)
         return added
 
     def _candidate_sql(self, roles: list[str]) -> tuple[str, list[Any]]:
@@ -360,34 +442,44 @@ class SqlStore(Store):
         if not finishes:
             if limit < 1:
                 return []
-            # Cheap look without the write lock: most wake-ups of a crowd of idle agents end here.
-            with self._reader() as tx:
-                if tx.one(sql, [*params, 1]) is None:
-                    return []
+            if self.precheck_claims:
+                # A cheap look without the write lock: most wake-ups of a crowd of idle agents
+                # end here.
+                with self._reader() as tx:
+                    if tx.one(sql, [*params, 1]) is None:
+                        return []
         t = now()
+        # Everything that needs no database is done before or after the transaction: on
+        # SQLite all writers queue for one lock, so its hold time is the queue's throughput.
+        results = _Results(finishes, t)
         with self._write() as tx:
-            for f in finishes:
-                self._finish(tx, agent_id, f, t)
-            rows = tx.all(sql + self.claim_lock_clause, [*params, limit]) if limit > 0 else []
-            tasks = []
-            for row in rows:
-                # ctx_gen grows with every context change: workers reuse the shared context
-                # they hold while it is unchanged, without another query.
-                claimed = tx.one(
+            tx.relaxed = not finishes
+            self._record(tx, agent_id, results, t)
+            rows: list[Any] = []
+            if limit > 0:
+                # One statement claims the whole batch, with each task's dependencies and the
+                # shared context's generation (it grows with every context change: workers reuse
+                # the context they hold while it is unchanged). RETURNING has no set order.
+                rows = tx.all(
                     "UPDATE tasks SET state = 'running', agent_id = ?, attempts = attempts + 1, "
                     "lease_expires = ?, started_at = ?, completed_at = NULL, error = NULL "
-                    f"WHERE seq = ? RETURNING {_TASK_COLS_NO_OUTPUT}, "
-                    "(SELECT COALESCE(SUM(version), 0) FROM context) AS ctx_gen",
-                    (agent_id, t + lease_s, t, row["seq"]),
-                )
-                deps = [r["depends_on"] for r in tx.all(
-                    "SELECT depends_on FROM task_deps WHERE task_id = ?", (claimed["id"],))]
-                task = _task(claimed, deps, with_output=False)
-                task.context_generation = int(claimed["ctx_gen"])
-                tasks.append(task)
-                tx.event("task.claimed", agent_id, claimed["id"], attempt=claimed["attempts"])
-            self._update_agent(tx, agent_id, finishes, tasks[0].id if tasks else None)
-            return tasks
+                    f"WHERE seq IN ({sql}{self.claim_lock_clause}) "
+                    f"RETURNING {_TASK_COLS_NO_OUTPUT}, "
+                    f"(SELECT {self.concat_sql} FROM task_deps d WHERE d.task_id = tasks.id) "
+                    "AS deps, (SELECT COALESCE(SUM(version), 0) FROM context) AS ctx_gen",
+                    [agent_id, t + lease_s, t, *params, limit])
+                rows.sort(key=lambda r: (r["priority"], r["seq"]))
+                for row in rows:
+                    tx.events.append((t, "task.claimed", agent_id, row["id"],
+                                      f'{{"attempt": {row["attempts"]}}}'))
+                tx.wake_watchers = tx.wake_watchers or bool(rows)
+            self._update_agent(tx, agent_id, finishes, rows[0]["id"] if rows else None)
+        tasks = []
+        for row in rows:
+            task = _task(row, row["deps"].split(" ") if row["deps"] else [], with_output=False)
+            task.context_generation = int(row["ctx_gen"])
+            tasks.append(task)
+        return tasks
 
     def _update_agent(self, tx: Tx, agent_id: str, finishes: list[Finish],
                       current: str | None) -> None:
@@ -403,16 +495,70 @@ class SqlStore(Store):
             params = []
         else:
             return
-        tx.execute(
+        tx.defer(
             f"UPDATE agents SET {state_sql}, tasks_done = tasks_done + ?, "
             "tokens_in = tokens_in + ?, tokens_out = tokens_out + ?, cost_usd = cost_usd + ? "
             "WHERE id = ?", (*params, len(finishes), tokens_in, tokens_out, cost, agent_id))
 
     def finish(self, agent_id, finish) -> TaskState | None:
+        t = now()
+        results = _Results([finish], t)
         with self._write() as tx:
-            state = self._finish(tx, agent_id, finish, now())
+            state = self._record(tx, agent_id, results, t)[0]
             self._update_agent(tx, agent_id, [finish], None)
             return state
+
+    def _record(self, tx: Tx, agent_id: str, results: "_Results",
+                t: float) -> list[TaskState | None]:
+        """Record results: the usual ones (our running claim, no retry due) in one statement;
+        the others (stale, cancelled meanwhile, a failure to retry) one by one."""
+        if not results.finishes:
+            return []
+        n = len(results.finishes)
+        sql = self._record_sql.get(n)
+        if sql is None:
+            f, b = self.float_type, self.blob_type
+            row = (f"(CAST(? AS TEXT), CAST(? AS INTEGER), CAST(? AS TEXT), CAST(? AS {f}), "
+                   f"CAST(? AS {b}), CAST(? AS {b}), CAST(? AS INTEGER), CAST(? AS INTEGER), "
+                   f"CAST(? AS BIGINT), CAST(? AS BIGINT), CAST(? AS {f}), CAST(? AS TEXT), "
+                   "CAST(? AS TEXT), CAST(? AS INTEGER))")
+            sql = self._record_sql[n] = (
+                "UPDATE tasks SET state = v.column3, "
+                "started_at = COALESCE(v.column4, tasks.started_at), completed_at = ?, "
+                "lease_expires = NULL, output = v.column5, stderr = v.column6, "
+                "output_truncated = v.column7, exit_code = v.column8, tokens_in = v.column9, "
+                "tokens_out = v.column10, cost_usd = v.column11, "
+                "session_id = COALESCE(v.column12, tasks.session_id), error = v.column13 "
+                f"FROM (VALUES {', '.join([row] * n)}) AS v "
+                "WHERE tasks.id = v.column1 AND tasks.agent_id = ? "
+                "AND tasks.attempts = v.column2 AND tasks.state = 'running' "
+                "AND NOT (v.column14 = 1 AND tasks.retry_on_failure = 1 "
+                "AND tasks.attempts < tasks.max_attempts) "
+                "RETURNING tasks.id, tasks.started_at")
+        done = {r["id"]: r["started_at"] for r in tx.all(sql, [t, *results.params, agent_id])}
+        states: list[TaskState | None] = []
+        settle: list[tuple[str, TaskState]] = []
+        for f, data in zip(results.finishes, results.events):
+            if f.task_id not in done:
+                states.append(self._finish(tx, agent_id, f, t))
+                continue
+            o = f.outcome
+            if data is None:  # the worker did not say when it started: the claim's time
+                data = _finish_event(o, t - done[f.task_id])
+            tx.events.append((t, f"task.{o.status.value}", agent_id, f.task_id, data))
+            states.append(o.status)
+            settle.append((f.task_id, o.status))
+        tx.wake_watchers = True
+        if settle:
+            # One look for the whole batch: which of these tasks have dependents at all.
+            ids = [task_id for task_id, _ in settle]
+            has = {r["depends_on"] for r in tx.all(
+                "SELECT DISTINCT depends_on FROM task_deps WHERE depends_on IN "
+                f"({', '.join('?' * len(ids))})", ids)}
+            for task_id, state in settle:
+                if task_id in has:
+                    self._settle_dependents(tx, task_id, state, t)
+        return states
 
     def _finish(self, tx: Tx, agent_id: str, finish: Finish, t: float) -> TaskState | None:
         o: Outcome = finish.outcome

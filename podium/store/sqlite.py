@@ -24,6 +24,16 @@ from podium.store.sql import SqlStore, Tx
 from podium.wake import Listener, WakeChannel
 
 TYPES = {"id": "INTEGER PRIMARY KEY AUTOINCREMENT", "blob": "BLOB", "float": "REAL"}
+#: A write-ahead log checkpoint copies the log's pages into the database and waits for the disk
+#: (twice). SQLite's automatic one runs inside the COMMIT of whichever writer crosses 1000
+#: pages, i.e. while that writer still holds Podium's writer lock, so every other writer waits
+#: for the disk too. Instead, each process checkpoints after every CHECKPOINT_EVERY of its own
+#: commits, outside the writer lock (a PASSIVE checkpoint: it never blocks writers or readers).
+#: Writers that keep coming can keep a passive checkpoint from ever reaching the end of the log,
+#: and the log only starts over once one does: past WAL_LIMIT_PAGES the checkpoint runs
+#: inside the writer lock instead, where it catches up.
+CHECKPOINT_EVERY = 32
+WAL_LIMIT_PAGES = 16384  # 64 MiB of 4 KiB pages
 SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 
@@ -65,11 +75,15 @@ class SQLiteStore(SqlStore):
             if mode.lower() != "wal":
                 raise StoreError(f"store {self.path}: could not switch to WAL mode (got {mode})")
             self._conn.execute(f"PRAGMA synchronous = {sync}")
+            self._conn.execute("PRAGMA wal_autocheckpoint = 0")
+            self._conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT_PAGES * 4096}")
             self._lockfile = os.open(str(self.path) + "-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
         except sqlite3.Error as e:
             raise _store_error(e, self.path) from None
         except OSError as e:
             raise StoreError(f"cannot open store {self.path}: {e.strerror}") from None
+        self._commits = 0
+        self._checkpoint_locked = False
         self._channel = WakeChannel(str(self.path))
         if migrate:
             self.migrate()
@@ -78,29 +92,51 @@ class SQLiteStore(SqlStore):
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[Tx]:
         with self._lock:
-            fcntl.flock(self._lockfile, fcntl.LOCK_EX)
-            try:
+            with self._writer_lock():
                 cur = self._conn.cursor()
                 try:
-                    cur.execute("BEGIN IMMEDIATE")
-                except sqlite3.Error as e:
-                    raise _store_error(e, self.path) from None
-                tx = Tx(cur, _same)
-                try:
-                    yield tx
-                    cur.execute("COMMIT")
-                except BaseException as exc:
                     try:
-                        cur.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass
-                    if isinstance(exc, sqlite3.Error):
-                        raise _store_error(exc, self.path) from None
-                    raise
+                        cur.execute("BEGIN IMMEDIATE")
+                    except sqlite3.Error as e:
+                        raise _store_error(e, self.path) from None
+                    tx = Tx(cur, _same)
+                    try:
+                        yield tx
+                        cur.execute("COMMIT")
+                    except BaseException as exc:
+                        try:
+                            cur.execute("ROLLBACK")
+                        except sqlite3.Error:
+                            pass
+                        if isinstance(exc, sqlite3.Error):
+                            raise _store_error(exc, self.path) from None
+                        raise
                 finally:
                     cur.close()
-            finally:
-                fcntl.flock(self._lockfile, fcntl.LOCK_UN)
+            self._commits += 1
+            if self._commits % CHECKPOINT_EVERY == 0:
+                self._checkpoint()
+
+    @contextlib.contextmanager
+    def _writer_lock(self) -> Iterator[None]:
+        fcntl.flock(self._lockfile, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lockfile, fcntl.LOCK_UN)
+
+    def _checkpoint(self) -> None:
+        """Copy the log into the database without holding up writers (see CHECKPOINT_EVERY)."""
+        try:
+            if self._checkpoint_locked:
+                with self._writer_lock():
+                    row = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            else:
+                row = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error:
+            return  # housekeeping: the next one tries again
+        # row: (busy, pages in the log since it last started over, pages copied)
+        self._checkpoint_locked = row[1] > WAL_LIMIT_PAGES
 
     @contextlib.contextmanager
     def _reader(self) -> Iterator[Tx]:
