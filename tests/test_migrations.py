@@ -51,3 +51,38 @@ def test_migration_failure_leaves_database_unchanged(tmp_path, monkeypatch):
         raise AssertionError("a broken migration must fail")
     con = sqlite3.connect(path)
     assert "x" not in [r[1] for r in con.execute("PRAGMA table_info(context)")]
+
+
+def test_plain_rowids_upgrade_keeps_rows_and_ids_keep_growing(tmp_path, monkeypatch):
+    """m003 rebuilds tasks and events without AUTOINCREMENT; nothing is lost or reused."""
+    import podium.store.sqlite as sqlite_mod
+    from podium.models import TaskSpec
+
+    path = str(tmp_path / "p.db")
+    old = [m for m in migrations.MIGRATIONS if m[0] < "m003"]
+    monkeypatch.setattr(sqlite_mod, "MIGRATIONS", old)
+    s = open_store(path)
+    before = s.add_tasks([TaskSpec(prompt=f"p{i}") for i in range(5)])
+    s.cancel(before[0].id, "old news")
+    last_event = s.last_event_id()
+    s.close()
+    con = sqlite3.connect(path)
+    assert "AUTOINCREMENT" in con.execute(
+        "SELECT sql FROM sqlite_master WHERE name = 'events'").fetchone()[0]
+    con.close()
+
+    monkeypatch.setattr(sqlite_mod, "MIGRATIONS", migrations.MIGRATIONS)
+    s = open_store(path)
+    assert [t.prompt for t in s.list_tasks()] == [f"p{i}" for i in range(5)]
+    assert s.get_task(before[0].id).error == "old news"
+    assert [e.id for e in s.read_events()][-1] == last_event
+    after = s.add_tasks([TaskSpec(prompt="new")])[0]
+    assert s.get_task(after.id).seq > max(t.seq for t in s.list_tasks() if t.id != after.id)
+    assert s.read_events(after=last_event)[0].task_id == after.id
+    s.close()
+    con = sqlite3.connect(path)
+    for table in ("tasks", "events"):
+        assert "AUTOINCREMENT" not in con.execute(
+            "SELECT sql FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0]
+    indexes = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {"tasks_claim", "tasks_running", "tasks_state", "tasks_agent", "events_task"} <= indexes

@@ -30,7 +30,7 @@ from podium.prompt import compose
 from podium.store import Finish, Store
 
 #: Tasks an inline (in-process, instant) backend claims per transaction.
-CLAIM_BATCH = int(os.environ.get("PODIUM_CLAIM_BATCH", 16))
+CLAIM_BATCH = int(os.environ.get("PODIUM_CLAIM_BATCH", 64))
 #: Streamed output events are flushed at most this often, and stop after this many bytes.
 STREAM_INTERVAL_S = 0.2
 STREAM_LIMIT_BYTES = 1024 * 1024

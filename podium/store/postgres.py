@@ -31,7 +31,8 @@ from podium.store.migrations import MIGRATIONS
 from podium.store.sql import SqlStore, Tx
 from podium.wake import ALL_AGENTS
 
-TYPES = {"id": "BIGSERIAL PRIMARY KEY", "blob": "BYTEA", "float": "DOUBLE PRECISION"}
+TYPES = {"id": "BIGSERIAL PRIMARY KEY", "blob": "BYTEA", "float": "DOUBLE PRECISION",
+         "dialect": "postgresql"}
 _PIPELINE = True  # libpq pipeline mode for a transaction's tail (checked when the store opens)
 _ALL = "*"
 

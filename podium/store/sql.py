@@ -71,12 +71,6 @@ class Tx:
         """Run a write just before the commit; its result is not needed."""
         self.deferred.append((sql, params))
 
-    def event_json(self, kind: str, agent_id: str | None, task_id: str | None,
-                   data: str) -> None:
-        """``event`` with its data already encoded as JSON (for the hot paths)."""
-        self.events.append((now(), kind, agent_id, task_id, data))
-        self.wake_watchers = True
-
     def wake(self, agent_id: str | None) -> None:
         """Wake one agent after commit (None: every agent)."""
         if agent_id is None or self.wake_agents is ALL_AGENTS:
@@ -353,7 +347,31 @@ class SqlStore(Store):
             known: dict[str, str] = {}
             agents_seen: set[str] = set()
             plain: dict[tuple, str] = {}
+            queued, any_plain = TaskState.QUEUED, False
             for spec in specs:
+                if spec.target_agent is None and not spec.depends_on:
+                    # The common case, kept short: thousands of these go in one transaction.
+                    task_id = sortable_id("t")
+                    rows.append((task_id, spec.prompt, spec.context, int(spec.priority), None,
+                                 spec.target_role, "queued", spec.max_attempts,
+                                 int(spec.retry_on_failure), spec.timeout_s, t, None, None,
+                                 spec.session_id, spec.broadcast_id))
+                    known[task_id] = "queued"
+                    key = (spec.priority, spec.target_role)
+                    data = plain.get(key)
+                    if data is None:  # one encoding per priority and role in the batch
+                        data = plain[key] = json.dumps(
+                            {"priority": spec.priority.name.lower(),
+                             "target_role": spec.target_role, "depends_on": [], "error": None},
+                            ensure_ascii=False)
+                    tx.events.append((t, "task.queued", None, task_id, data))
+                    added.append(Task(task_id, spec.prompt, spec.context, spec.priority, None,
+                                      spec.target_role, [], queued, 0, spec.max_attempts,
+                                      spec.retry_on_failure, spec.timeout_s, t,
+                                      session_id=spec.session_id,
+                                      broadcast_id=spec.broadcast_id))
+                    any_plain = True
+                    continue
                 if spec.target_agent is not None and spec.target_agent not in agents_seen:
                     if tx.one("SELECT 1 FROM agents WHERE id = ?", (spec.target_agent,)) is None:
                         raise NotFound(f"unknown agent {spec.target_agent!r}")
@@ -383,20 +401,9 @@ class SqlStore(Store):
                              spec.broadcast_id))
                 dep_rows.extend((task_id, dep) for dep in depends_on)
                 known[task_id] = state.value
-                if depends_on or error:
-                    data = json.dumps({"priority": spec.priority.name.lower(),
-                                       "target_role": spec.target_role,
-                                       "depends_on": depends_on, "error": error},
-                                      ensure_ascii=False)
-                else:  # the common case: one encoding per priority and role in the batch
-                    key = (spec.priority, spec.target_role)
-                    data = plain.get(key)
-                    if data is None:
-                        data = plain[key] = json.dumps(
-                            {"priority": spec.priority.name.lower(),
-                             "target_role": spec.target_role, "depends_on": [], "error": None},
-                            ensure_ascii=False)
-                tx.event_json(f"task.{state.value}", spec.target_agent, task_id, data)
+                tx.event(f"task.{state.value}", spec.target_agent, task_id,
+                         priority=spec.priority.name.lower(), target_role=spec.target_role,
+                         depends_on=depends_on, error=error)
                 if state is TaskState.QUEUED:
                     tx.wake(spec.target_agent)
                 added.append(Task(
@@ -407,6 +414,9 @@ class SqlStore(Store):
                     timeout_s=spec.timeout_s, created_at=t,
                     completed_at=t if state.finished else None, error=error,
                     session_id=spec.session_id, broadcast_id=spec.broadcast_id))
+            if any_plain:
+                tx.wake_watchers = True
+                tx.wake(None)
             # One statement for all rows: a batch of thousands costs a few µs per task.
             tx.executemany(
                 "INSERT INTO tasks (id, prompt, context, priority, target_agent, target_role, "

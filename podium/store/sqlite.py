@@ -23,7 +23,8 @@ from podium.store.migrations import MIGRATIONS
 from podium.store.sql import SqlStore, Tx
 from podium.wake import Listener, WakeChannel
 
-TYPES = {"id": "INTEGER PRIMARY KEY AUTOINCREMENT", "blob": "BLOB", "float": "REAL"}
+TYPES = {"id": "INTEGER PRIMARY KEY AUTOINCREMENT", "blob": "BLOB", "float": "REAL",
+         "dialect": "sqlite"}
 #: A write-ahead log checkpoint copies the log's pages into the database and waits for the disk
 #: (twice). SQLite's automatic one runs inside the COMMIT of whichever writer crosses 1000
 #: pages, i.e. while that writer still holds Podium's writer lock, so every other writer waits
