@@ -324,3 +324,40 @@ def verdict(ok: bool) -> int:
 
 def fmt_ms(x: float) -> str:
     return "n/a" if math.isnan(x) else f"{x:.2f}"
+
+
+class FifoStamps:
+    """When did a spawned command begin? It writes its number to a FIFO with ``echo N > path``
+    (a builtin of every shell, so nothing more is spawned); a thread here stamps each line's
+    arrival with ``time.time()``. The stamp includes that thread's wake-up, so it errs late, and
+    the same way for every system measured."""
+
+    def __init__(self, directory: Path):
+        import threading
+
+        self.path = directory / "began.fifo"
+        os.mkfifo(self.path, 0o600)
+        self.fd = os.open(self.path, os.O_RDWR)  # both ends: writers never block on open
+        self.times: dict[int, float] = {}
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def command(self, i: int) -> str:
+        return f"echo {i} > {self.path}"
+
+    def _read(self) -> None:
+        buf = b""
+        while True:
+            data = os.read(self.fd, 4096)
+            t = time.time()
+            buf += data
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                if line == b"stop":
+                    return
+                self.times[int(line)] = t
+
+    def close(self) -> None:
+        os.write(self.fd, b"stop\n")
+        self.thread.join(timeout=5)
+        os.close(self.fd)

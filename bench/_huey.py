@@ -128,11 +128,12 @@ def make_huey(db: Path, synchronous: str, board_path: Path | None = None) -> Sql
         BOARD.set_task_time(i, time.time())
 
     @huey.task(name="shell")
-    def shell(i, shell_path):
-        # What Podium's shell backend does: spawn the command, collect its output.
-        res = subprocess.run([shell_path, "-c", "echo $EPOCHREALTIME"], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, close_fds=True)
-        BOARD.set_task_time(i, float(res.stdout.decode().strip().replace(",", ".")))
+    def shell(i, shell_path, command):
+        # What Podium's shell backend does: spawn the command, collect its output. The command
+        # stamps when it began (bench/_common.py FifoStamps); the board says it is done.
+        subprocess.run([shell_path, "-c", command], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, close_fds=True)
+        BOARD.set_task_time(i, time.time())
 
     if board_path is not None:
         @huey.on_startup()

@@ -7,16 +7,17 @@ gap of 0.5-1.5x ``--gap-ms`` between them (random, so the gap cannot phase-lock 
   * echo backend: "claimed" = the task's ``started_at`` (stamped by the worker's claim, same
     clock) minus the time just before ``add_task``; "echo done" = ``completed_at`` (stamped
     right after the echo backend returned) minus the same: the backend started in between.
-  * shell backend (``--option shell=/bin/bash``), prompt ``echo $EPOCHREALTIME``: the command
-    itself prints when it began; latency = that minus the time before ``add_task``.
+  * shell backend, its default ``/bin/sh`` (``--shell`` to change), prompt ``echo N > FIFO``:
+    the command tells this process through a FIFO when it began (a shell builtin, nothing else
+    is spawned); latency = that stamp minus the time before ``add_task``.
 huey (SqliteHuey, consumer with 1 process worker, periodic off), same enqueue timing:
   * a task whose body stores ``time.time()`` (shared memory, no extra store write);
-  * "shell": the task spawns ``/bin/bash -c 'echo $EPOCHREALTIME'`` and keeps that time;
+  * "shell": the task spawns the same shell with the same command (``subprocess.run``);
   * with huey's default polling (``initial_delay=0.1, backoff=1.15, max_delay=10``) and tuned
     (poll every 1 ms, no backoff); the idle CPU of each consumer is measured after its run
     (Podium's worker too).
-The floor: this process itself runs ``bash -c 'echo $EPOCHREALTIME'`` with the same gaps — what
-starting bash costs on this machine with no queue at all.
+The floor: this process itself runs the same shell command with the same gaps — what starting
+the shell costs on this machine with no queue at all.
 Both stores at the same ``PRAGMA synchronous`` level (``--sync``, default NORMAL then FULL).
 
     .venv/bin/python bench/dispatch.py [--n 300] [--gap-ms 20] [--sync NORMAL,FULL]
@@ -50,7 +51,8 @@ def _idle_cpu(pids: list[int], window: float) -> float:
     return (C.run_ns_of(pids) - a) / 1e9 / window * 100.0
 
 
-def podium_run(sync: str, backend: str, n: int, gap_ms: float, seed: int) -> dict:
+def podium_run(sync: str, backend: str, n: int, gap_ms: float, seed: int,
+               shell: str = "/bin/sh") -> dict:
     from podium.service import Podium
 
     tmp = C.tempdir("dispatch")
@@ -60,30 +62,33 @@ def podium_run(sync: str, backend: str, n: int, gap_ms: float, seed: int) -> dic
     p = Podium.open(url)
     worker = None
     try:
-        opts = ["shell=/bin/bash"] if backend == "shell" else []
+        opts = [f"shell={shell}"] if backend == "shell" else []
         worker = C.podium_worker(url, "w1", backend, opts, log=log)
         C.wait_agents_idle(p.store, ["w1"], [worker], log=log)
-        prompt = "echo $EPOCHREALTIME" if backend == "shell" else "x"
+        stamps = C.FifoStamps(tmp) if backend == "shell" else None
         gaps = _gaps(n + WARMUP, gap_ms, seed)
-        sent: list[tuple[str, float]] = []
+        sent: list[tuple[int, str, float]] = []
         for i in range(n + WARMUP):
+            prompt = stamps.command(i) if stamps else "x"
             time.sleep(gaps[i])
             t0 = time.time()
             task = p.add_task(prompt)
             if i >= WARMUP:
-                sent.append((task.id, t0))
+                sent.append((i, task.id, t0))
         deadline = time.monotonic() + 60
         while p.store.counts()["completed"] < n + WARMUP:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"podium tasks not finished: {p.store.counts()}")
             time.sleep(0.02)
         claimed, done, began = [], [], []
-        for tid, t0 in sent:
+        for i, tid, t0 in sent:
             t = p.task(tid)
             claimed.append(t.started_at - t0)
             done.append(t.completed_at - t0)
-            if backend == "shell":
-                began.append(float(t.output.decode().strip().replace(",", ".")) - t0)
+            if stamps:
+                began.append(stamps.times[i] - t0)
+        if stamps:
+            stamps.close()
         idle = _idle_cpu([worker.pid], IDLE_WINDOW_S)
         return {"claimed": claimed, "done": done, "began": began, "idle_cpu": idle}
     finally:
@@ -92,23 +97,27 @@ def podium_run(sync: str, backend: str, n: int, gap_ms: float, seed: int) -> dic
         C.remove_wake_dir(db)
 
 
-def floor_run(n: int, gap_ms: float, seed: int) -> dict:
-    """The spawn floor: this process starts ``bash -c 'echo $EPOCHREALTIME'`` directly."""
+def floor_run(n: int, gap_ms: float, seed: int, shell: str) -> dict:
+    """The spawn floor: this process starts the same stamping command itself, no queue."""
     import subprocess
 
     gaps = _gaps(n + WARMUP, gap_ms, seed)
-    lat = []
+    stamps = C.FifoStamps(C.tempdir("dispatch-floor"))
+    sent = []
     for i in range(n + WARMUP):
         time.sleep(gaps[i])
         t0 = time.time()
-        res = subprocess.run(["/bin/bash", "-c", "echo $EPOCHREALTIME"], stdout=subprocess.PIPE,
-                             stdin=subprocess.DEVNULL, close_fds=True)
+        subprocess.run([shell, "-c", stamps.command(i)], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, close_fds=True)
         if i >= WARMUP:
-            lat.append(float(res.stdout.decode().strip().replace(",", ".")) - t0)
+            sent.append((i, t0))
+    lat = [stamps.times[i] - t0 for i, t0 in sent]
+    stamps.close()
     return {"began": lat}
 
 
-def huey_run(sync: str, mode: str, kind: str, n: int, gap_ms: float, seed: int) -> dict:
+def huey_run(sync: str, mode: str, kind: str, n: int, gap_ms: float, seed: int,
+             shell: str = "/bin/sh") -> dict:
     import _huey as H
 
     tmp = C.tempdir("dispatch-huey")
@@ -122,12 +131,13 @@ def huey_run(sync: str, mode: str, kind: str, n: int, gap_ms: float, seed: int) 
         H.wait_ready(board, 1, consumer)
         huey = H.make_huey(db, sync)
         gaps = _gaps(n + WARMUP, gap_ms, seed)
+        stamps = C.FifoStamps(tmp) if kind == "shell" else None
         sent: list[tuple[int, float]] = []
         for i in range(n + WARMUP):
             time.sleep(gaps[i])
             t0 = time.time()
-            if kind == "shell":
-                huey.shell(i, "/bin/bash")
+            if stamps:
+                huey.shell(i, shell, stamps.command(i))
             else:
                 huey.record(i)
             if i >= WARMUP:
@@ -138,7 +148,11 @@ def huey_run(sync: str, mode: str, kind: str, n: int, gap_ms: float, seed: int) 
                 tail = (tmp / "consumer.log").read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"huey tasks not finished; consumer log:\n{tail}")
             time.sleep(0.02)
-        lat = [board.task_time(i) - t0 for i, t0 in sent]
+        if stamps:
+            lat = [stamps.times[i] - t0 for i, t0 in sent]
+            stamps.close()
+        else:
+            lat = [board.task_time(i) - t0 for i, t0 in sent]
         huey.storage.close()
         pids = [consumer.pid, *C.descendants(consumer.pid)]
         idle = _idle_cpu(pids, IDLE_WINDOW_S)
@@ -154,6 +168,8 @@ def main() -> int:
     ap.add_argument("--gap-ms", type=float, default=20.0, help="mean gap between adds")
     ap.add_argument("--sync", default="NORMAL,FULL", help="SQLite synchronous levels to run")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--shell", default="/bin/sh",
+                    help="shell for the shell variants (default: the shell backend's own)")
     args = ap.parse_args()
 
     print(f"dispatch latency: idle worker, task added -> started; n={args.n} per variant, "
@@ -165,20 +181,20 @@ def main() -> int:
                        f"SqliteStorage with PRAGMA synchronous={sync})"):
             load = C.HostLoad()
             pe = podium_run(sync, "echo", args.n, args.gap_ms, args.seed)
-            ps = podium_run(sync, "shell", args.n, args.gap_ms, args.seed)
+            ps = podium_run(sync, "shell", args.n, args.gap_ms, args.seed, args.shell)
             hd = huey_run(sync, "default", "noop", args.n, args.gap_ms, args.seed)
             ht = huey_run(sync, "tuned", "noop", args.n, args.gap_ms, args.seed)
-            hts = huey_run(sync, "tuned", "shell", args.n, args.gap_ms, args.seed)
-            fl = floor_run(args.n, args.gap_ms, args.seed)
+            hts = huey_run(sync, "tuned", "shell", args.n, args.gap_ms, args.seed, args.shell)
+            fl = floor_run(args.n, args.gap_ms, args.seed, args.shell)
             rows_src = [
                 ("podium echo: claimed (started_at)", pe["claimed"], pe["idle_cpu"]),
                 ("podium echo: echo done (completed_at)", pe["done"], None),
                 ("huey default: task body started", hd["began"], hd["idle_cpu"]),
                 ("huey tuned 1ms: task body started", ht["began"], ht["idle_cpu"]),
-                ("podium shell: command began ($EPOCHREALTIME)", ps["began"], ps["idle_cpu"]),
+                ("podium shell: command began", ps["began"], ps["idle_cpu"]),
                 ("podium shell: claimed (started_at)", ps["claimed"], None),
                 ("huey tuned 1ms shell: command began", hts["began"], hts["idle_cpu"]),
-                ("floor: bash spawned by this process", fl["began"], None),
+                ("floor: the shell spawned by this process", fl["began"], None),
             ]
             rows = []
             stats = {}
@@ -192,7 +208,7 @@ def main() -> int:
             print(f"(machine busy during section: {load.cores():.2f} cores, ours and other tenants')")
             e = stats["podium echo: echo done (completed_at)"]
             c = stats["podium echo: claimed (started_at)"]
-            s = stats["podium shell: command began ($EPOCHREALTIME)"]
+            s = stats["podium shell: command began"]
             d = stats["huey default: task body started"]
             t = stats["huey tuned 1ms: task body started"]
             ts = stats["huey tuned 1ms shell: command began"]

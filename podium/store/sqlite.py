@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import os
 import sqlite3
+import struct
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -27,13 +28,16 @@ TYPES = {"id": "INTEGER PRIMARY KEY AUTOINCREMENT", "blob": "BLOB", "float": "RE
          "dialect": "sqlite"}
 #: A write-ahead log checkpoint copies the log's pages into the database and waits for the disk
 #: (twice). SQLite's automatic one runs inside the COMMIT of whichever writer crosses 1000
-#: pages, i.e. while that writer still holds Podium's writer lock, so every other writer waits
-#: for the disk too. Instead, each process checkpoints after every CHECKPOINT_EVERY of its own
-#: commits, outside the writer lock (a PASSIVE checkpoint: it never blocks writers or readers).
+#: pages, i.e. while that writer still holds Podium's writer lock (every other writer waits for
+#: the disk too) and before it can wake the agent it queued a task for, or start the task it
+#: claimed. Instead, after each commit a process reads how many pages the log holds beyond the
+#: last checkpoint (the wal-index header in the ``-shm`` file: ``mxFrame`` at byte 16,
+#: ``nBackfill`` at byte 96, see sqlite.org/walformat.html) and, past CHECKPOINT_PAGES, asks its
+#: own background thread for a PASSIVE checkpoint, which blocks neither writers nor readers.
 #: Writers that keep coming can keep a passive checkpoint from ever reaching the end of the log,
-#: and the log only starts over once one does: past WAL_LIMIT_PAGES the checkpoint runs
+#: and the log only starts over once one does: past WAL_LIMIT_PAGES the thread checkpoints
 #: inside the writer lock instead, where it catches up.
-CHECKPOINT_EVERY = 32
+CHECKPOINT_PAGES = 1000
 WAL_LIMIT_PAGES = 16384  # 64 MiB of 4 KiB pages
 SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
@@ -83,8 +87,8 @@ class SQLiteStore(SqlStore):
             raise _store_error(e, self.path) from None
         except OSError as e:
             raise StoreError(f"cannot open store {self.path}: {e.strerror}") from None
-        self._commits = 0
-        self._checkpoint_locked = False
+        self._shm: int | None = None
+        self._checkpointer: _Checkpointer | None = None
         self._channel = WakeChannel(str(self.path))
         if migrate:
             self.migrate()
@@ -114,9 +118,10 @@ class SQLiteStore(SqlStore):
                         raise
                 finally:
                     cur.close()
-            self._commits += 1
-            if self._commits % CHECKPOINT_EVERY == 0:
-                self._checkpoint()
+            if self._unchecked_pages() >= CHECKPOINT_PAGES:
+                if self._checkpointer is None:
+                    self._checkpointer = _Checkpointer(self.path, self.synchronous)
+                self._checkpointer.request()
 
     @contextlib.contextmanager
     def _writer_lock(self) -> Iterator[None]:
@@ -126,18 +131,17 @@ class SQLiteStore(SqlStore):
         finally:
             fcntl.flock(self._lockfile, fcntl.LOCK_UN)
 
-    def _checkpoint(self) -> None:
-        """Copy the log into the database without holding up writers (see CHECKPOINT_EVERY)."""
+    def _unchecked_pages(self) -> int:
+        """Pages in the write-ahead log that no checkpoint has copied yet (see above)."""
         try:
-            if self._checkpoint_locked:
-                with self._writer_lock():
-                    row = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            else:
-                row = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        except sqlite3.Error:
-            return  # housekeeping: the next one tries again
-        # row: (busy, pages in the log since it last started over, pages copied)
-        self._checkpoint_locked = row[1] > WAL_LIMIT_PAGES
+            if self._shm is None:
+                self._shm = os.open(str(self.path) + "-shm", os.O_RDONLY)
+            header = os.pread(self._shm, 100, 0)
+        except OSError:
+            return 0
+        if len(header) < 100:
+            return 0
+        return struct.unpack_from("=I", header, 16)[0] - struct.unpack_from("=I", header, 96)[0]
 
     @contextlib.contextmanager
     def _reader(self) -> Iterator[Tx]:
@@ -177,9 +181,66 @@ class SQLiteStore(SqlStore):
                 return self._apply_migrations(tx, MIGRATIONS, TYPES)
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+        if self._shm is not None:
+            os.close(self._shm)
+            self._shm = None
         with self._lock:
             self._channel.close()
             try:
                 self._conn.close()
             finally:
                 os.close(self._lockfile)
+
+
+class _Checkpointer:
+    """A process's background checkpoints (see CHECKPOINT_PAGES), on a connection of its own."""
+
+    def __init__(self, path: Path, synchronous: str):
+        self.path, self.synchronous = path, synchronous
+        self.wanted = threading.Event()
+        self.stopping = False
+        self.thread = threading.Thread(target=self._run, name="podium-checkpoint", daemon=True)
+        self.thread.start()
+
+    def request(self) -> None:
+        self.wanted.set()
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.wanted.set()
+        self.thread.join(timeout=10)
+
+    def _run(self) -> None:
+        try:
+            conn = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None)
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")  # fsyncs as the writers
+            # Its own open file for the writer lock: flock excludes other open files, so this
+            # process's own transactions wait for a locked checkpoint too.
+            lockfile = os.open(str(self.path) + "-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except (sqlite3.Error, OSError):
+            return  # housekeeping only: the store still works, the log just grows
+        locked = False
+        try:
+            while True:
+                self.wanted.wait()
+                self.wanted.clear()
+                if self.stopping:
+                    return
+                try:
+                    if locked:
+                        fcntl.flock(lockfile, fcntl.LOCK_EX)
+                        try:
+                            row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                        finally:
+                            fcntl.flock(lockfile, fcntl.LOCK_UN)
+                    else:
+                        row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error:
+                    continue  # the next request tries again
+                # row: (busy, pages in the log since it last started over, pages copied)
+                locked = row[1] > WAL_LIMIT_PAGES
+        finally:
+            conn.close()
+            os.close(lockfile)
