@@ -229,6 +229,46 @@ def test_failure_is_final_unless_retry(store):
     assert store.get_task(plain.id).error == "boom"
 
 
+def test_batch_of_results_mixes_usual_and_unusual_cases(store):
+    """Results recorded together with the next claim: the usual ones in one statement, the
+    stale, cancelled and to-be-retried ones each by their own rule; exotic values survive."""
+    reg(store)
+    ok, fail, stale, cancelled, dep_src = add(store, "ok", "fail", "stale", "cancel", "src")
+    [retry] = store.add_tasks([TaskSpec("retry", retry_on_failure=True, max_attempts=3)])
+    [dependent] = store.add_tasks([TaskSpec("after", depends_on=[dep_src.id])])
+    claimed = store.claim_batch("a1", [], 30, [], 6)
+    assert [t.id for t in claimed] == [ok.id, fail.id, stale.id, cancelled.id, dep_src.id,
+                                       retry.id]
+    store.cancel(cancelled.id, "changed my mind")
+    blob = "ünï 'q' $x `b`\n".encode() + bytes([0, 255])
+    finishes = [
+        done(claimed[0], blob, exit_code=0, tokens_in=3, tokens_out=4, cost_usd=0.5,
+             session_id="s"),
+        done(claimed[1], b"", TaskState.FAILED, error="boom", exit_code=2),
+        Finish(stale.id, claimed[2].attempts + 1, Outcome(TaskState.COMPLETED)),  # not ours
+        done(claimed[3], b"partial"),
+        done(claimed[4], b"src done"),
+        done(claimed[5], b"", TaskState.FAILED, error="try again"),
+    ]
+    again = store.claim_batch("a1", [], 30, finishes, 10)
+    assert sorted(t.id for t in again) == sorted([dependent.id, retry.id])
+    got = {t.id: store.get_task(t.id) for t in claimed}
+    assert got[ok.id].state is TaskState.COMPLETED and got[ok.id].output == blob
+    assert (got[ok.id].tokens_in, got[ok.id].tokens_out, got[ok.id].cost_usd,
+            got[ok.id].session_id, got[ok.id].exit_code) == (3, 4, 0.5, "s", 0)
+    assert got[fail.id].state is TaskState.FAILED and got[fail.id].error == "boom"
+    assert got[fail.id].exit_code == 2
+    assert got[stale.id].state is TaskState.RUNNING  # the stale result was refused
+    assert "task.stale_result" in kinds(store, stale.id)
+    assert got[cancelled.id].state is TaskState.CANCELLED
+    assert got[cancelled.id].error == "changed my mind" and got[cancelled.id].output == b"partial"
+    assert got[dep_src.id].state is TaskState.COMPLETED
+    assert got[retry.id].state is TaskState.RUNNING and got[retry.id].attempts == 2
+    assert "task.requeued" in kinds(store, retry.id)
+    assert kinds(store, ok.id)[-1] == "task.completed"
+    assert store.get_agent("a1").tasks_done == 6
+
+
 def test_heartbeat_extends_lease_and_reports_loss(store):
     reg(store)
     [t] = add(store, "x")

@@ -184,6 +184,7 @@ class PostgresStore(SqlStore):
     claim_lock_clause = " FOR UPDATE SKIP LOCKED"
     precheck_claims = False  # a claim that finds nothing is one short read-only transaction
     concat_sql = "string_agg(depends_on, ' ')"
+    events_in_one_statement = True
     float_type = TYPES["float"]
     blob_type = TYPES["blob"]
 

@@ -59,7 +59,10 @@ class Tx:
         return self.cur
 
     def executemany(self, sql: str, rows: list) -> None:
-        self.cur.executemany(self._convert(sql), rows)
+        if len(rows) == 1:  # psycopg's executemany syncs its own pipeline: a round trip more
+            self.cur.execute(self._convert(sql), rows[0])
+        else:
+            self.cur.executemany(self._convert(sql), rows)
 
     def one(self, sql: str, params: tuple | list = ()) -> Any:
         return self.execute(sql, params).fetchone()
@@ -192,11 +195,22 @@ class SqlStore(Store):
         for sql, params in tx.deferred:
             tx.execute(sql, params)
 
-    @staticmethod
-    def _write_events(tx: Tx) -> None:
-        if tx.events:
-            tx.executemany("INSERT INTO events (ts, kind, agent_id, task_id, data) "
-                           "VALUES (?, ?, ?, ?, ?)", tx.events)
+    #: Write a transaction's few events as one multi-row INSERT rather than ``executemany``
+    #: (PostgreSQL: it goes out with the commit, no round trip of its own).
+    events_in_one_statement = False
+
+    def _write_events(self, tx: Tx) -> None:
+        events = tx.events
+        if not events:
+            return
+        sql = "INSERT INTO events (ts, kind, agent_id, task_id, data) VALUES "
+        if not self.events_in_one_statement or len(events) == 1:
+            tx.executemany(sql + "(?, ?, ?, ?, ?)", events)
+            return
+        for i in range(0, len(events), 1000):
+            chunk = events[i:i + 1000]
+            tx.execute(sql + ", ".join(["(?, ?, ?, ?, ?)"] * len(chunk)),
+                       [v for row in chunk for v in row])
 
     @staticmethod
     def _apply_migrations(tx: Tx, migrations: list[tuple[str, str]],
