@@ -22,7 +22,7 @@ def iso(ts: float | None) -> str | None:
 
 
 def new_id(prefix: str, length: int = 10) -> str:
-    """A short random id such as ``t-7kq2m9x4va`` (50 random bits at length 10)."""
+    """A short random id such as ``b-7kq2m9x4va`` (50 random bits at length 10)."""
     n = int.from_bytes(secrets.token_bytes((5 * length + 7) // 8), "big")
     chars = []
     for _ in range(length):
