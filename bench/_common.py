@@ -345,6 +345,16 @@ class FifoStamps:
     def command(self, i: int) -> str:
         return f"echo {i} > {self.path}"
 
+    def wait(self, ids, timeout: float = 10.0) -> dict[int, float]:
+        """The stamps of ``ids``, once the reader thread has seen them all."""
+        deadline = time.monotonic() + timeout
+        while any(i not in self.times for i in ids):
+            if time.monotonic() > deadline:
+                missing = [i for i in ids if i not in self.times]
+                raise RuntimeError(f"no start stamp from commands {missing[:10]}")
+            time.sleep(0.01)
+        return self.times
+
     def _read(self) -> None:
         buf = b""
         while True:

@@ -81,6 +81,8 @@ def podium_run(sync: str, backend: str, n: int, gap_ms: float, seed: int,
                 raise RuntimeError(f"podium tasks not finished: {p.store.counts()}")
             time.sleep(0.02)
         claimed, done, began = [], [], []
+        if stamps:
+            stamps.wait([i for i, _, _ in sent])
         for i, tid, t0 in sent:
             t = p.task(tid)
             claimed.append(t.started_at - t0)
@@ -111,7 +113,8 @@ def floor_run(n: int, gap_ms: float, seed: int, shell: str) -> dict:
                        stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, close_fds=True)
         if i >= WARMUP:
             sent.append((i, t0))
-    lat = [stamps.times[i] - t0 for i, t0 in sent]
+    times = stamps.wait([i for i, _ in sent])
+    lat = [times[i] - t0 for i, t0 in sent]
     stamps.close()
     return {"began": lat}
 
@@ -149,7 +152,8 @@ def huey_run(sync: str, mode: str, kind: str, n: int, gap_ms: float, seed: int,
                 raise RuntimeError(f"huey tasks not finished; consumer log:\n{tail}")
             time.sleep(0.02)
         if stamps:
-            lat = [stamps.times[i] - t0 for i, t0 in sent]
+            times = stamps.wait([i for i, _ in sent])
+            lat = [times[i] - t0 for i, t0 in sent]
             stamps.close()
         else:
             lat = [board.task_time(i) - t0 for i, t0 in sent]

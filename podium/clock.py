@@ -1,5 +1,6 @@
 """Time and identifiers: one place decides how both look."""
 
+import os
 import secrets
 import threading
 import time
@@ -44,14 +45,26 @@ def _b32(n: int, length: int) -> str:
     return "".join(reversed(chars))
 
 
+def _forget_last_id() -> None:
+    # A forked child must not continue the parent's counter (both would make the same ids),
+    # nor inherit the lock held by a thread that does not exist in it.
+    global _sortable_lock
+    _sortable_lock = threading.Lock()
+    _sortable_last[:] = 0, 0, ""
+
+
+os.register_at_fork(after_in_child=_forget_last_id)
+
+
 def sortable_id(prefix: str) -> str:
     """An id that sorts by creation time, e.g. ``t-1m8anzrqy53tem``.
 
     9 characters of milliseconds since the epoch (enough until the year 3084), then 5 of a
-    counter that starts at a random value each millisecond and increases within it, so ids made
-    by one process never repeat and ids of different processes collide with odds of 1 in 2**24
-    per pair made in the same millisecond. New rows then land at the end of the indexes keyed
-    by task id instead of at random pages, which keeps the writes per claim small.
+    counter that starts at a random value (24 bits) each millisecond and increases within it:
+    ids made by one process never repeat; two processes making a and b ids in the same
+    millisecond collide with odds of about (a + b) / 2**24, and a collision fails the add (the
+    id is unique in the store), it never mixes tasks up. New rows land at the end of the indexes
+    keyed by task id instead of on random pages, which keeps the writes per claim small.
     """
     ms = time.time_ns() // 1_000_000
     with _sortable_lock:

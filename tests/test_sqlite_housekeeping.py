@@ -33,6 +33,27 @@ def test_sortable_ids_grow_and_never_repeat_across_processes():
     assert all(ids == sorted(ids) for ids in theirs)
 
 
+def test_forked_child_does_not_continue_the_parents_ids():
+    import os
+
+    sortable_id("t")  # the parent has a counter running in this millisecond
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its ids, as fast as it can
+        os.close(r)
+        os.write(w, "\n".join(sortable_id("t") for _ in range(300)).encode())
+        os._exit(0)
+    os.close(w)
+    parent = [sortable_id("t") for _ in range(300)]
+    data = b""
+    while chunk := os.read(r, 65536):
+        data += chunk
+    os.close(r)
+    os.waitpid(pid, 0)
+    child = data.decode().split("\n")
+    assert len(child) == 300 and not set(child) & set(parent)
+
+
 def _wait_until(cond, timeout=10.0):
     deadline = time.monotonic() + timeout
     while not cond():

@@ -119,7 +119,8 @@ class SQLiteStore(SqlStore):
                 finally:
                     cur.close()
             if self._unchecked_pages() >= CHECKPOINT_PAGES:
-                if self._checkpointer is None:
+                if self._checkpointer is None or self._checkpointer.pid != os.getpid():
+                    # (a forked child has the object but not the thread)
                     self._checkpointer = _Checkpointer(self.path, self.synchronous)
                 self._checkpointer.request()
 
@@ -199,6 +200,7 @@ class _Checkpointer:
 
     def __init__(self, path: Path, synchronous: str):
         self.path, self.synchronous = path, synchronous
+        self.pid = os.getpid()
         self.wanted = threading.Event()
         self.stopping = False
         self.thread = threading.Thread(target=self._run, name="podium-checkpoint", daemon=True)
