@@ -33,9 +33,13 @@ def test_sortable_ids_grow_and_never_repeat_across_processes():
     assert all(ids == sorted(ids) for ids in theirs)
 
 
-def test_forked_child_does_not_continue_the_parents_ids():
+def test_forked_child_does_not_continue_the_parents_ids(monkeypatch):
     import os
 
+    from podium import clock
+
+    # One frozen millisecond for parent and child: only the counter tells their ids apart.
+    monkeypatch.setattr(clock.time, "time_ns", lambda: 1_790_000_000_000_000_000)
     sortable_id("t")  # the parent has a counter running in this millisecond
     r, w = os.pipe()
     pid = os.fork()
@@ -70,7 +74,7 @@ def test_log_is_checkpointed_in_the_background(tmp_path):
             s.add_tasks([TaskSpec(big)])
         assert s._checkpointer is not None and s._checkpointer.thread.is_alive()
         _wait_until(lambda: s._unchecked_pages() < CHECKPOINT_PAGES)
-        assert (tmp_path / "p.db").stat().st_size > 4_000_000  # the pages reached the database
+        assert (tmp_path / "p.db").stat().st_size > 2_000_000  # the pages reached the database
         assert len(s.list_tasks(limit=100)) == 25
     finally:
         s.close()
