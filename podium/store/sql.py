@@ -167,6 +167,9 @@ class SqlStore(Store):
     #: Column types for casts (as in the dialect's migrations).
     float_type = "REAL"
     blob_type = "BLOB"
+    #: Write a transaction's events as multi-row INSERTs rather than ``executemany``
+    #: (PostgreSQL: they go out with the commit, no round trip of their own).
+    events_in_one_statement = False
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
@@ -194,10 +197,6 @@ class SqlStore(Store):
     def _run_deferred(tx: Tx) -> None:
         for sql, params in tx.deferred:
             tx.execute(sql, params)
-
-    #: Write a transaction's few events as one multi-row INSERT rather than ``executemany``
-    #: (PostgreSQL: it goes out with the commit, no round trip of its own).
-    events_in_one_statement = False
 
     def _write_events(self, tx: Tx) -> None:
         events = tx.events
