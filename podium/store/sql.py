@@ -239,6 +239,10 @@ class SqlStore(Store):
             self._before_commit(tx)
         if tx.wake_agents or tx.wake_watchers:
             self._wake(tx.wake_agents, tx.wake_watchers)
+        self._after_commit()
+
+    def _after_commit(self) -> None:
+        """Housekeeping after a write, once the processes it concerns were woken."""
 
     # -- agents -------------------------------------------------------------------
     def register_agent(self, name, roles, backend, host, pid, lease_s, meta) -> Agent:

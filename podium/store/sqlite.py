@@ -30,10 +30,11 @@ TYPES = {"id": "INTEGER PRIMARY KEY AUTOINCREMENT", "blob": "BLOB", "float": "RE
 #: (twice). SQLite's automatic one runs inside the COMMIT of whichever writer crosses 1000
 #: pages, i.e. while that writer still holds Podium's writer lock (every other writer waits for
 #: the disk too) and before it can wake the agent it queued a task for, or start the task it
-#: claimed. Instead, after each commit a process reads how many pages the log holds beyond the
-#: last checkpoint (the wal-index header in the ``-shm`` file: ``mxFrame`` at byte 16,
-#: ``nBackfill`` at byte 96, see sqlite.org/walformat.html) and, past CHECKPOINT_PAGES, asks its
-#: own background thread for a PASSIVE checkpoint, which blocks neither writers nor readers.
+#: claimed. Instead, after each commit (and its wake-ups) a process reads how many pages the
+#: log holds beyond the last checkpoint (the wal-index header in the ``-shm`` file: ``mxFrame``
+#: at byte 16, ``nBackfill`` at byte 96, see sqlite.org/walformat.html) and, past
+#: CHECKPOINT_PAGES, asks its own background thread for a PASSIVE checkpoint, which blocks
+#: neither writers nor readers.
 #: Writers that keep coming can keep a passive checkpoint from ever reaching the end of the log,
 #: and the log only starts over once one does: past WAL_LIMIT_PAGES the thread checkpoints
 #: inside the writer lock instead, where it catches up.
@@ -118,11 +119,13 @@ class SQLiteStore(SqlStore):
                         raise
                 finally:
                     cur.close()
-            if self._unchecked_pages() >= CHECKPOINT_PAGES:
-                if self._checkpointer is None or self._checkpointer.pid != os.getpid():
-                    # (a forked child has the object but not the thread)
-                    self._checkpointer = _Checkpointer(self.path, self.synchronous)
-                self._checkpointer.request()
+
+    def _after_commit(self) -> None:
+        if self._unchecked_pages() >= CHECKPOINT_PAGES:
+            if self._checkpointer is None or self._checkpointer.pid != os.getpid():
+                # (a forked child has the object but not the thread)
+                self._checkpointer = _Checkpointer(self.path, self.synchronous)
+            self._checkpointer.request()
 
     @contextlib.contextmanager
     def _writer_lock(self) -> Iterator[None]:
