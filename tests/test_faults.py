@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import random
+import time
 
 import pytest
 
 from helpers import all_events, wait_for
 
+from podium import orphans
 from podium.models import AgentState, TaskState
 
 LEASE = 2.0
@@ -75,6 +78,82 @@ def test_kill9_mid_task_requeues_and_completes_exactly_once(podium, workers, sto
     assert states[victim] is AgentState.DEAD
     assert states[survivor].live
     assert_clean_logs(workers, [survivor])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _orphan_scenario(podium, workers, tmp_path):
+    """A task with a side effect after 4 s; its worker is killed -9 while it runs."""
+    mark = tmp_path / "side-effect"
+    t = podium.add_task(f'sleep 4; echo "$PODIUM_AGENT_ID" >> "{mark}"; echo done')
+    running = wait_for(lambda: (x := podium.task(t.id)).state is TaskState.RUNNING and x,
+                       10, what="the task to start")
+    orphans_before = wait_for(
+        lambda: orphans.find(podium.store.url, running.agent_id, {t.id}), 10,
+        what="the task's program to show up")
+    workers.kill9(running.agent_id)
+    pids = [int(p) for p in os.listdir("/proc") if p.isdigit() and _alive(int(p))
+            and os.getpgid(int(p)) in orphans_before]
+    assert pids, "the killed worker's program should still be running (its own session)"
+    return t, running.agent_id, mark, pids
+
+
+def test_program_left_by_a_killed_worker_is_killed_when_its_task_is_taken(
+        podium, workers, store, tmp_path):
+    workers.start("w1", backend="shell", lease=LEASE, heartbeat=HEARTBEAT)
+    t, _, mark, pids = _orphan_scenario(podium, workers, tmp_path)
+    survivor = "w2"
+    workers.start(survivor, backend="shell", lease=LEASE, heartbeat=HEARTBEAT)
+    done = podium.wait(t.id, 30)
+    assert done.state is TaskState.COMPLETED and done.agent_id == survivor
+    # Whoever took the task from the dead agent (the survivor's heartbeat or this test's wait,
+    # both on this host) killed the program it left running.
+    assert not any(_alive(p) for p in pids)
+    time.sleep(1.0)  # past the moment the orphan would have written
+    assert mark.read_text() == f"{survivor}\n"  # the side effect happened once
+
+
+def test_program_left_by_a_killed_worker_is_killed_when_it_restarts(
+        podium, workers, store, tmp_path):
+    workers.start("w1", backend="shell", lease=30.0, heartbeat=HEARTBEAT)
+    t, _, mark, pids = _orphan_scenario(podium, workers, tmp_path)
+    # The same agent started again (a long lease: only re-registering can free the task).
+    workers.start("w1", backend="shell", lease=30.0, heartbeat=HEARTBEAT)
+    wait_for(lambda: not any(_alive(p) for p in pids), 10, what="the orphan to be killed")
+    done = podium.wait(t.id, 30)
+    assert done.state is TaskState.COMPLETED and done.attempts == 2
+    time.sleep(1.0)
+    assert mark.read_text() == "w1\n"
+
+
+def test_orphan_lookup_matches_store_agent_and_task_only(tmp_path):
+    import subprocess
+
+    def start(store_url, agent, task):
+        env = dict(os.environ, PODIUM_STORE=store_url, PODIUM_AGENT_ID=agent,
+                   PODIUM_TASK_ID=task)
+        return subprocess.Popen(["sleep", "30"], env=env, start_new_session=True)
+
+    url = f"sqlite://{tmp_path}/p.db"
+    others = [start(f"sqlite://{tmp_path}/other.db", "w1", "t-1"), start(url, "w2", "t-1"),
+              start(url, "w1", "t-2")]
+    target = start(url, "w1", "t-1")
+    try:
+        assert orphans.find(url, "w1", {"t-1"}) == {target.pid}
+        assert orphans.kill(url, "w1", {"t-1"}) == 1
+        assert target.wait(timeout=10) == -9
+        assert all(p.poll() is None for p in others)
+        assert orphans.find(url, "w1") == {others[2].pid}  # any task of that agent
+    finally:
+        for p in [*others, target]:
+            p.kill()
+            p.wait()
 
 
 def test_kill9_on_last_attempt_fails_the_task(podium, workers, store):

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from podium import orphans
 from podium.agents.backends import MAX_OUTPUT_BYTES, Backend, Run
 from podium.errors import StoreError, StoreUnavailable
 from podium.models import Outcome, Task, TaskState
@@ -148,6 +149,11 @@ class Worker:
             self.name, self.roles, self.backend.name, socket.gethostname(), os.getpid(),
             self.lease_s, {"workdir": str(self.workdir), **self.meta})
         self.backend.attach(self.store, self.name)
+        # A killed previous run of this agent may have left programs behind whose tasks were
+        # taken by a process elsewhere (see podium.orphans): they are not its tasks any more.
+        n = orphans.kill(self.store.url, self.name)
+        if n:
+            self.log(f"killed {n} process group(s) left running by a previous run of {self.name}")
         self.waiter = self.store.agent_waiter(self.name)
         self.log(f"registered (backend {self.backend.name}, roles {self.roles or 'any'}, "
                  f"store {self.store.url})")

@@ -10,8 +10,11 @@ from __future__ import annotations
 import abc
 import contextlib
 import json
+import os
+import socket
 from typing import Any, Iterator
 
+from podium import orphans
 from podium.clock import now, sortable_id
 from podium.errors import Conflict, InvalidInput, NotFound
 from podium.models import (
@@ -50,6 +53,8 @@ class Tx:
         self.events: list[tuple] = []
         #: Writes whose results nobody reads, sent with the commit (one round trip on PostgreSQL).
         self.deferred: list[tuple[str, tuple | list]] = []
+        #: (agent id, task id) of running tasks taken from agents that are gone.
+        self.taken: list[tuple[str, str]] = []
         #: Set when losing this transaction in a server crash harms nothing (a claim: its task
         #: would just be queued again), so the dialect may commit without waiting for the disk.
         self.relaxed = False
@@ -86,6 +91,21 @@ class Tx:
         """Record an event; events are written together just before the commit."""
         self.events.append((now(), kind, agent_id, task_id, json.dumps(data, ensure_ascii=False)))
         self.wake_watchers = True
+
+
+def _process_exists(pid: int) -> bool:
+    """Whether ``pid`` is a process of this host that has not exited (zombies have)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _agent(row: Any) -> Agent:
@@ -239,6 +259,13 @@ class SqlStore(Store):
             self._before_commit(tx)
         if tx.wake_agents or tx.wake_watchers:
             self._wake(tx.wake_agents, tx.wake_watchers)
+        if tx.taken:
+            # Programs the gone agents may have left running on this host (see podium.orphans).
+            by_agent: dict[str, set[str]] = {}
+            for agent, task_id in tx.taken:
+                by_agent.setdefault(agent, set()).add(task_id)
+            for agent, task_ids in by_agent.items():
+                orphans.kill(self.url, agent, task_ids)
         self._after_commit()
 
     def _after_commit(self) -> None:
@@ -254,6 +281,9 @@ class SqlStore(Store):
                          "WHERE id = ?", (name,))
             if row is not None:
                 alive = row["state"] in _LIVE and row["last_heartbeat"] + row["lease_s"] > t
+                if alive and row["host"] == host == socket.gethostname() and row["pid"] and \
+                        not _process_exists(row["pid"]):
+                    alive = False  # its process is gone from this very host: no lease to wait
                 if alive:
                     raise Conflict(
                         f"agent {name!r} is already running (pid {row['pid']} on {row['host']}); "
@@ -689,6 +719,7 @@ class SqlStore(Store):
 
     def _lose_task(self, tx: Tx, row: Any, why: str, t: float) -> None:
         """A running task whose worker is gone: back to the queue, or failed when out of tries."""
+        tx.taken.append((row["agent_id"], row["id"]))
         if row["attempts"] < row["max_attempts"]:
             tx.execute(
                 "UPDATE tasks SET state = 'queued', agent_id = NULL, lease_expires = NULL, "
