@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from podium import pids
 from podium.errors import PodiumError
 from podium.models import Agent
 from podium.service import Podium
@@ -142,17 +143,7 @@ def _alive(pid: int) -> bool:
             return False
     except ChildProcessError:
         pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie nobody has reaped yet (a container's PID 1 may never do it) has exited
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return True
+    return pids.exists(pid)
 
 
 def down(podium: Podium, timeout_s: float = 15.0, drain: bool = False,

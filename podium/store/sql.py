@@ -10,11 +10,10 @@ from __future__ import annotations
 import abc
 import contextlib
 import json
-import os
 import socket
 from typing import Any, Iterator
 
-from podium import orphans
+from podium import orphans, pids
 from podium.clock import now, sortable_id
 from podium.errors import Conflict, InvalidInput, NotFound
 from podium.models import (
@@ -91,21 +90,6 @@ class Tx:
         """Record an event; events are written together just before the commit."""
         self.events.append((now(), kind, agent_id, task_id, json.dumps(data, ensure_ascii=False)))
         self.wake_watchers = True
-
-
-def _process_exists(pid: int) -> bool:
-    """Whether ``pid`` is a process of this host that has not exited (zombies have)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def _agent(row: Any) -> Agent:
@@ -282,7 +266,7 @@ class SqlStore(Store):
             if row is not None:
                 alive = row["state"] in _LIVE and row["last_heartbeat"] + row["lease_s"] > t
                 if alive and row["host"] == host == socket.gethostname() and row["pid"] and \
-                        not _process_exists(row["pid"]):
+                        not pids.exists(row["pid"]):
                     alive = False  # its process is gone from this very host: no lease to wait
                 if alive:
                     raise Conflict(
