@@ -273,20 +273,31 @@ class PostgresStore(SqlStore):
         if conn is not None and _PIPELINE and (tx.events or tx.wake_agents or tx.deferred):
             tail.enter_context(conn.pipeline())
         self._run_deferred(tx)
+        # One SELECT for the commit's settings, the events lock and the notifications (these are
+        # delivered at COMMIT, wherever they stand in the transaction): psycopg's cost per
+        # statement is the larger part of a short transaction here.
+        calls: list[str] = []
+        params: list = []
         if tx.relaxed:
             # A claim lost in a server crash only puts its task back in the queue (the worker's
             # late result is refused, as after an expired lease): no need to wait for the disk.
             # Later synchronous commits (the result) flush it anyway.
-            tx.cur.execute("SET LOCAL synchronous_commit = off")
+            calls.append("set_config('synchronous_commit', 'off', true)")
         if tx.events:
-            tx.cur.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
-            self._write_events(tx)
-            tx.cur.execute("SELECT pg_notify(%s, '')", (self.channel_events,))
+            # Taken before the events get their ids, held until COMMIT: a reader's cursor never
+            # passes an id that a slower transaction has yet to commit.
+            calls += ["pg_advisory_xact_lock(%s)", "pg_notify(%s, '')"]
+            params += [self._lock_key, self.channel_events]
         if tx.wake_agents is ALL_AGENTS:
-            tx.cur.execute("SELECT pg_notify(%s, %s)", (self.channel_wake, _ALL))
+            calls.append("pg_notify(%s, %s)")
+            params += [self.channel_wake, _ALL]
         else:
             for agent in tx.wake_agents:  # type: ignore[union-attr]
-                tx.cur.execute("SELECT pg_notify(%s, %s)", (self.channel_wake, agent))
+                calls.append("pg_notify(%s, %s)")
+                params += [self.channel_wake, agent]
+        if calls:
+            tx.cur.execute("SELECT " + ", ".join(calls), params)
+        self._write_events(tx)
 
     def _after_copy(self, tx: Tx) -> None:
         for table, col in (("tasks", "seq"), ("messages", "id"), ("events", "id")):
