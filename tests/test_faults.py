@@ -145,7 +145,11 @@ def test_orphan_lookup_matches_store_agent_and_task_only(tmp_path):
               start(url, "w1", "t-2")]
     target = start(url, "w1", "t-1")
     try:
-        assert orphans.find(url, "w1", {"t-1"}) == {target.pid}
+        # (a child shows its own environment only once it has exec'd)
+        wait_for(lambda: orphans.find(url, "w1", {"t-1"}) == {target.pid}, 10,
+                 what="the matching process to be found")
+        wait_for(lambda: orphans.find(url, "w1") == {target.pid, others[2].pid}, 10,
+                 what="every process of that agent to be found")
         assert orphans.kill(url, "w1", {"t-1"}) == 1
         assert target.wait(timeout=10) == -9
         assert all(p.poll() is None for p in others)
