@@ -185,6 +185,16 @@ def podium_url(db: Path, sync: str) -> str:
     return f"sqlite://{db}?synchronous={sync}"
 
 
+def podium_store(prefix: str, sync: str, log_name: str = "workers.log"):
+    """A fresh temporary SQLite store: (directory, db path, URL, worker log path, Podium)."""
+    from podium.service import Podium
+
+    tmp = tempdir(prefix)
+    db = tmp / "podium.db"
+    url = podium_url(db, sync)
+    return tmp, db, url, tmp / log_name, Podium.open(url)
+
+
 _POKE_BLOCKS: bool | None = None
 
 

@@ -53,13 +53,7 @@ def _idle_cpu(pids: list[int], window: float) -> float:
 
 def podium_run(sync: str, backend: str, n: int, gap_ms: float, seed: int,
                shell: str = "/bin/sh") -> dict:
-    from podium.service import Podium
-
-    tmp = C.tempdir("dispatch")
-    db = tmp / "podium.db"
-    url = C.podium_url(db, sync)
-    log = tmp / "worker.log"
-    p = Podium.open(url)
+    tmp, db, url, log, p = C.podium_store("dispatch", sync, "worker.log")
     worker = None
     try:
         opts = [f"shell={shell}"] if backend == "shell" else []
@@ -216,7 +210,7 @@ def main() -> int:
             d = stats["huey default: task body started"]
             t = stats["huey tuned 1ms: task body started"]
             ts = stats["huey tuned 1ms shell: command began"]
-            print(f"ratios (huey / podium, >1 = podium faster), p50 and p99:")
+            print("ratios (huey / podium, >1 = podium faster), p50 and p99:")
             print(f"  no-op, huey default vs podium echo done: p50 {C.ratio(d['p50'], e['p50'])}, "
                   f"p99 {C.ratio(d['p99'], e['p99'])}")
             print(f"  no-op, huey tuned   vs podium echo done: p50 {C.ratio(t['p50'], e['p50'])}, "

@@ -81,12 +81,7 @@ def child(url: str, name: str, seconds: float, no_flock: bool) -> None:
 def run(sync: str, procs: int, seconds: float, pool: int, no_flock: bool) -> dict:
     import subprocess
 
-    from podium.service import Podium
-
-    tmp = C.tempdir("fair")
-    db = tmp / "podium.db"
-    url = C.podium_url(db, sync)
-    p = Podium.open(url)
+    tmp, db, url, _, p = C.podium_store("fair", sync)
     kids: list[subprocess.Popen] = []
     try:
         p.add_tasks([p.spec("x") for _ in range(pool)])

@@ -40,13 +40,7 @@ def _measure(pids: list[int], seconds: float) -> dict:
 
 
 def podium_idle(n: int, seconds: float, sync: str) -> dict:
-    from podium.service import Podium
-
-    tmp = C.tempdir("idle")
-    db = tmp / "podium.db"
-    url = C.podium_url(db, sync)
-    log = tmp / "workers.log"
-    p = Podium.open(url)
+    tmp, db, url, log, p = C.podium_store("idle", sync, "workers.log")
     procs = []
     try:
         names = [f"idle-{i + 1}" for i in range(n)]

@@ -425,7 +425,7 @@ def main() -> int:
             if other in thr:
                 print(f"  throughput (drain) podium pg / {label[other]}: "
                       f"{C.ratio(thr['pg']['drain'], thr[other]['drain'])}")
-    print(f"\n== targets for Podium on PostgreSQL (durable)")
+    print("\n== targets for Podium on PostgreSQL (durable)")
     if "pg" in disp:
         m = C.summary_ms(disp["pg"]["started"])
         a = C.summary_ms(disp["pg"]["after_commit"])

@@ -66,13 +66,7 @@ WHAT_IF_INDEX = "CREATE INDEX IF NOT EXISTS bench_whatif_queue ON tasks (state, 
 
 def podium_run(sync: str, n: int, workers: int, timeout: float, patched: bool = False,
                what_if: bool = False) -> dict:
-    from podium.service import Podium
-
-    tmp = C.tempdir("throughput")
-    db = tmp / "podium.db"
-    url = C.podium_url(db, sync)
-    log = tmp / "workers.log"
-    p = Podium.open(url)
+    tmp, db, url, log, p = C.podium_store("throughput", sync, "workers.log")
     procs = []
     try:
         if what_if:
@@ -175,6 +169,8 @@ def main() -> int:
           f"{C.others_busy():.2f} cores busy")
     all_ok = True
     for sync in [s.strip().upper() for s in args.sync.split(",") if s.strip()]:
+        if (args.full_repeat if sync in ("FULL", "EXTRA") else args.repeat) < 1:
+            continue  # no runs asked for at this level
         with C.section(f"synchronous={sync} (both stores: PRAGMA synchronous={sync}, WAL)"):
             runs: dict[str, list[dict]] = {"podium": [], "huey": []}
             if args.what_if:

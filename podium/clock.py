@@ -25,11 +25,7 @@ def iso(ts: float | None) -> str | None:
 def new_id(prefix: str, length: int = 10) -> str:
     """A short random id such as ``b-7kq2m9x4va`` (50 random bits at length 10)."""
     n = int.from_bytes(secrets.token_bytes((5 * length + 7) // 8), "big")
-    chars = []
-    for _ in range(length):
-        n, r = divmod(n, 32)
-        chars.append(_ALPHABET[r])
-    return prefix + "-" + "".join(chars)
+    return f"{prefix}-{_b32(n, length)}"
 
 
 _sortable_lock = threading.Lock()

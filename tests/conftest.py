@@ -185,3 +185,20 @@ def cli(store_url):
     def run(*args: str, input: bytes | None = None, env: dict | None = None, timeout: float = 60):
         return run_cli(*args, store_url=store_url, input=input, env=env, timeout=timeout)
     return run
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """The agents' working directory (workers start in the current directory)."""
+    d = tmp_path / "work"
+    d.mkdir()
+    monkeypatch.chdir(d)
+    return d
+
+
+@pytest.fixture
+def claude_bin():
+    """The real Claude Code CLI, installed by scripts/test."""
+    from agent_clis import npm_bin
+
+    return npm_bin("claude")

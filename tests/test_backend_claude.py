@@ -17,18 +17,13 @@ import uuid
 
 import pytest
 
-from agent_clis import isolate_env, npm_bin, processes_in
+from agent_clis import isolate_env, processes_in
 from helpers import wait_for
 from anthropic_api import ApiError, Hang, ScriptedAnthropic, Text, ToolUse
 from podium.agents.backends.claude import session_uuid
 from podium.models import TaskState
 
 PREFIXES = ("ANTHROPIC_", "CLAUDE", "DISABLE_", "MCP_")
-
-
-@pytest.fixture
-def claude_bin():
-    return npm_bin("claude")
 
 
 @pytest.fixture
@@ -40,15 +35,6 @@ def api(monkeypatch, tmp_path, claude_bin):
         monkeypatch.setenv(k, v)
     yield server
     server.stop()
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    """The agents' working directory (workers start in the current directory)."""
-    d = tmp_path / "work"
-    d.mkdir()
-    monkeypatch.chdir(d)
-    return d
 
 
 def start(workers, workdir, claude_bin, name="c1", **options):

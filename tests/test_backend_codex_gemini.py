@@ -30,15 +30,6 @@ PREFIXES = ("OPENAI_", "CODEX_", "GEMINI_", "GOOGLE_", "ANTHROPIC_", "CLAUDE")
 
 
 @pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    """The agents' working directory (workers start in the current directory)."""
-    d = tmp_path / "work"
-    d.mkdir()
-    monkeypatch.chdir(d)
-    return d
-
-
-@pytest.fixture
 def home(tmp_path, monkeypatch):
     return isolate_env(monkeypatch, tmp_path, PREFIXES)
 

@@ -20,11 +20,11 @@ import os
 import subprocess
 import sys
 import time
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
-from agent_clis import isolate_env, npm_bin, processes_in
+from agent_clis import isolate_env, processes_in
 from helpers import wait_for
 from anthropic_api import ApiError, ScriptedAnthropic, Text, ToolUse
 from podium.models import TaskState
@@ -93,11 +93,6 @@ def result_json(block: dict) -> dict:
 
 def tool_names(body: dict) -> list[str]:
     return [t.get("name") for t in body.get("tools") or []]
-
-
-@pytest.fixture
-def claude_bin():
-    return npm_bin("claude")
 
 
 @pytest.fixture

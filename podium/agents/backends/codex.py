@@ -27,8 +27,8 @@ from podium.agents.backends.jsonstream import (
     extra_args,
     find_program,
     flag,
-    replay,
-    run_json_cli,
+    judge_recorded,
+    run_and_judge,
     stderr_tail,
 )
 from podium.agents.process import ProcessResult, run_process
@@ -107,16 +107,12 @@ class CodexBackend(Backend):
         why = self._not_logged_in(run)
         if why:
             return Outcome(TaskState.FAILED, error=why)
-        stream = _Stream(run)
-        res, lines = run_json_cli(argv, run, run.prompt.encode("utf-8"), stream.on_event)
-        return _outcome(stream, res, lines.other)
+        return run_and_judge(argv, run, _Stream(run), _outcome)
 
 
 def outcome_from(run: Run, stdout: bytes, exit_code: int = 0, stderr: bytes = b"") -> Outcome:
     """The outcome of a finished ``codex exec --json`` run from its recorded output."""
-    stream = _Stream(run)
-    other = replay(stdout, stream.on_event)
-    return _outcome(stream, ProcessResult(exit_code, stdout, stderr, False), other)
+    return judge_recorded(_Stream(run), _outcome, stdout, exit_code, stderr)
 
 
 def _outcome(stream: _Stream, res: ProcessResult, other: list[str]) -> Outcome:

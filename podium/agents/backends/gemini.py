@@ -27,8 +27,8 @@ from podium.agents.backends.jsonstream import (
     extra_args,
     find_program,
     flag,
-    replay,
-    run_json_cli,
+    judge_recorded,
+    run_and_judge,
     stderr_tail,
 )
 from podium.agents.process import ProcessResult
@@ -84,16 +84,12 @@ class GeminiBackend(Backend):
         return argv + extra_args(o)
 
     def run(self, run: Run) -> Outcome:
-        stream = _Stream(run)
-        res, lines = run_json_cli(self._argv(), run, run.prompt.encode("utf-8"), stream.on_event)
-        return _outcome(stream, res, lines.other)
+        return run_and_judge(self._argv(), run, _Stream(run), _outcome)
 
 
 def outcome_from(run: Run, stdout: bytes, exit_code: int = 0, stderr: bytes = b"") -> Outcome:
     """The outcome of a finished ``gemini -o stream-json`` run from its recorded output."""
-    stream = _Stream(run)
-    other = replay(stdout, stream.on_event)
-    return _outcome(stream, ProcessResult(exit_code, stdout, stderr, False), other)
+    return judge_recorded(_Stream(run), _outcome, stdout, exit_code, stderr)
 
 
 def _outcome(stream: _Stream, res: ProcessResult, other: list[str]) -> Outcome:

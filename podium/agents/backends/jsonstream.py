@@ -19,6 +19,7 @@ from typing import Any, Callable
 from podium.agents.backends import Run
 from podium.agents.process import ProcessResult, run_process
 from podium.errors import BackendUnavailable, InvalidInput
+from podium.models import Outcome
 
 #: Raw stdout kept per run at most (the JSON stream is larger than the text it carries).
 STREAM_LIMIT_BYTES = 256 * 1024 * 1024
@@ -163,6 +164,23 @@ def run_json_cli(argv: list[str], run: Run, stdin: bytes | None,
     res = run_process(argv, _Tap(run, lines.feed), stdin=stdin, env=env)  # type: ignore[arg-type]
     lines.close()
     return res, lines
+
+
+#: Turns what a stream saw, the finished process and its non-JSON lines into the outcome.
+Judge = Callable[[Any, ProcessResult, "list[str]"], Outcome]
+
+
+def run_and_judge(argv: list[str], run: Run, stream: Any, judge: Judge) -> Outcome:
+    """Run a JSON-lines CLI with the prompt on stdin, its events going to ``stream.on_event``."""
+    res, lines = run_json_cli(argv, run, run.prompt.encode("utf-8"), stream.on_event)
+    return judge(stream, res, lines.other)
+
+
+def judge_recorded(stream: Any, judge: Judge, stdout: bytes, exit_code: int,
+                   stderr: bytes) -> Outcome:
+    """The same judgement of a run's recorded stdout (fixtures of real CLI output)."""
+    other = replay(stdout, stream.on_event)
+    return judge(stream, ProcessResult(exit_code, stdout, stderr, False), other)
 
 
 _NOISE = ("Warning: ", "Ripgrep is not available", "[STARTUP]", "WARNING: proceeding")
