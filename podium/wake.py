@@ -3,8 +3,9 @@
 Each waiting process binds a Unix datagram socket in a directory that belongs to the store.
 After a commit that matters to them, writers send one byte to the sockets concerned: an idle
 agent wakes from ``select`` within microseconds instead of polling the database. A wake-up
-carries no data; the woken process re-reads the store. Sockets whose process died are removed
-by the first writer that finds them refusing.
+carries no data but its kind — ``p`` when a task was handed to that agent (it then reads its
+handed tasks without claiming), ``.`` otherwise; the woken process re-reads the store. Sockets
+whose process died are removed by the first writer that finds them refusing.
 
 Socket names: ``a.<hash of agent id>.sock`` for agents (so a task aimed at one agent wakes only
 that agent) and ``w.<pid>.<random>.sock`` for watchers that want every event.
@@ -52,6 +53,7 @@ class Listener:
             self.sock.bind(str(path))
         self.sock.setblocking(False)
         self._inode = os.stat(path).st_ino
+        self._pushed = False
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -60,10 +62,16 @@ class Listener:
         n = 0
         while True:
             try:
-                self.sock.recv(64)
+                if self.sock.recv(64) == b"p":
+                    self._pushed = True
                 n += 1
             except (BlockingIOError, InterruptedError):
                 return n
+
+    def take_push(self) -> bool:
+        """Whether a hand-off arrived since the last call (seen by ``wait``)."""
+        pushed, self._pushed = self._pushed, False
+        return pushed
 
     def wait(self, timeout: float | None) -> bool:
         """Block until a wake-up arrives (True) or ``timeout`` seconds pass (False)."""
@@ -136,35 +144,44 @@ class WakeChannel:
             self._listing = (mtime, names)
         return self._listing[1]
 
-    def notify(self, agents: object = (), watchers: bool = True) -> None:
-        """Wake the given agents (an iterable of ids, or ``ALL_AGENTS``) and all watchers."""
+    def notify(self, agents: object = (), watchers: bool = True,
+               pushed: list[str] = ()) -> list[str]:
+        """Wake the given agents (an iterable of ids, or ``ALL_AGENTS``) and all watchers, and
+        tell the ``pushed`` agents that a task was handed to them. Returns the pushed agents
+        whose socket refused: their process is gone."""
+        refused: list[str] = []
         names = self._names()
         if not names:
-            return
+            return refused
+        handed = {_agent_sock_name(a): a for a in pushed}
         if agents is ALL_AGENTS:
             targets = [n for n in names if n.startswith("a.") or (watchers and n.startswith("w."))]
         else:
             wanted = {_agent_sock_name(a) for a in agents}  # type: ignore[union-attr]
-            targets = [n for n in names if n in wanted or (watchers and n.startswith("w."))]
+            targets = [n for n in names if n in wanted or n in handed or
+                       (watchers and n.startswith("w."))]
         if not targets:
-            return
+            return refused
         if self._sender is None:
             self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._sender.setblocking(False)
         for name in targets:
             path = str(self.dir / name)
             try:
-                self._sender.sendto(b".", path)
+                self._sender.sendto(b"p" if name in handed else b".", path)
             except (BlockingIOError, InterruptedError):
                 pass  # its queue is full: it has a wake-up pending already
-            except (ConnectionRefusedError, FileNotFoundError):
+            except (ConnectionRefusedError, FileNotFoundError) as e:
                 try:
                     os.unlink(path)  # its process is gone
                 except OSError:
                     pass
                 self._listing = None
+                if name in handed and isinstance(e, ConnectionRefusedError):
+                    refused.append(handed[name])
             except OSError:
                 pass
+        return refused
 
     def close(self) -> None:
         if self._sender is not None:

@@ -61,20 +61,26 @@ def test_plain_rowids_upgrade_keeps_rows_and_ids_keep_growing(tmp_path, monkeypa
     path = str(tmp_path / "p.db")
     old = [m for m in migrations.MIGRATIONS if m[0] < "m003"]
     monkeypatch.setattr(sqlite_mod, "MIGRATIONS", old)
-    s = open_store(path)
-    before = s.add_tasks([TaskSpec(prompt=f"p{i}") for i in range(5)])
-    s.cancel(before[0].id, "old news")
-    last_event = s.last_event_id()
-    s.close()
+    open_store(path).close()
+    # Rows as the code of that schema wrote them (today's code needs today's columns).
     con = sqlite3.connect(path)
     assert "AUTOINCREMENT" in con.execute(
         "SELECT sql FROM sqlite_master WHERE name = 'events'").fetchone()[0]
+    with con:
+        for i in range(5):
+            con.execute("INSERT INTO tasks (id, prompt, priority, state, max_attempts, created_at, "
+                        "error) VALUES (?, ?, 1, ?, 1, ?, ?)",
+                        (f"t-old{i}", f"p{i}", "cancelled" if i == 0 else "queued", 1.0 + i,
+                         "old news" if i == 0 else None))
+            con.execute("INSERT INTO events (ts, kind, task_id) VALUES (?, 'task.queued', ?)",
+                        (1.0 + i, f"t-old{i}"))
+    last_event = con.execute("SELECT MAX(id) FROM events").fetchone()[0]
     con.close()
 
     monkeypatch.setattr(sqlite_mod, "MIGRATIONS", migrations.MIGRATIONS)
     s = open_store(path)
     assert [t.prompt for t in s.list_tasks()] == [f"p{i}" for i in range(5)]
-    assert s.get_task(before[0].id).error == "old news"
+    assert s.get_task("t-old0").error == "old news"
     assert [e.id for e in s.read_events()][-1] == last_event
     after = s.add_tasks([TaskSpec(prompt="new")])[0]
     assert s.get_task(after.id).seq > max(t.seq for t in s.list_tasks() if t.id != after.id)

@@ -3,7 +3,9 @@
 Life of a worker: register; then loop — claim the next task (its own id, one of its roles, or
 anyone's), run it through the backend, record the result and claim the next one in the same
 transaction; when nothing is queued, sleep on the store's wake-up channel until a task arrives
-(or the heartbeat is due). While a task runs the worker heartbeats (extending the lease), and
+(or the heartbeat is due). A task added while the worker waits is usually handed to it by the
+adder's own transaction: the wake-up says so, and the worker reads the task and starts it
+without a claim of its own (its first heartbeat, or its result, records the start). While a task runs the worker heartbeats (extending the lease), and
 stops the backend on cancel, on timeout, or when the lease was lost.
 
 Signals: SIGTERM stops now — the running task is killed and handed back to the queue without
@@ -147,7 +149,7 @@ class Worker:
         self.backend.check()
         self.store.register_agent(
             self.name, self.roles, self.backend.name, socket.gethostname(), os.getpid(),
-            self.lease_s, {"workdir": str(self.workdir), **self.meta})
+            self.lease_s, {"workdir": str(self.workdir), **self.meta}, pushable=True)
         self.backend.attach(self.store, self.name)
         # A killed previous run of this agent may have left programs behind whose tasks were
         # taken by a process elsewhere (see podium.orphans): they are not its tasks any more.
@@ -163,6 +165,8 @@ class Worker:
         self._next_heartbeat = time.monotonic() + self.heartbeat_s
         backoff = 0.0
         give_up: float | None = None
+        # Look for tasks handed over before the waiter listened (or whose wake-up was lost).
+        look = True
         try:
             while True:
                 try:
@@ -174,12 +178,16 @@ class Worker:
                     if time.monotonic() >= self._next_heartbeat:
                         self._heartbeat()
                     # The finished tasks' results and the next claim: one transaction.
+                    pushed = self.waiter.take_push() or look
                     tasks = self.store.claim_batch(self.name, self.roles, self.lease_s,
-                                                   finishes, batch)
+                                                   finishes, batch, pushed)
                     finishes = []
                     backoff = 0.0
+                    look = False
                     if not tasks:
-                        self.waiter.wait(max(0.0, self._next_heartbeat - time.monotonic()))
+                        # (after a wait with no wake-up at all, look for handed tasks anyway)
+                        look = not self.waiter.wait(
+                            max(0.0, self._next_heartbeat - time.monotonic()))
                         continue
                     for i, task in enumerate(tasks):
                         if self.stop:  # claimed but not started: back to the queue
@@ -288,6 +296,10 @@ class Worker:
         else:
             thread = threading.Thread(target=target, name=f"task-{task.id}", daemon=True)
             thread.start()
+            if task.started_at is None:
+                # Handed over by the adder: the first heartbeat records the start. Not at once:
+                # most short tasks end first and their result records it.
+                self._next_heartbeat = min(self._next_heartbeat, time.monotonic() + 0.05)
             while not done.is_set():
                 wait_until = self._next_heartbeat
                 if deadline is not None and not run.cancelled:

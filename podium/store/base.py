@@ -36,6 +36,10 @@ class Waiter(Protocol):
 
     def poke(self) -> None: ...
 
+    def take_push(self) -> bool:
+        """Whether a task was handed to this agent since the last call (see ``claim_batch``)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -84,9 +88,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def register_agent(
         self, name: str, roles: list[str], backend: str, host: str, pid: int | None,
-        lease_s: float, meta: dict,
+        lease_s: float, meta: dict, pushable: bool = False,
     ) -> Agent:
-        """Register (or take over a dead or stopped agent of the same name)."""
+        """Register (or take over a dead or stopped agent of the same name). A ``pushable``
+        agent (a worker that waits on its ``agent_waiter``) may be handed tasks as they are
+        added, while it is idle: see ``claim_batch``."""
 
     @abc.abstractmethod
     def heartbeat(
@@ -126,10 +132,16 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def claim_batch(
-        self, agent_id: str, roles: list[str], lease_s: float, finishes: list[Finish], limit: int
+        self, agent_id: str, roles: list[str], lease_s: float, finishes: list[Finish], limit: int,
+        pushed: bool = False,
     ) -> list[Task]:
         """Record every result in ``finishes`` and claim up to ``limit`` tasks (best first), in
-        one transaction. ``claim`` is the one-task case."""
+        one transaction. ``claim`` is the one-task case.
+
+        With ``pushed`` (the agent's waiter said a task was handed to it), first return the
+        tasks handed to this agent that it has not picked up; with no results to record that
+        takes no write at all. Such a task is running with no ``started_at`` until the worker's
+        first heartbeat for it or its result."""
 
     @abc.abstractmethod
     def finish(self, agent_id: str, finish: Finish) -> TaskState | None:

@@ -166,6 +166,17 @@ ALTER TABLE events_new RENAME TO events;
 CREATE INDEX events_task ON events (task_id, id);
 """},
     ),
+    (
+        # An idle worker that listens for hand-offs is marked ``pushable``: adding a task it may
+        # take assigns the task to it in the same transaction (see SqlStore.add_tasks). A task
+        # handed over and not yet picked up is running with no ``started_at``; the index finds
+        # those of one agent without reading its history.
+        "m004_push",
+        """
+ALTER TABLE agents ADD COLUMN pushable INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX tasks_pushed ON tasks (agent_id) WHERE state = 'running' AND started_at IS NULL;
+""",
+    ),
 ]
 
 

@@ -35,6 +35,7 @@ TYPES = {"id": "BIGSERIAL PRIMARY KEY", "blob": "BYTEA", "float": "DOUBLE PRECIS
          "dialect": "postgresql"}
 _PIPELINE = True  # libpq pipeline mode for a transaction's tail (checked when the store opens)
 _ALL = "*"
+_PUSHED = "p:"  # a wake-up payload prefix: a task was handed to this agent
 
 
 @functools.lru_cache(maxsize=512)
@@ -115,6 +116,7 @@ class PgListener:
         os.set_blocking(self._r, False)
         os.set_blocking(self._w, False)
         self.conn = None
+        self._pushed = False
         self._connect()
 
     def _connect(self) -> None:
@@ -130,7 +132,18 @@ class PgListener:
             raise _explain(e, self.store.url) from None
 
     def _relevant(self, payload: str) -> bool:
-        return self.agent_id is None or payload in (_ALL, self.agent_id)
+        if self.agent_id is None or payload in (_ALL, self.agent_id):
+            return True
+        if payload.startswith(_PUSHED) and payload[len(_PUSHED):] == self.agent_id:
+            self._pushed = True
+            return True
+        return False
+
+    def take_push(self) -> bool:
+        """Whether a hand-off arrived since the last call (or notifications may have been
+        missed while reconnecting)."""
+        pushed, self._pushed = self._pushed, False
+        return pushed
 
     def wait(self, timeout: float | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -141,13 +154,14 @@ class PgListener:
                 except StoreError:
                     time.sleep(min(1.0, timeout or 1.0))
                     return True  # let the caller try the store (and back off) itself
-                return True  # notifications may have been missed while disconnected
+                self._pushed = True  # notifications may have been missed while disconnected
+                return True
             pg = self.conn.pgconn
             try:
                 pg.consume_input()
                 hit = False
                 while (n := pg.notifies()) is not None:
-                    hit = hit or self._relevant(n.extra.decode())
+                    hit = self._relevant(n.extra.decode()) or hit  # (each one: pushes count)
                 if hit:
                     return True
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -270,7 +284,8 @@ class PostgresStore(SqlStore):
 
     def _before_commit(self, tx: Tx) -> None:
         conn, tail = getattr(tx, "pg_tail", (None, None))
-        if conn is not None and _PIPELINE and (tx.events or tx.wake_agents or tx.deferred):
+        if conn is not None and _PIPELINE and (tx.events or tx.wake_agents or tx.deferred or
+                                               tx.pushed):
             tail.enter_context(conn.pipeline())
         self._run_deferred(tx)
         # One SELECT for the commit's settings, the events lock and the notifications (these are
@@ -288,13 +303,17 @@ class PostgresStore(SqlStore):
             # passes an id that a slower transaction has yet to commit.
             calls += ["pg_advisory_xact_lock(%s)", "pg_notify(%s, '')"]
             params += [self._lock_key, self.channel_events]
+        for agent in tx.pushed:  # a task was handed to it: it reads it without claiming
+            calls.append("pg_notify(%s, %s)")
+            params += [self.channel_wake, _PUSHED + agent]
         if tx.wake_agents is ALL_AGENTS:
             calls.append("pg_notify(%s, %s)")
             params += [self.channel_wake, _ALL]
         else:
             for agent in tx.wake_agents:  # type: ignore[union-attr]
-                calls.append("pg_notify(%s, %s)")
-                params += [self.channel_wake, agent]
+                if agent not in tx.pushed:
+                    calls.append("pg_notify(%s, %s)")
+                    params += [self.channel_wake, agent]
         if calls:
             tx.cur.execute("SELECT " + ", ".join(calls), params)
         self._write_events(tx)
@@ -304,8 +323,8 @@ class PostgresStore(SqlStore):
             tx.execute(f"SELECT setval(pg_get_serial_sequence('{table}', '{col}'), "
                        f"COALESCE((SELECT MAX({col}) FROM {table}), 0) + 1, false)")
 
-    def _wake(self, agents, watchers) -> None:
-        pass  # sent inside the transaction by _before_commit
+    def _wake(self, agents, watchers, pushed) -> list[str]:
+        return []  # sent inside the transaction by _before_commit
 
     def agent_waiter(self, agent_id: str) -> PgListener:
         return PgListener(self, agent_id)

@@ -49,6 +49,8 @@ class Tx:
         self._convert = convert
         self.wake_agents: set[str] | object = set()
         self.wake_watchers = False
+        #: Agents a task was handed to in this transaction (told so after commit).
+        self.pushed: list[str] = []
         self.events: list[tuple] = []
         #: Writes whose results nobody reads, sent with the commit (one round trip on PostgreSQL).
         self.deferred: list[tuple[str, tuple | list]] = []
@@ -178,6 +180,16 @@ class SqlStore(Store):
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
         cls._record_sql = {}  # one result-recording statement per batch size
+        # What a claim returns of each task: its columns, dependencies and the shared context's
+        # generation (it grows with every context change: workers reuse the context they hold
+        # while it is unchanged).
+        cls._claim_returning = (
+            f"{_TASK_COLS_NO_OUTPUT}, "
+            f"(SELECT {cls.concat_sql} FROM task_deps d WHERE d.task_id = tasks.id) "
+            "AS deps, (SELECT COALESCE(SUM(version), 0) FROM context) AS ctx_gen")
+        # Tasks handed to an agent (``?``) that it has not picked up yet.
+        cls._handed_sql = (f"SELECT {cls._claim_returning} FROM tasks WHERE agent_id = ? "
+                           "AND state = 'running' AND started_at IS NULL ORDER BY priority, seq")
 
     # -- dialect hooks ------------------------------------------------------------
     @abc.abstractmethod
@@ -189,8 +201,8 @@ class SqlStore(Store):
         """A consistent read."""
 
     @abc.abstractmethod
-    def _wake(self, agents: set[str] | object, watchers: bool) -> None:
-        """Deliver wake-ups after a commit."""
+    def _wake(self, agents: set[str] | object, watchers: bool, pushed: list[str]) -> list[str]:
+        """Deliver wake-ups after a commit; return the ``pushed`` agents known to be gone."""
 
     def _before_commit(self, tx: Tx) -> None:
         """Run deferred writes and write the events (dialects may also lock or notify here)."""
@@ -241,8 +253,9 @@ class SqlStore(Store):
         with self._transaction() as tx:
             yield tx
             self._before_commit(tx)
-        if tx.wake_agents or tx.wake_watchers:
-            self._wake(tx.wake_agents, tx.wake_watchers)
+        gone: list[str] = []
+        if tx.wake_agents or tx.wake_watchers or tx.pushed:
+            gone = self._wake(tx.wake_agents, tx.wake_watchers, tx.pushed)
         if tx.taken:
             # Programs the gone agents may have left running on this host (see podium.orphans).
             by_agent: dict[str, set[str]] = {}
@@ -251,12 +264,31 @@ class SqlStore(Store):
             for agent, task_ids in by_agent.items():
                 orphans.kill(self.url, agent, task_ids)
         self._after_commit()
+        if gone:
+            self._take_back(gone)
+
+    def _take_back(self, agents: list[str]) -> None:
+        """Tasks were handed to agents whose process turned out to be gone (its wake-up socket
+        refused): recover their tasks now rather than when their lease expires."""
+        t = now()
+        host = socket.gethostname()
+        with self._write() as tx:
+            for agent_id in agents:
+                row = tx.one("SELECT state, host, pid FROM agents WHERE id = ?", (agent_id,))
+                if row is None or row["state"] not in _LIVE or row["host"] != host or \
+                        not row["pid"] or pids.exists(row["pid"]):
+                    continue  # not provably gone: its lease decides
+                tx.execute("UPDATE agents SET state = 'dead', current_task = NULL WHERE id = ?",
+                           (agent_id,))
+                tx.event("agent.dead", agent_id, None)
+                self._orphan_tasks(tx, agent_id, "agent gone", t)
 
     def _after_commit(self) -> None:
         """Housekeeping after a write, once the processes it concerns were woken."""
 
     # -- agents -------------------------------------------------------------------
-    def register_agent(self, name, roles, backend, host, pid, lease_s, meta) -> Agent:
+    def register_agent(self, name, roles, backend, host, pid, lease_s, meta,
+                       pushable=False) -> Agent:
         if not name or len(name) > 200:
             raise InvalidInput("agent name must be 1-200 characters")
         t = now()
@@ -280,15 +312,17 @@ class SqlStore(Store):
                 tx.execute(
                     "UPDATE agents SET roles = ?, backend = ?, host = ?, pid = ?, state = 'idle', "
                     "current_task = NULL, registered_at = ?, last_heartbeat = ?, lease_s = ?, "
-                    "note = NULL, meta = ? WHERE id = ?",
-                    (json.dumps(roles), backend, host, pid, t, t, lease_s, json.dumps(meta), name),
+                    "note = NULL, meta = ?, pushable = ? WHERE id = ?",
+                    (json.dumps(roles), backend, host, pid, t, t, lease_s, json.dumps(meta),
+                     int(pushable), name),
                 )
             else:
                 tx.execute(
                     "INSERT INTO agents (id, name, roles, backend, host, pid, state, registered_at, "
-                    "last_heartbeat, lease_s, meta) VALUES (?, ?, ?, ?, ?, ?, 'idle', ?, ?, ?, ?)",
+                    "last_heartbeat, lease_s, meta, pushable) "
+                    "VALUES (?, ?, ?, ?, ?, ?, 'idle', ?, ?, ?, ?, ?)",
                     (name, name, json.dumps(roles), backend, host, pid, t, t, lease_s,
-                     json.dumps(meta)),
+                     json.dumps(meta), int(pushable)),
                 )
             tx.event("agent.registered", name, None, roles=roles, backend=backend, host=host, pid=pid)
             return _agent(tx.one("SELECT * FROM agents WHERE id = ?", (name,)))
@@ -305,10 +339,12 @@ class SqlStore(Store):
             if cur.rowcount == 0:
                 raise NotFound(f"unknown agent {agent_id!r}")
             if task_id is not None:
+                # (A task handed over by add_tasks gets its start time here, from the worker's
+                # first heartbeat once its program runs.)
                 cur = tx.execute(
-                    "UPDATE tasks SET lease_expires = ? WHERE id = ? AND agent_id = ? "
-                    "AND attempts = ? AND state = 'running'",
-                    (t + lease_s, task_id, agent_id, attempt),
+                    "UPDATE tasks SET lease_expires = ?, started_at = COALESCE(started_at, ?) "
+                    "WHERE id = ? AND agent_id = ? AND attempts = ? AND state = 'running'",
+                    (t + lease_s, t, task_id, agent_id, attempt),
                 )
                 if cur.rowcount == 0:
                     row = tx.one("SELECT state FROM tasks WHERE id = ?", (task_id,))
@@ -379,14 +415,16 @@ class SqlStore(Store):
             agents_seen: set[str] = set()
             plain: dict[tuple, str] = {}
             queued, any_plain = TaskState.QUEUED, False
+            queued_at: list[int] = []  # rows that may be handed to an idle agent
             for spec in specs:
                 if spec.target_agent is None and not spec.depends_on:
                     # The common case, kept short: thousands of these go in one transaction.
                     task_id = sortable_id("t")
+                    queued_at.append(len(rows))
                     rows.append((task_id, spec.prompt, spec.context, int(spec.priority), None,
                                  spec.target_role, "queued", spec.max_attempts,
                                  int(spec.retry_on_failure), spec.timeout_s, t, None, None,
-                                 spec.session_id, spec.broadcast_id))
+                                 spec.session_id, spec.broadcast_id, None, 0, None))
                     known[task_id] = "queued"
                     key = (spec.priority, spec.target_role)
                     data = plain.get(key)
@@ -425,11 +463,13 @@ class SqlStore(Store):
                         state = TaskState.BLOCKED
                 task_id = sortable_id("t")
                 depends_on = [d for d, _ in dep_states]
+                if state is TaskState.QUEUED:
+                    queued_at.append(len(rows))
                 rows.append((task_id, spec.prompt, spec.context, int(spec.priority),
                              spec.target_agent, spec.target_role, state.value, spec.max_attempts,
                              int(spec.retry_on_failure), spec.timeout_s, t,
                              t if state.finished else None, error, spec.session_id,
-                             spec.broadcast_id))
+                             spec.broadcast_id, None, 0, None))
                 dep_rows.extend((task_id, dep) for dep in depends_on)
                 known[task_id] = state.value
                 tx.event(f"task.{state.value}", spec.target_agent, task_id,
@@ -445,19 +485,64 @@ class SqlStore(Store):
                     timeout_s=spec.timeout_s, created_at=t,
                     completed_at=t if state.finished else None, error=error,
                     session_id=spec.session_id, broadcast_id=spec.broadcast_id))
+            all_handed = bool(queued_at) and self._hand_off(tx, t, rows, added, queued_at)
             if any_plain:
                 tx.wake_watchers = True
-                tx.wake(None)
+                if not all_handed:
+                    tx.wake(None)
             # One statement for all rows: a batch of thousands costs a few µs per task.
             tx.executemany(
                 "INSERT INTO tasks (id, prompt, context, priority, target_agent, target_role, "
                 "state, max_attempts, retry_on_failure, timeout_s, created_at, completed_at, "
-                "error, session_id, broadcast_id) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                "error, session_id, broadcast_id, agent_id, attempts, lease_expires) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
             if dep_rows:
                 tx.executemany("INSERT INTO task_deps (task_id, depends_on) VALUES (?, ?)",
                                dep_rows)
         return added
+
+    def _hand_off(self, tx: Tx, t: float, rows: list[tuple], added: list[Task],
+                  queued_at: list[int]) -> bool:
+        """Hand queued tasks of this add to idle agents that take hand-offs (workers waiting on
+        their wake-up channel), best tasks first: the task is claimed for the agent in this
+        transaction, so the agent starts it without a claim transaction of its own (it reads its
+        handed tasks when told). Returns True when every queued task was handed over."""
+        anyone = all(added[i].target_agent is None and added[i].target_role is None
+                     for i in queued_at)
+        idle = tx.all(
+            # (heard from within two heartbeats: a dead agent is offered tasks for less long)
+            "SELECT id, roles, lease_s FROM agents WHERE pushable = 1 AND state = 'idle' "
+            "AND current_task IS NULL AND last_heartbeat + lease_s / 3 > ? "
+            f"ORDER BY last_heartbeat DESC LIMIT ?{self.claim_lock_clause}",
+            (t, len(queued_at) if anyone else 1_000_000))
+        if not idle:
+            return False
+        free = [(r["id"], set(json.loads(r["roles"])), r["lease_s"]) for r in idle]
+        if len({added[i].priority for i in queued_at}) > 1:
+            queued_at = sorted(queued_at, key=lambda i: (added[i].priority, i))
+        left = len(queued_at)
+        for i in queued_at:
+            task = added[i]
+            for k, (agent, roles, lease_s) in enumerate(free):
+                if task.target_agent in (None, agent) and \
+                        (task.target_role is None or task.target_role in roles):
+                    break
+            else:
+                continue
+            del free[k]
+            task.state, task.agent_id, task.attempts = TaskState.RUNNING, agent, 1
+            task.lease_expires = t + lease_s
+            row = rows[i]
+            rows[i] = (*row[:6], "running", *row[7:15], agent, 1, task.lease_expires)
+            tx.defer("UPDATE agents SET state = 'busy', current_task = ? WHERE id = ?",
+                     (task.id, agent))
+            tx.events.append((t, "task.claimed", agent, task.id,
+                              '{"attempt": 1, "handed_over": true}'))
+            tx.pushed.append(agent)
+            left -= 1
+            if not free:
+                break
+        return left == 0
 
     def _candidate_sql(self, roles: list[str]) -> tuple[str, list[Any]]:
         """The next tasks this agent may take, best first (``LIMIT ?`` is the last parameter)."""
@@ -477,17 +562,20 @@ class SqlStore(Store):
         tasks = self.claim_batch(agent_id, roles, lease_s, [finish] if finish else [], 1)
         return tasks[0] if tasks else None
 
-    def claim_batch(self, agent_id, roles, lease_s, finishes, limit) -> list[Task]:
+    def claim_batch(self, agent_id, roles, lease_s, finishes, limit, pushed=False) -> list[Task]:
         sql, role_params = self._candidate_sql(roles)
         params = [agent_id, *role_params]
         if not finishes:
             if limit < 1:
                 return []
-            if self.precheck_claims:
-                # A cheap look without the write lock: most wake-ups of a crowd of idle agents
-                # end here.
+            if self.precheck_claims or pushed:
+                # A cheap look without the write lock: tasks handed to this agent are already
+                # its own, and most wake-ups of a crowd of idle agents end here.
                 with self._reader() as tx:
-                    if tx.one(sql, [*params, 1]) is None:
+                    handed = tx.all(self._handed_sql, (agent_id,))
+                    if handed:
+                        return self._claimed(handed)
+                    if self.precheck_claims and tx.one(sql, [*params, 1]) is None:
                         return []
         t = now()
         # Everything that needs no database is done before or after the transaction: on
@@ -497,24 +585,31 @@ class SqlStore(Store):
             tx.relaxed = not finishes
             self._record(tx, agent_id, results, t)
             rows: list[Any] = []
-            if limit > 0:
-                # One statement claims the whole batch, with each task's dependencies and the
-                # shared context's generation (it grows with every context change: workers reuse
-                # the context they hold while it is unchanged). RETURNING has no set order.
+            if limit > 0 and finishes and pushed:
+                # Handed over while this agent was busy: take them now, with their start time.
                 rows = tx.all(
+                    "UPDATE tasks SET started_at = ? WHERE agent_id = ? AND state = 'running' "
+                    f"AND started_at IS NULL RETURNING {self._claim_returning}", (t, agent_id))
+                limit -= len(rows)
+            if limit > 0:
+                # One statement claims the whole batch. RETURNING has no set order.
+                claimed = tx.all(
                     "UPDATE tasks SET state = 'running', agent_id = ?, attempts = attempts + 1, "
                     "lease_expires = ?, started_at = ?, completed_at = NULL, error = NULL "
                     f"WHERE seq IN ({sql}{self.claim_lock_clause}) "
-                    f"RETURNING {_TASK_COLS_NO_OUTPUT}, "
-                    f"(SELECT {self.concat_sql} FROM task_deps d WHERE d.task_id = tasks.id) "
-                    "AS deps, (SELECT COALESCE(SUM(version), 0) FROM context) AS ctx_gen",
+                    f"RETURNING {self._claim_returning}",
                     [agent_id, t + lease_s, t, *params, limit])
-                rows.sort(key=lambda r: (r["priority"], r["seq"]))
-                for row in rows:
+                claimed.sort(key=lambda r: (r["priority"], r["seq"]))
+                for row in claimed:
                     tx.events.append((t, "task.claimed", agent_id, row["id"],
                                       f'{{"attempt": {row["attempts"]}}}'))
-                tx.wake_watchers = tx.wake_watchers or bool(rows)
+                tx.wake_watchers = tx.wake_watchers or bool(claimed)
+                rows += claimed
             self._update_agent(tx, agent_id, finishes, rows[0]["id"] if rows else None)
+        return self._claimed(rows)
+
+    @staticmethod
+    def _claimed(rows: list[Any]) -> list[Task]:
         tasks = []
         for row in rows:
             task = _task(row, row["deps"].split(" ") if row["deps"] else [], with_output=False)
@@ -658,7 +753,7 @@ class SqlStore(Store):
     def cancel(self, task_id, reason) -> Task:
         t = now()
         with self._write() as tx:
-            row = tx.one("SELECT state, agent_id FROM tasks WHERE id = ?", (task_id,))
+            row = tx.one("SELECT state, agent_id, started_at FROM tasks WHERE id = ?", (task_id,))
             if row is None:
                 raise NotFound(f"unknown task {task_id!r}")
             if TaskState(row["state"]).finished:
@@ -670,6 +765,10 @@ class SqlStore(Store):
                      was=row["state"])
             if row["state"] == "running" and row["agent_id"]:
                 tx.wake(row["agent_id"])
+                if row["started_at"] is None:  # handed over, not picked up: the agent is free
+                    tx.execute("UPDATE agents SET state = 'idle', current_task = NULL "
+                               "WHERE id = ? AND current_task = ? AND state = 'busy'",
+                               (row["agent_id"], task_id))
             self._settle_dependents(tx, task_id, TaskState.CANCELLED, t)
             return self._load_task(tx, task_id)
 
@@ -702,7 +801,9 @@ class SqlStore(Store):
             self._lose_task(tx, row, f"{why} while running it", t)
 
     def _lose_task(self, tx: Tx, row: Any, why: str, t: float) -> None:
-        """A running task whose worker is gone: back to the queue, or failed when out of tries."""
+        """A running task whose worker is gone: back to the queue, or failed when out of tries.
+        (A task handed to an agent counts its try as a claim does: the agent may have started
+        it without a word.)"""
         tx.taken.append((row["agent_id"], row["id"]))
         if row["attempts"] < row["max_attempts"]:
             tx.execute(
