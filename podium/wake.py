@@ -3,8 +3,9 @@
 Each waiting process binds a Unix datagram socket in a directory that belongs to the store.
 After a commit that matters to them, writers send one byte to the sockets concerned: an idle
 agent wakes from ``select`` within microseconds instead of polling the database. A wake-up
-carries no data but its kind — ``p`` when a task was handed to that agent (it then reads its
-handed tasks without claiming), ``.`` otherwise; the woken process re-reads the store. Sockets
+carries no data but its kind — ``.`` for a plain wake-up, after which the woken process re-reads
+the store — except a hand-off: ``p`` followed by the task handed to that agent (see
+``SqlStore.add_tasks``), which the agent starts without reading the store. Sockets
 whose process died are removed by the first writer that finds them refusing.
 
 Socket names: ``a.<hash of agent id>.sock`` for agents (so a task aimed at one agent wakes only
@@ -24,6 +25,8 @@ import time
 from pathlib import Path
 
 ALL_AGENTS = object()
+#: The largest datagram sent or read (a hand-off's payload is kept below it).
+MAX_DATAGRAM = 65_536
 
 
 def _agent_sock_name(agent_id: str) -> str:
@@ -53,7 +56,8 @@ class Listener:
             self.sock.bind(str(path))
         self.sock.setblocking(False)
         self._inode = os.stat(path).st_ino
-        self._pushed = False
+        self._handed: list[bytes] = []
+        self._buf = bytearray(MAX_DATAGRAM)
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -62,16 +66,18 @@ class Listener:
         n = 0
         while True:
             try:
-                if self.sock.recv(64) == b"p":
-                    self._pushed = True
-                n += 1
+                size = self.sock.recv_into(self._buf)
             except (BlockingIOError, InterruptedError):
                 return n
+            n += 1
+            if size and self._buf[0] == 0x70:  # b"p": a hand-off, and its task if it fitted
+                self._handed.append(bytes(self._buf[1:size]))
 
-    def take_push(self) -> bool:
-        """Whether a hand-off arrived since the last call (seen by ``wait``)."""
-        pushed, self._pushed = self._pushed, False
-        return pushed
+    def take_push(self) -> list[bytes]:
+        """The hand-offs that arrived since the last call (seen by ``wait``): each one's task
+        payload, or ``b""`` when the task has to be read from the store."""
+        handed, self._handed = self._handed, []
+        return handed
 
     def wait(self, timeout: float | None) -> bool:
         """Block until a wake-up arrives (True) or ``timeout`` seconds pass (False)."""
@@ -145,15 +151,15 @@ class WakeChannel:
         return self._listing[1]
 
     def notify(self, agents: object = (), watchers: bool = True,
-               pushed: list[str] = ()) -> list[str]:
+               pushed: list[tuple[str, bytes]] = ()) -> list[str]:
         """Wake the given agents (an iterable of ids, or ``ALL_AGENTS``) and all watchers, and
-        tell the ``pushed`` agents that a task was handed to them. Returns the pushed agents
-        whose socket refused: their process is gone."""
+        hand the ``pushed`` agents their task payloads. Returns the agents handed a task whose
+        socket refused: their process is gone."""
         refused: list[str] = []
         names = self._names()
         if not names:
             return refused
-        handed = {_agent_sock_name(a): a for a in pushed}
+        handed = {_agent_sock_name(a): (a, b"p" + payload) for a, payload in pushed}
         if agents is ALL_AGENTS:
             targets = [n for n in names if n.startswith("a.") or (watchers and n.startswith("w."))]
         else:
@@ -168,7 +174,13 @@ class WakeChannel:
         for name in targets:
             path = str(self.dir / name)
             try:
-                self._sender.sendto(b"p" if name in handed else b".", path)
+                data = handed[name][1] if name in handed else b"."
+                try:
+                    self._sender.sendto(data, path)
+                except OSError as e:
+                    if e.errno != errno.EMSGSIZE or len(data) == 1:
+                        raise
+                    self._sender.sendto(b"p", path)  # too big here: the agent reads the task
             except (BlockingIOError, InterruptedError):
                 pass  # its queue is full: it has a wake-up pending already
             except (ConnectionRefusedError, FileNotFoundError) as e:
@@ -178,7 +190,7 @@ class WakeChannel:
                     pass
                 self._listing = None
                 if name in handed and isinstance(e, ConnectionRefusedError):
-                    refused.append(handed[name])
+                    refused.append(handed[name][0])
             except OSError:
                 pass
         return refused

@@ -4,8 +4,8 @@ Life of a worker: register; then loop — claim the next task (its own id, one o
 anyone's), run it through the backend, record the result and claim the next one in the same
 transaction; when nothing is queued, sleep on the store's wake-up channel until a task arrives
 (or the heartbeat is due). A task added while the worker waits is usually handed to it by the
-adder's own transaction: the wake-up says so, and the worker reads the task and starts it
-without a claim of its own (its first heartbeat, or its result, records the start). While a task runs the worker heartbeats (extending the lease), and
+adder's own transaction: the wake-up carries the task (or says to read it), and the worker
+starts it without a claim of its own (its first heartbeat, or its result, records the start). While a task runs the worker heartbeats (extending the lease), and
 stops the backend on cancel, on timeout, or when the lease was lost.
 
 Signals: SIGTERM stops now — the running task is killed and handed back to the queue without
@@ -16,6 +16,7 @@ and a second SIGINT acts as SIGTERM.
 from __future__ import annotations
 
 import codecs
+import collections
 import os
 import signal
 import socket
@@ -130,6 +131,9 @@ class Worker:
         self.stop: str | None = None  # None, "drain" or "now"
         self.waiter = None
         self._next_heartbeat = 0.0
+        # (task id, attempt) of the tasks started lately: a hand-off can reach the worker twice
+        # (its wake-up, and a look at the store made before that wake-up was read).
+        self._started: collections.deque = collections.deque(maxlen=256)
 
     # -- signals ------------------------------------------------------------------------
     def _on_signal(self, signum, frame) -> None:
@@ -182,6 +186,8 @@ class Worker:
                     tasks = self.store.claim_batch(self.name, self.roles, self.lease_s,
                                                    finishes, batch, pushed)
                     finishes = []
+                    if pushed:
+                        tasks = [t for t in tasks if (t.id, t.attempts) not in self._started]
                     backoff = 0.0
                     look = False
                     if not tasks:
@@ -195,6 +201,7 @@ class Worker:
                                 self.store.release(self.name, rest.id, rest.attempts,
                                                    "worker stopping")
                             break
+                        self._started.append((task.id, task.attempts))
                         outcome = self._execute(task)
                         if outcome is not None:
                             finishes.append(Finish(task.id, task.attempts, outcome))

@@ -35,7 +35,11 @@ TYPES = {"id": "BIGSERIAL PRIMARY KEY", "blob": "BYTEA", "float": "DOUBLE PRECIS
          "dialect": "postgresql"}
 _PIPELINE = True  # libpq pipeline mode for a transaction's tail (checked when the store opens)
 _ALL = "*"
-_PUSHED = "p:"  # a wake-up payload prefix: a task was handed to this agent
+
+
+def _handoff_prefix(agent_id: str) -> str:
+    """How a hand-off's notification begins (the agent's id with its length: unambiguous)."""
+    return f"p:{len(agent_id)}:{agent_id}"
 
 
 @functools.lru_cache(maxsize=512)
@@ -116,7 +120,9 @@ class PgListener:
         os.set_blocking(self._r, False)
         os.set_blocking(self._w, False)
         self.conn = None
-        self._pushed = False
+        self._handed: list[bytes] = []
+        if agent_id is not None:
+            self._handoff = _handoff_prefix(agent_id)
         self._connect()
 
     def _connect(self) -> None:
@@ -134,16 +140,17 @@ class PgListener:
     def _relevant(self, payload: str) -> bool:
         if self.agent_id is None or payload in (_ALL, self.agent_id):
             return True
-        if payload.startswith(_PUSHED) and payload[len(_PUSHED):] == self.agent_id:
-            self._pushed = True
+        if payload.startswith(self._handoff):  # a task handed to this agent, maybe with it
+            self._handed.append(payload[len(self._handoff):].encode("ascii"))
             return True
         return False
 
-    def take_push(self) -> bool:
-        """Whether a hand-off arrived since the last call (or notifications may have been
-        missed while reconnecting)."""
-        pushed, self._pushed = self._pushed, False
-        return pushed
+    def take_push(self) -> list[bytes]:
+        """The hand-offs that arrived since the last call: each one's task payload, or ``b""``
+        when the task has to be read from the store (also after a reconnect, as notifications
+        may have been missed meanwhile)."""
+        handed, self._handed = self._handed, []
+        return handed
 
     def wait(self, timeout: float | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -154,7 +161,8 @@ class PgListener:
                 except StoreError:
                     time.sleep(min(1.0, timeout or 1.0))
                     return True  # let the caller try the store (and back off) itself
-                self._pushed = True  # notifications may have been missed while disconnected
+                if self.agent_id is not None:  # hand-offs may have been missed meanwhile
+                    self._handed.append(b"")
                 return True
             pg = self.conn.pgconn
             try:
@@ -199,6 +207,7 @@ class PostgresStore(SqlStore):
     precheck_claims = False  # a claim that finds nothing is one short read-only transaction
     concat_sql = "string_agg(depends_on, ' ')"
     events_in_one_statement = True
+    payload_limit = 7_000  # a notification's payload must stay under 8,000 bytes
     float_type = TYPES["float"]
     blob_type = TYPES["blob"]
 
@@ -303,15 +312,17 @@ class PostgresStore(SqlStore):
             # passes an id that a slower transaction has yet to commit.
             calls += ["pg_advisory_xact_lock(%s)", "pg_notify(%s, '')"]
             params += [self._lock_key, self.channel_events]
-        for agent in tx.pushed:  # a task was handed to it: it reads it without claiming
+        handed = set()
+        for agent, payload in tx.pushed:  # a task handed over, and the task if it fits
             calls.append("pg_notify(%s, %s)")
-            params += [self.channel_wake, _PUSHED + agent]
+            params += [self.channel_wake, _handoff_prefix(agent) + payload.decode("ascii")]
+            handed.add(agent)
         if tx.wake_agents is ALL_AGENTS:
             calls.append("pg_notify(%s, %s)")
             params += [self.channel_wake, _ALL]
         else:
             for agent in tx.wake_agents:  # type: ignore[union-attr]
-                if agent not in tx.pushed:
+                if agent not in handed:
                     calls.append("pg_notify(%s, %s)")
                     params += [self.channel_wake, agent]
         if calls:

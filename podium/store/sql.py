@@ -49,11 +49,12 @@ class Tx:
         self._convert = convert
         self.wake_agents: set[str] | object = set()
         self.wake_watchers = False
-        #: Agents a task was handed to in this transaction (told so after commit).
-        self.pushed: list[str] = []
+        #: (agent, task payload) of tasks handed over in this transaction (told after commit).
+        self.pushed: list[tuple[str, bytes]] = []
         self.events: list[tuple] = []
-        #: Writes whose results nobody reads, sent with the commit (one round trip on PostgreSQL).
-        self.deferred: list[tuple[str, tuple | list]] = []
+        #: Writes whose results nobody reads, sent with the commit (one round trip on PostgreSQL):
+        #: (sql, parameters, True when the parameters are a list of rows).
+        self.deferred: list[tuple[str, Any, bool]] = []
         #: (agent id, task id) of running tasks taken from agents that are gone.
         self.taken: list[tuple[str, str]] = []
         #: Set when losing this transaction in a server crash harms nothing (a claim: its task
@@ -76,9 +77,10 @@ class Tx:
     def all(self, sql: str, params: tuple | list = ()) -> list[Any]:
         return self.execute(sql, params).fetchall()
 
-    def defer(self, sql: str, params: tuple | list = ()) -> None:
-        """Run a write just before the commit; its result is not needed."""
-        self.deferred.append((sql, params))
+    def defer(self, sql: str, params: tuple | list = (), many: bool = False) -> None:
+        """Run a write just before the commit (``many``: once per row of ``params``); its
+        result is not needed."""
+        self.deferred.append((sql, params, many))
 
     def wake(self, agent_id: str | None) -> None:
         """Wake one agent after commit (None: every agent)."""
@@ -126,6 +128,25 @@ def _task(row: Any, depends_on: list[str], with_output: bool = True) -> Task:
         exit_code=row["exit_code"], tokens_in=row["tokens_in"], tokens_out=row["tokens_out"],
         cost_usd=row["cost_usd"], session_id=row["session_id"], broadcast_id=row["broadcast_id"],
     )
+
+
+def _payload(task: Task) -> bytes:
+    """A handed task as its wake-up carries it (ASCII JSON: any prompt text survives)."""
+    return json.dumps([task.id, task.prompt, task.context, int(task.priority), task.target_agent,
+                       task.target_role, task.depends_on, task.attempts, task.max_attempts,
+                       task.retry_on_failure, task.timeout_s, task.created_at, task.agent_id,
+                       task.lease_expires, task.session_id, task.broadcast_id,
+                       task.context_generation]).encode("ascii")
+
+
+def _from_payload(data: bytes) -> Task:
+    (task_id, prompt, context, priority, target_agent, target_role, depends_on, attempts,
+     max_attempts, retry, timeout_s, created_at, agent_id, lease_expires, session_id,
+     broadcast_id, gen) = json.loads(data)
+    return Task(task_id, prompt, context, Priority(priority), target_agent, target_role,
+                depends_on, TaskState.RUNNING, attempts, max_attempts, retry, timeout_s,
+                created_at, agent_id, lease_expires, session_id=session_id,
+                broadcast_id=broadcast_id, context_generation=gen)
 
 
 def _message(row: Any) -> Message:
@@ -176,6 +197,8 @@ class SqlStore(Store):
     #: Write a transaction's events as multi-row INSERTs rather than ``executemany``
     #: (PostgreSQL: they go out with the commit, no round trip of their own).
     events_in_one_statement = False
+    #: The largest task payload a wake-up carries (a larger task is read by its agent).
+    payload_limit = 60_000
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
@@ -201,8 +224,10 @@ class SqlStore(Store):
         """A consistent read."""
 
     @abc.abstractmethod
-    def _wake(self, agents: set[str] | object, watchers: bool, pushed: list[str]) -> list[str]:
-        """Deliver wake-ups after a commit; return the ``pushed`` agents known to be gone."""
+    def _wake(self, agents: set[str] | object, watchers: bool,
+              pushed: list[tuple[str, bytes]]) -> list[str]:
+        """Deliver wake-ups after a commit, with the payloads of hand-offs; return the agents
+        handed a task that are known to be gone."""
 
     def _before_commit(self, tx: Tx) -> None:
         """Run deferred writes and write the events (dialects may also lock or notify here)."""
@@ -211,8 +236,11 @@ class SqlStore(Store):
 
     @staticmethod
     def _run_deferred(tx: Tx) -> None:
-        for sql, params in tx.deferred:
-            tx.execute(sql, params)
+        for sql, params, many in tx.deferred:
+            if many:
+                tx.executemany(sql, params)
+            else:
+                tx.execute(sql, params)
 
     def _write_events(self, tx: Tx) -> None:
         events = tx.events
@@ -490,15 +518,16 @@ class SqlStore(Store):
                 tx.wake_watchers = True
                 if not all_handed:
                     tx.wake(None)
-            # One statement for all rows: a batch of thousands costs a few µs per task.
-            tx.executemany(
+            # One statement for all rows: a batch of thousands costs a few µs per task. Nothing
+            # reads them back in this transaction: they go out with the commit.
+            tx.defer(
                 "INSERT INTO tasks (id, prompt, context, priority, target_agent, target_role, "
                 "state, max_attempts, retry_on_failure, timeout_s, created_at, completed_at, "
                 "error, session_id, broadcast_id, agent_id, attempts, lease_expires) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows, many=True)
             if dep_rows:
-                tx.executemany("INSERT INTO task_deps (task_id, depends_on) VALUES (?, ?)",
-                               dep_rows)
+                tx.defer("INSERT INTO task_deps (task_id, depends_on) VALUES (?, ?)",
+                         dep_rows, many=True)
         return added
 
     def _hand_off(self, tx: Tx, t: float, rows: list[tuple], added: list[Task],
@@ -511,12 +540,14 @@ class SqlStore(Store):
                      for i in queued_at)
         idle = tx.all(
             # (heard from within two heartbeats: a dead agent is offered tasks for less long)
-            "SELECT id, roles, lease_s FROM agents WHERE pushable = 1 AND state = 'idle' "
+            "SELECT id, roles, lease_s, (SELECT COALESCE(SUM(version), 0) FROM context) AS gen "
+            "FROM agents WHERE pushable = 1 AND state = 'idle' "
             "AND current_task IS NULL AND last_heartbeat + lease_s / 3 > ? "
             f"ORDER BY last_heartbeat DESC LIMIT ?{self.claim_lock_clause}",
             (t, len(queued_at) if anyone else 1_000_000))
         if not idle:
             return False
+        gen = int(idle[0]["gen"])
         free = [(r["id"], set(json.loads(r["roles"])), r["lease_s"]) for r in idle]
         if len({added[i].priority for i in queued_at}) > 1:
             queued_at = sorted(queued_at, key=lambda i: (added[i].priority, i))
@@ -538,7 +569,10 @@ class SqlStore(Store):
                      (task.id, agent))
             tx.events.append((t, "task.claimed", agent, task.id,
                               '{"attempt": 1, "handed_over": true}'))
-            tx.pushed.append(agent)
+            # The task itself goes with the wake-up: its agent starts it without reading it.
+            task.context_generation = gen
+            payload = _payload(task)
+            tx.pushed.append((agent, payload if len(payload) <= self.payload_limit else b""))
             left -= 1
             if not free:
                 break
@@ -568,6 +602,8 @@ class SqlStore(Store):
         if not finishes:
             if limit < 1:
                 return []
+            if pushed and not isinstance(pushed, bool) and all(pushed):
+                return [_from_payload(p) for p in pushed]  # every task came with its wake-up
             if self.precheck_claims or pushed:
                 # A cheap look without the write lock: tasks handed to this agent are already
                 # its own, and most wake-ups of a crowd of idle agents end here.

@@ -1,0 +1,216 @@
+"""Hand-offs: a task added while a worker waits is claimed for it by the add itself.
+
+Store-level tests run on SQLite and PostgreSQL with the store's real wake-up channel (a Unix
+datagram socket, LISTEN/NOTIFY); the worker tests use real ``podium agent run`` processes.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+
+import pytest
+
+from helpers import all_events, wait_for
+from podium.models import AgentState, Outcome, Priority, TaskSpec, TaskState
+from podium.store import Finish, open_store
+
+EXOTIC = "it's \"$HOME\" `id` $(x) \\n\n\ttab é ü 中文 😀 \x01 end"
+
+
+def reg(store, name="a1", roles=(), lease=30.0, pushable=True, host="host", pid=123):
+    return store.register_agent(name, list(roles), "echo", host, pid, lease, {},
+                                pushable=pushable)
+
+
+def add(store, *prompts, **kw):
+    return store.add_tasks([TaskSpec(p, **kw) for p in prompts])
+
+
+def handed_now(waiter) -> list[bytes]:
+    assert waiter.wait(5), "no wake-up arrived"
+    return waiter.take_push()
+
+
+def test_idle_pushable_agent_is_handed_a_new_task(store):
+    reg(store)
+    w = store.agent_waiter("a1")
+    try:
+        t = add(store, EXOTIC)[0]
+        assert (t.state, t.agent_id, t.attempts) == (TaskState.RUNNING, "a1", 1)
+        stored = store.get_task(t.id)
+        assert (stored.state, stored.agent_id, stored.attempts) == (TaskState.RUNNING, "a1", 1)
+        assert stored.started_at is None and stored.lease_expires > time.time()
+        agent = store.get_agent("a1")
+        assert (agent.state, agent.current_task) == (AgentState.BUSY, t.id)
+        ev = store.read_events(0, 100, task_id=t.id)
+        assert [e.kind for e in ev] == ["task.queued", "task.claimed"]
+        assert ev[1].agent_id == "a1" and ev[1].data == {"attempt": 1, "handed_over": True}
+
+        handed = handed_now(w)
+        assert len(handed) == 1 and handed[0], "the wake-up carries the task"
+        got = store.claim_batch("a1", [], 30, [], 8, handed)
+        assert [(x.id, x.prompt, x.attempts, x.state) for x in got] == \
+            [(t.id, EXOTIC, 1, TaskState.RUNNING)]
+        assert got[0].context_generation is not None
+        # Read from the store instead (a wake-up too big to carry it): the same task.
+        again = store.claim_batch("a1", [], 30, [], 8, [b""])
+        assert [(x.id, x.prompt) for x in again] == [(t.id, EXOTIC)]
+
+        before = time.time()
+        o = Outcome(TaskState.COMPLETED, output=b"ok")
+        o.started_at = before
+        assert store.claim_batch("a1", [], 30, [Finish(t.id, 1, o)], 8) == []
+        final = store.get_task(t.id)
+        assert final.state is TaskState.COMPLETED and final.output == b"ok"
+        assert final.started_at == pytest.approx(before)
+        assert store.get_agent("a1").state is AgentState.IDLE
+        # Idle again: the next task is handed over too.
+        assert add(store, "next")[0].agent_id == "a1"
+    finally:
+        w.close()
+
+
+def test_hand_off_keeps_the_claim_rules(store):
+    reg(store, "coder", roles=["coder"])
+    reg(store, "other", pushable=False)
+    review = add(store, "review", target_role="reviewer")[0]
+    mine = add(store, "for other", target_agent="other")[0]
+    assert review.state is mine.state is TaskState.QUEUED
+    coding = add(store, "code", target_role="coder")[0]
+    assert coding.agent_id == "coder"
+    # Busy now: nothing more is handed to it, and an agent not pushable gets nothing.
+    later = add(store, "later")[0]
+    assert later.state is TaskState.QUEUED and later.agent_id is None
+    # A blocked task waits for its dependency, hand-off or not.
+    store.register_agent("free", [], "echo", "host", 1, 30, {}, pushable=True)
+    blocked = add(store, "after", depends_on=[later.id])[0]
+    assert blocked.state is TaskState.BLOCKED
+    assert store.get_agent("free").state is AgentState.IDLE
+
+
+def test_agent_not_heard_from_lately_is_not_handed_tasks(store):
+    reg(store, "quiet", lease=0.3)  # heartbeats every 0.05 s would be due
+    time.sleep(0.2)
+    t = add(store, "x")[0]
+    assert t.state is TaskState.QUEUED
+    store.heartbeat("quiet", 0.3)
+    assert add(store, "y")[0].agent_id == "quiet"
+
+
+def test_best_task_of_a_batch_is_handed_over(store):
+    reg(store)
+    low, high, normal = store.add_tasks([TaskSpec("low", priority=Priority.LOW),
+                                         TaskSpec("high", priority=Priority.HIGH),
+                                         TaskSpec("normal")])
+    assert high.agent_id == "a1"
+    assert low.state is normal.state is TaskState.QUEUED
+
+
+def test_each_idle_agent_gets_one_task_of_a_batch(store):
+    for name in ("a1", "a2", "a3"):
+        reg(store, name)
+    tasks = add(store, *[f"p{i}" for i in range(5)])
+    holders = [t.agent_id for t in tasks if t.state is TaskState.RUNNING]
+    assert sorted(holders) == ["a1", "a2", "a3"]
+    assert sum(t.state is TaskState.QUEUED for t in tasks) == 2
+
+
+def test_large_task_is_handed_over_without_its_payload(store):
+    reg(store)
+    w = store.agent_waiter("a1")
+    try:
+        big = "x" * 100_000 + EXOTIC
+        t = add(store, big)[0]
+        assert t.agent_id == "a1"
+        assert handed_now(w) == [b""], "too big to travel with the wake-up"
+        got = store.claim_batch("a1", [], 30, [], 8, [b""])
+        assert [(x.id, x.prompt) for x in got] == [(t.id, big)]
+    finally:
+        w.close()
+
+
+def test_cancel_of_a_task_not_picked_up_frees_its_agent(store):
+    reg(store)
+    t = add(store, "x")[0]
+    store.cancel(t.id, "changed my mind")
+    agent = store.get_agent("a1")
+    assert (agent.state, agent.current_task) == (AgentState.IDLE, None)
+    assert store.claim_batch("a1", [], 30, [], 8, [b""]) == []
+    assert add(store, "y")[0].agent_id == "a1"
+
+
+def test_handed_task_of_an_agent_that_stops_goes_back_to_the_queue(store):
+    reg(store)
+    t = add(store, "x")[0]
+    store.deregister("a1")
+    back = store.get_task(t.id)
+    assert back.state is TaskState.QUEUED and back.agent_id is None
+    reg(store, "a2", pushable=False)
+    claimed = store.claim("a2", [], 30)
+    assert claimed.id == t.id and claimed.attempts == 2
+
+
+def test_agent_whose_process_is_gone_gives_its_task_back_at_once(store_url):
+    """SQLite: the hand-off's datagram is refused by a socket nobody holds any more (the
+    worker was killed), and its process is gone from this host: the task is not left to wait
+    for the lease."""
+    store = open_store(store_url)
+    try:
+        gone = subprocess.Popen(["true"])
+        gone.wait()
+        reg(store, "dead", host=socket.gethostname(), pid=gone.pid)
+        w = store.agent_waiter("dead")
+        w.sock.close()  # as after kill -9: the socket file stays, nobody receives
+        t = add(store, "x")[0]
+        assert t.agent_id == "dead"  # handed over, then taken back after the commit
+        back = store.get_task(t.id)
+        assert back.state is TaskState.QUEUED and back.agent_id is None
+        assert store.get_agent("dead").state is AgentState.DEAD
+        kinds = [e.kind for e in store.read_events(0, 100, task_id=t.id)]
+        assert kinds == ["task.queued", "task.claimed", "task.requeued"]
+        # A live agent on this host is never taken for dead.
+        reg(store, "alive", host=socket.gethostname(), pid=os.getpid())
+        w2 = store.agent_waiter("alive")
+        w2.sock.close()
+        kept = add(store, "y")
+        assert store.get_task(kept[0].id).agent_id == "alive"
+        assert store.get_agent("alive").state is AgentState.BUSY
+    finally:
+        store.close()
+
+
+# -- real workers ---------------------------------------------------------------------------
+
+def test_worker_starts_handed_tasks_exactly_once(podium, workers):
+    workers.start("w1")
+    wait_for(lambda: podium.agent("w1").state is AgentState.IDLE, 10, what="w1 idle")
+    big = "y" * 100_000
+    ids = []
+    for prompt in (EXOTIC, big, "third"):
+        ids.append(podium.add_task(prompt).id)
+        wait_for(lambda: podium.task(ids[-1]).state is TaskState.COMPLETED, 15,
+                 what="the task to complete")
+        wait_for(lambda: podium.agent("w1").state is AgentState.IDLE, 10, what="w1 idle")
+    for task_id, prompt in zip(ids, (EXOTIC, big, "third")):
+        t = podium.task(task_id)
+        assert t.output == prompt.encode() and t.attempts == 1
+        assert t.created_at <= t.started_at <= t.completed_at
+        claims = [e for e in all_events(podium.store) if e.task_id == task_id and e.kind == "task.claimed"]
+        assert len(claims) == 1 and claims[0].data.get("handed_over") is True, claims
+
+
+def test_shell_worker_records_the_start_of_a_long_handed_task(podium, workers, tmp_path):
+    go = tmp_path / "go"
+    workers.start("s1", backend="shell")
+    wait_for(lambda: podium.agent("s1").state is AgentState.IDLE, 10, what="s1 idle")
+    t = podium.add_task(f"while [ ! -f {go} ]; do sleep 0.05; done; echo done")
+    assert podium.task(t.id).agent_id == "s1"
+    started = wait_for(lambda: podium.task(t.id).started_at, 10,
+                       what="the worker's first heartbeat to record the start")
+    assert started >= t.created_at
+    go.touch()
+    wait_for(lambda: podium.task(t.id).state is TaskState.COMPLETED, 15, what="completion")
+    assert podium.task(t.id).output == b"done\n"
