@@ -15,6 +15,7 @@ that agent) and ``w.<pid>.<random>.sock`` for watchers that want every event.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import os
 import secrets
@@ -29,6 +30,7 @@ ALL_AGENTS = object()
 MAX_DATAGRAM = 65_536
 
 
+@functools.lru_cache(maxsize=4096)
 def _agent_sock_name(agent_id: str) -> str:
     return "a." + hashlib.sha1(agent_id.encode("utf-8")).hexdigest()[:12] + ".sock"
 
@@ -120,6 +122,7 @@ class WakeChannel:
 
     def __init__(self, store_key: str):
         self.dir = channel_dir(store_key)
+        self._prefix = str(self.dir) + os.sep  # (paths built per wake-up: kept as text)
         self._sender: socket.socket | None = None
         self._listing: tuple[int, list[str]] | None = None
 
@@ -136,7 +139,7 @@ class WakeChannel:
 
     def _names(self) -> list[str]:
         try:
-            mtime = os.stat(self.dir).st_mtime_ns
+            mtime = os.stat(self._prefix).st_mtime_ns
         except FileNotFoundError:
             return []
         # Directory times tick coarsely (several ms): trust a cached listing only once its
@@ -172,7 +175,7 @@ class WakeChannel:
             self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._sender.setblocking(False)
         for name in targets:
-            path = str(self.dir / name)
+            path = self._prefix + name
             try:
                 data = handed[name][1] if name in handed else b"."
                 try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import functools
 import json
 import socket
 from typing import Any, Iterator
@@ -128,6 +129,13 @@ def _task(row: Any, depends_on: list[str], with_output: bool = True) -> Task:
         exit_code=row["exit_code"], tokens_in=row["tokens_in"], tokens_out=row["tokens_out"],
         cost_usd=row["cost_usd"], session_id=row["session_id"], broadcast_id=row["broadcast_id"],
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _queued_data(priority: Priority, role: str | None) -> str:
+    """A plain task's ``task.queued`` event data: one encoding per priority and role."""
+    return json.dumps({"priority": priority.name.lower(), "target_role": role,
+                       "depends_on": [], "error": None}, ensure_ascii=False)
 
 
 def _payload(task: Task) -> bytes:
@@ -441,7 +449,6 @@ class SqlStore(Store):
         with self._write() as tx:
             known: dict[str, str] = {}
             agents_seen: set[str] = set()
-            plain: dict[tuple, str] = {}
             queued, any_plain = TaskState.QUEUED, False
             queued_at: list[int] = []  # rows that may be handed to an idle agent
             for spec in specs:
@@ -454,14 +461,8 @@ class SqlStore(Store):
                                  int(spec.retry_on_failure), spec.timeout_s, t, None, None,
                                  spec.session_id, spec.broadcast_id, None, 0, None))
                     known[task_id] = "queued"
-                    key = (spec.priority, spec.target_role)
-                    data = plain.get(key)
-                    if data is None:  # one encoding per priority and role in the batch
-                        data = plain[key] = json.dumps(
-                            {"priority": spec.priority.name.lower(),
-                             "target_role": spec.target_role, "depends_on": [], "error": None},
-                            ensure_ascii=False)
-                    tx.events.append((t, "task.queued", None, task_id, data))
+                    tx.events.append((t, "task.queued", None, task_id,
+                                      _queued_data(spec.priority, spec.target_role)))
                     added.append(Task(task_id, spec.prompt, spec.context, spec.priority, None,
                                       spec.target_role, [], queued, 0, spec.max_attempts,
                                       spec.retry_on_failure, spec.timeout_s, t,
