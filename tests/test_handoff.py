@@ -143,14 +143,29 @@ def test_cancel_of_a_task_not_picked_up_frees_its_agent(store):
 
 
 def test_handed_task_of_an_agent_that_stops_goes_back_to_the_queue(store):
+    """A worker that stops hands back what it runs, so a task still handed to it when it
+    deregisters was never started: it goes back without using up a try."""
     reg(store)
-    t = add(store, "x")[0]
+    t = add(store, "x", max_attempts=1)[0]
     store.deregister("a1")
     back = store.get_task(t.id)
-    assert back.state is TaskState.QUEUED and back.agent_id is None
+    assert (back.state, back.agent_id, back.attempts) == (TaskState.QUEUED, None, 0)
+    assert "task.requeued" in [e.kind for e in store.read_events(0, 100, task_id=t.id)]
     reg(store, "a2", pushable=False)
     claimed = store.claim("a2", [], 30)
-    assert claimed.id == t.id and claimed.attempts == 2
+    assert claimed.id == t.id and claimed.attempts == 1
+
+
+def test_handed_task_of_an_agent_that_died_counts_its_try(store):
+    """A lease that expires cannot tell whether the agent started the task: the try counts,
+    as for a claim."""
+    reg(store, lease=0.3)
+    t = add(store, "x", max_attempts=2)[0]
+    time.sleep(0.4)
+    assert store.recover() >= 1
+    back = store.get_task(t.id)
+    assert (back.state, back.attempts) == (TaskState.QUEUED, 1)
+    assert store.get_agent("a1").state is AgentState.DEAD
 
 
 def test_agent_whose_process_is_gone_gives_its_task_back_at_once(store_url):

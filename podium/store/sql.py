@@ -426,6 +426,16 @@ class SqlStore(Store):
                 "WHERE id = ?", (t, agent_id))
             if cur.rowcount == 0:
                 raise NotFound(f"unknown agent {agent_id!r}")
+            # Handed to it while it was stopping, never started (a stopping worker hands back
+            # what it runs): back to the queue without the try.
+            for row in tx.all(
+                "UPDATE tasks SET state = 'queued', agent_id = NULL, lease_expires = NULL, "
+                "attempts = attempts - 1 WHERE agent_id = ? AND state = 'running' "
+                "AND started_at IS NULL RETURNING id, attempts", (agent_id,)):
+                tx.event("task.requeued", agent_id, row["id"],
+                         reason="handed to an agent that stopped before starting it",
+                         attempt=row["attempts"] + 1)
+                tx.wake(None)
             self._orphan_tasks(tx, agent_id, "agent stopped", t)
             tx.event("agent.stopped", agent_id)
 
