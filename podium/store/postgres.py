@@ -296,12 +296,19 @@ class PostgresStore(SqlStore):
         if conn is not None and _PIPELINE and (tx.events or tx.wake_agents or tx.deferred or
                                                tx.pushed):
             tail.enter_context(conn.pipeline())
-        self._run_deferred(tx)
-        # One SELECT for the commit's settings, the events lock and the notifications (these are
-        # delivered at COMMIT, wherever they stand in the transaction): psycopg's cost per
-        # statement is the larger part of a short transaction here.
-        calls: list[str] = []
+        # One statement for the deferred writes (each a data-modifying WITH clause), the
+        # commit's settings, the events lock and the notifications (these are delivered at
+        # COMMIT, wherever they stand in the transaction): psycopg's cost per statement is the
+        # larger part of a short transaction here. A bulk write stays a statement of its own.
+        clauses: list[str] = []
         params: list = []
+        for sql, args, many in tx.deferred:
+            if many and len(args) != 1:
+                tx.executemany(sql, args)
+                continue
+            clauses.append(f"d{len(clauses)} AS ({_convert(sql)})")
+            params += args[0] if many else args
+        calls: list[str] = []
         if tx.relaxed:
             # A claim lost in a server crash only puts its task back in the queue (the worker's
             # late result is refused, as after an expired lease): no need to wait for the disk.
@@ -325,8 +332,9 @@ class PostgresStore(SqlStore):
                 if agent not in handed:
                     calls.append("pg_notify(%s, %s)")
                     params += [self.channel_wake, agent]
-        if calls:
-            tx.cur.execute("SELECT " + ", ".join(calls), params)
+        if calls or clauses:
+            with_sql = f"WITH {', '.join(clauses)} " if clauses else ""
+            tx.cur.execute(f"{with_sql}SELECT {', '.join(calls) or '1'}", params)
         self._write_events(tx)
 
     def _after_copy(self, tx: Tx) -> None:

@@ -80,7 +80,8 @@ class Tx:
 
     def defer(self, sql: str, params: tuple | list = (), many: bool = False) -> None:
         """Run a write just before the commit (``many``: once per row of ``params``); its
-        result is not needed."""
+        result is not needed. Deferred writes must not depend on each other's effects nor touch
+        the same row: PostgreSQL runs them together as one statement."""
         self.deferred.append((sql, params, many))
 
     def wake(self, agent_id: str | None) -> None:
