@@ -406,6 +406,59 @@ def test_event_cursor_sees_everything_in_order(store):
     assert evs[-1].data == {"text": "hi"}
 
 
+def test_event_cursor_misses_nothing_while_writers_race(store):
+    """Readers follow ``read_events(after=cursor)``: an event may never get an id below one a
+    reader has already passed, whichever writer commits first."""
+    url, start = store.url, store.last_event_id()
+    writers, per_writer = 4, 40
+    followed: list[int] = []
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def follow() -> None:
+        s = open_store(url)
+        try:
+            cursor = start
+            while True:
+                last_round = stop.is_set()
+                for e in s.read_events(cursor, 1000):
+                    followed.append(e.id)
+                    cursor = e.id
+                if last_round:
+                    return
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+        finally:
+            s.close()
+
+    def write(i: int) -> None:
+        s = open_store(url)
+        try:
+            name = f"w{i}"
+            reg(s, name)
+            for k in range(per_writer):
+                [t] = add(s, f"{name}-{k}")
+                s.add_event("custom.note", name, t.id, {"k": k})
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+        finally:
+            s.close()
+
+    reader = threading.Thread(target=follow)
+    reader.start()
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(writers)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    stop.set()
+    reader.join()
+    assert not errors
+    everything = [e.id for e in store.read_events(start, 100_000)]
+    assert len(everything) == writers * (1 + 2 * per_writer)
+    assert followed == everything  # in order, none skipped, none twice
+
+
 # -- concurrency and wake-ups -----------------------------------------------------------
 
 def test_concurrent_claimers_take_each_task_once(store):

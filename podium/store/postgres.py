@@ -314,11 +314,26 @@ class PostgresStore(SqlStore):
             # late result is refused, as after an expired lease): no need to wait for the disk.
             # Later synchronous commits (the result) flush it anyway.
             calls.append("set_config('synchronous_commit', 'off', true)")
-        if tx.events:
-            # Taken before the events get their ids, held until COMMIT: a reader's cursor never
-            # passes an id that a slower transaction has yet to commit.
-            calls += ["pg_advisory_xact_lock(%s)", "pg_notify(%s, '')"]
-            params += [self._lock_key, self.channel_events]
+        events = tx.events
+        if events:
+            # The lock is taken before the events get their ids, and held until COMMIT: a
+            # reader's cursor never passes an id that a slower transaction has yet to commit.
+            # Up to a few hundred events go in the same statement, their INSERT reading the
+            # lock's row (so the ids are drawn after it); more go in statements of their own.
+            calls.append("pg_notify(%s, '')")
+            if len(events) <= 200:
+                clauses.append("l AS (SELECT pg_advisory_xact_lock(%s))")
+                rows = ", ".join(["(%s::float8, %s::text, %s::text, %s::text, %s::text)"]
+                                 * len(events))
+                clauses.append("e AS (INSERT INTO events (ts, kind, agent_id, task_id, data) "
+                               f"SELECT v.* FROM (VALUES {rows}) AS v, l)")
+                params += [self._lock_key, *(v for row in events for v in row)]
+                tx.events = []
+            else:
+                calls.append("pg_advisory_xact_lock(%s)")
+            params.append(self.channel_events)
+            if tx.events:
+                params.append(self._lock_key)
         handed = set()
         for agent, payload in tx.pushed:  # a task handed over, and the task if it fits
             calls.append("pg_notify(%s, %s)")
