@@ -154,15 +154,13 @@ class WakeChannel:
         return self._listing[1]
 
     def notify(self, agents: object = (), watchers: bool = True,
-               pushed: list[tuple[str, bytes]] = ()) -> list[str]:
+               pushed: list[tuple[str, bytes]] = ()) -> None:
         """Wake the given agents (an iterable of ids, or ``ALL_AGENTS``) and all watchers, and
-        hand the ``pushed`` agents their task payloads. Returns the agents handed a task whose
-        socket refused: their process is gone."""
-        refused: list[str] = []
+        hand the ``pushed`` agents their task payloads."""
         names = self._names()
         if not names:
-            return refused
-        handed = {_agent_sock_name(a): (a, b"p" + payload) for a, payload in pushed}
+            return
+        handed = {_agent_sock_name(a): b"p" + payload for a, payload in pushed}
         if agents is ALL_AGENTS:
             targets = [n for n in names if n.startswith("a.") or (watchers and n.startswith("w."))]
         else:
@@ -170,14 +168,14 @@ class WakeChannel:
             targets = [n for n in names if n in wanted or n in handed or
                        (watchers and n.startswith("w."))]
         if not targets:
-            return refused
+            return
         if self._sender is None:
             self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._sender.setblocking(False)
         for name in targets:
             path = self._prefix + name
             try:
-                data = handed[name][1] if name in handed else b"."
+                data = handed.get(name, b".")
                 try:
                     self._sender.sendto(data, path)
                 except OSError as e:
@@ -186,17 +184,14 @@ class WakeChannel:
                     self._sender.sendto(b"p", path)  # too big here: the agent reads the task
             except (BlockingIOError, InterruptedError):
                 pass  # its queue is full: it has a wake-up pending already
-            except (ConnectionRefusedError, FileNotFoundError) as e:
+            except (ConnectionRefusedError, FileNotFoundError):
                 try:
                     os.unlink(path)  # its process is gone
                 except OSError:
                     pass
                 self._listing = None
-                if name in handed and isinstance(e, ConnectionRefusedError):
-                    refused.append(handed[name][0])
             except OSError:
                 pass
-        return refused
 
     def close(self) -> None:
         if self._sender is not None:

@@ -168,33 +168,18 @@ def test_handed_task_of_an_agent_that_died_counts_its_try(store):
     assert store.get_agent("a1").state is AgentState.DEAD
 
 
-def test_agent_whose_process_is_gone_gives_its_task_back_at_once(store_url):
-    """SQLite: the hand-off's datagram is refused by a socket nobody holds any more (the
-    worker was killed), and its process is gone from this host: the task is not left to wait
-    for the lease."""
-    store = open_store(store_url)
-    try:
-        gone = subprocess.Popen(["true"])
-        gone.wait()
-        reg(store, "dead", host=socket.gethostname(), pid=gone.pid)
-        w = store.agent_waiter("dead")
-        w.sock.close()  # as after kill -9: the socket file stays, nobody receives
-        t = add(store, "x")[0]
-        assert t.agent_id == "dead"  # handed over, then taken back after the commit
-        back = store.get_task(t.id)
-        assert back.state is TaskState.QUEUED and back.agent_id is None
-        assert store.get_agent("dead").state is AgentState.DEAD
-        kinds = [e.kind for e in store.read_events(0, 100, task_id=t.id)]
-        assert kinds == ["task.queued", "task.claimed", "task.requeued"]
-        # A live agent on this host is never taken for dead.
-        reg(store, "alive", host=socket.gethostname(), pid=os.getpid())
-        w2 = store.agent_waiter("alive")
-        w2.sock.close()
-        kept = add(store, "y")
-        assert store.get_task(kept[0].id).agent_id == "alive"
-        assert store.get_agent("alive").state is AgentState.BUSY
-    finally:
-        store.close()
+def test_agent_whose_process_is_gone_from_this_host_is_not_handed_tasks(store):
+    """An agent killed while idle still looks alive until its lease runs out; on its own host
+    its process is seen to be gone, so it is passed over."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    reg(store, "dead", host=socket.gethostname(), pid=gone.pid)
+    reg(store, "elsewhere", host="another-host", pid=gone.pid)  # (not ours to look up)
+    reg(store, "alive", host=socket.gethostname(), pid=os.getpid())
+    store.heartbeat("dead", 30)  # the freshest heartbeat of the three
+    tasks = add(store, "x", "y", "z")
+    assert sorted(t.agent_id or "-" for t in tasks) == ["-", "alive", "elsewhere"]
+    assert store.get_agent("dead").state is AgentState.IDLE
 
 
 # -- real workers ---------------------------------------------------------------------------
@@ -229,3 +214,22 @@ def test_shell_worker_records_the_start_of_a_long_handed_task(podium, workers, t
     go.touch()
     wait_for(lambda: podium.task(t.id).state is TaskState.COMPLETED, 15, what="completion")
     assert podium.task(t.id).output == b"done\n"
+
+
+def test_worker_killed_while_idle_is_passed_over(podium, workers):
+    """kill -9 of an idle worker: tasks added right after go to the live one at once, not to
+    the dead one until its lease expires."""
+    workers.start("doomed")
+    workers.start("steady")
+    wait_for(lambda: all(podium.agent(n).state is AgentState.IDLE for n in ("doomed", "steady")),
+             10, what="both idle")
+    workers.kill9("doomed")
+    podium.store.heartbeat("doomed", 30)  # as if it beat just before: the first choice
+    began = time.monotonic()
+    ids = [podium.add_task(f"after the kill {i}").id for i in range(5)]
+    for task_id in ids:
+        wait_for(lambda: podium.task(task_id).state is TaskState.COMPLETED, 10,
+                 what="the task to complete")
+    assert time.monotonic() - began < 10  # the lease is 30 s
+    assert {podium.task(i).agent_id for i in ids} == {"steady"}
+    assert all(podium.task(i).attempts == 1 for i in ids)

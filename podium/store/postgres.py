@@ -357,8 +357,8 @@ class PostgresStore(SqlStore):
             tx.execute(f"SELECT setval(pg_get_serial_sequence('{table}', '{col}'), "
                        f"COALESCE((SELECT MAX({col}) FROM {table}), 0) + 1, false)")
 
-    def _wake(self, agents, watchers, pushed) -> list[str]:
-        return []  # sent inside the transaction by _before_commit
+    def _wake(self, agents, watchers, pushed) -> None:
+        pass  # sent inside the transaction by _before_commit
 
     def agent_waiter(self, agent_id: str) -> PgListener:
         return PgListener(self, agent_id)

@@ -234,9 +234,8 @@ class SqlStore(Store):
 
     @abc.abstractmethod
     def _wake(self, agents: set[str] | object, watchers: bool,
-              pushed: list[tuple[str, bytes]]) -> list[str]:
-        """Deliver wake-ups after a commit, with the payloads of hand-offs; return the agents
-        handed a task that are known to be gone."""
+              pushed: list[tuple[str, bytes]]) -> None:
+        """Deliver wake-ups after a commit, with the payloads of hand-offs."""
 
     def _before_commit(self, tx: Tx) -> None:
         """Run deferred writes and write the events (dialects may also lock or notify here)."""
@@ -290,9 +289,8 @@ class SqlStore(Store):
         with self._transaction() as tx:
             yield tx
             self._before_commit(tx)
-        gone: list[str] = []
         if tx.wake_agents or tx.wake_watchers or tx.pushed:
-            gone = self._wake(tx.wake_agents, tx.wake_watchers, tx.pushed)
+            self._wake(tx.wake_agents, tx.wake_watchers, tx.pushed)
         if tx.taken:
             # Programs the gone agents may have left running on this host (see podium.orphans).
             by_agent: dict[str, set[str]] = {}
@@ -301,24 +299,6 @@ class SqlStore(Store):
             for agent, task_ids in by_agent.items():
                 orphans.kill(self.url, agent, task_ids)
         self._after_commit()
-        if gone:
-            self._take_back(gone)
-
-    def _take_back(self, agents: list[str]) -> None:
-        """Tasks were handed to agents whose process turned out to be gone (its wake-up socket
-        refused): recover their tasks now rather than when their lease expires."""
-        t = now()
-        host = socket.gethostname()
-        with self._write() as tx:
-            for agent_id in agents:
-                row = tx.one("SELECT state, host, pid FROM agents WHERE id = ?", (agent_id,))
-                if row is None or row["state"] not in _LIVE or row["host"] != host or \
-                        not row["pid"] or pids.exists(row["pid"]):
-                    continue  # not provably gone: its lease decides
-                tx.execute("UPDATE agents SET state = 'dead', current_task = NULL WHERE id = ?",
-                           (agent_id,))
-                tx.event("agent.dead", agent_id, None)
-                self._orphan_tasks(tx, agent_id, "agent gone", t)
 
     def _after_commit(self) -> None:
         """Housekeeping after a write, once the processes it concerns were woken."""
@@ -552,7 +532,8 @@ class SqlStore(Store):
                      for i in queued_at)
         idle = tx.all(
             # (heard from within two heartbeats: a dead agent is offered tasks for less long)
-            "SELECT id, roles, lease_s, (SELECT COALESCE(SUM(version), 0) FROM context) AS gen "
+            "SELECT id, roles, lease_s, host, pid, "
+            "(SELECT COALESCE(SUM(version), 0) FROM context) AS gen "
             "FROM agents WHERE pushable = 1 AND state = 'idle' "
             "AND current_task IS NULL AND last_heartbeat + lease_s / 3 > ? "
             f"ORDER BY last_heartbeat DESC LIMIT ?{self.claim_lock_clause}",
@@ -560,17 +541,27 @@ class SqlStore(Store):
         if not idle:
             return False
         gen = int(idle[0]["gen"])
-        free = [(r["id"], set(json.loads(r["roles"])), r["lease_s"]) for r in idle]
+        free = [(r["id"], set(json.loads(r["roles"])), r["lease_s"], r["host"], r["pid"])
+                for r in idle]
+        here = socket.gethostname()
         if len({added[i].priority for i in queued_at}) > 1:
             queued_at = sorted(queued_at, key=lambda i: (added[i].priority, i))
         left = len(queued_at)
         for i in queued_at:
             task = added[i]
-            for k, (agent, roles, lease_s) in enumerate(free):
-                if task.target_agent in (None, agent) and \
-                        (task.target_role is None or task.target_role in roles):
+            while True:
+                for k, (agent, roles, lease_s, host, pid) in enumerate(free):
+                    if task.target_agent in (None, agent) and \
+                            (task.target_role is None or task.target_role in roles):
+                        break
+                else:
+                    k = -1
                     break
-            else:
+                if host == here and pid and not pids.exists(pid):
+                    del free[k]  # killed while idle, on this very host: not a taker
+                    continue
+                break
+            if k < 0:
                 continue
             del free[k]
             task.state, task.agent_id, task.attempts = TaskState.RUNNING, agent, 1

@@ -160,8 +160,8 @@ class SQLiteStore(SqlStore):
             finally:
                 cur.close()
 
-    def _wake(self, agents, watchers, pushed) -> list[str]:
-        return self._channel.notify(agents, watchers, pushed)
+    def _wake(self, agents, watchers, pushed) -> None:
+        self._channel.notify(agents, watchers, pushed)
 
     def agent_waiter(self, agent_id: str) -> Listener:
         return self._channel.agent_listener(agent_id)
