@@ -557,8 +557,11 @@ class SqlStore(Store):
                 else:
                     k = -1
                     break
-                if host == here and pid and not pids.exists(pid):
-                    del free[k]  # killed while idle, on this very host: not a taker
+                if host == here and pid and not pids.present(pid):
+                    # Killed while idle, on this very host: not a taker. (One system call: a
+                    # /proc read costs 0.17 ms on an idle machine here. An exited process that
+                    # nobody reaped yet still looks present: its lease finds it.)
+                    del free[k]
                     continue
                 break
             if k < 0:
