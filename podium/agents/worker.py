@@ -5,8 +5,9 @@ anyone's), run it through the backend, record the result and claim the next one 
 transaction; when nothing is queued, sleep on the store's wake-up channel until a task arrives
 (or the heartbeat is due). A task added while the worker waits is usually handed to it by the
 adder's own transaction: the wake-up carries the task (or says to read it), and the worker
-starts it without a claim of its own (its first heartbeat, or its result, records the start). While a task runs the worker heartbeats (extending the lease), and
-stops the backend on cancel, on timeout, or when the lease was lost.
+starts it without a claim of its own (its first heartbeat, or its result, records the start).
+While a task runs the worker heartbeats (extending the lease), and stops the backend on cancel,
+on timeout, or when the lease was lost.
 
 Signals: SIGTERM stops now — the running task is killed and handed back to the queue without
 counting the attempt — then the agent deregisters. SIGINT drains — the running task finishes —
