@@ -20,12 +20,8 @@ def present(pid: int) -> bool:
 def exists(pid: int) -> bool:
     """Whether ``pid`` is a process that has not exited. A zombie nobody has reaped yet (a
     container's PID 1 may never do it) has exited."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not present(pid):
         return False
-    except PermissionError:
-        return True
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"

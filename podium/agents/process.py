@@ -105,7 +105,9 @@ class _Spawned:
         return self.returncode
 
 
-_SPAWN = hasattr(os, "posix_spawn") and hasattr(os, "POSIX_SPAWN_DUP2")
+# (without /proc the descriptors this process was given cannot be listed: Popen closes them)
+_SPAWN = hasattr(os, "posix_spawn") and hasattr(os, "POSIX_SPAWN_DUP2") and \
+    os.path.isdir("/proc/self/fd")
 _swept = False
 
 
@@ -115,7 +117,7 @@ def _no_inherited_fds() -> None:
     global _swept
     if _swept:
         return
-    for name in os.listdir("/proc/self/fd") if os.path.isdir("/proc/self/fd") else ():
+    for name in os.listdir("/proc/self/fd"):
         fd = int(name)
         if fd > 2:
             try:
@@ -126,8 +128,7 @@ def _no_inherited_fds() -> None:
 
 
 def _start(argv: list[str], cwd: str, env: dict[str, str], with_stdin: bool):
-    if _SPAWN and os.path.isabs(argv[0]) and os.path.isdir("/proc/self/fd") and \
-            cwd == os.getcwd():
+    if _SPAWN and os.path.isabs(argv[0]) and cwd == os.getcwd():
         _no_inherited_fds()
         return _Spawned(argv, env, with_stdin)
     return subprocess.Popen(

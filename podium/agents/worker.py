@@ -208,11 +208,11 @@ class Worker:
                     if time.monotonic() >= self._next_heartbeat:
                         self._heartbeat()
                     # The finished tasks' results and the next claim: one transaction.
-                    pushed = self.waiter.take_push() or look
+                    handed = self.waiter.take_push() or ([b""] if look else [])
                     tasks = self.store.claim_batch(self.name, self.roles, self.lease_s,
-                                                   finishes, batch, pushed)
+                                                   finishes, batch, handed)
                     finishes = []
-                    if pushed:
+                    if handed:
                         tasks = [t for t in tasks if (t.id, t.attempts) not in self._started]
                     backoff = 0.0
                     look = False

@@ -36,8 +36,9 @@ class Waiter(Protocol):
 
     def poke(self) -> None: ...
 
-    def take_push(self) -> bool:
-        """Whether a task was handed to this agent since the last call (see ``claim_batch``)."""
+    def take_push(self) -> list[bytes]:
+        """The hand-offs to this agent since the last call: each one's task payload, or ``b""``
+        when the task is to be read from the store (see ``claim_batch``)."""
         ...
 
     def close(self) -> None: ...
@@ -133,15 +134,16 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def claim_batch(
         self, agent_id: str, roles: list[str], lease_s: float, finishes: list[Finish], limit: int,
-        pushed: bool = False,
+        handed: list[bytes] | tuple = (),
     ) -> list[Task]:
         """Record every result in ``finishes`` and claim up to ``limit`` tasks (best first), in
         one transaction. ``claim`` is the one-task case.
 
-        With ``pushed`` (the agent's waiter said a task was handed to it), first return the
-        tasks handed to this agent that it has not picked up; with no results to record that
-        takes no write at all. Such a task is running with no ``started_at`` until the worker's
-        first heartbeat for it or its result."""
+        ``handed`` is what the agent's waiter said of tasks handed to it (``take_push``): each
+        hand-off's task payload, or ``b""`` for one to read from the store (also given to look
+        anyway). Such tasks come first; with no results to record that takes no write at all,
+        and when every payload is there, no read either. A handed task is running with no
+        ``started_at`` until the worker's first heartbeat for it or its result."""
 
     @abc.abstractmethod
     def finish(self, agent_id: str, finish: Finish) -> TaskState | None:

@@ -300,15 +300,16 @@ class PostgresStore(SqlStore):
         # commit's settings, the events lock and the notifications (these are delivered at
         # COMMIT, wherever they stand in the transaction): psycopg's cost per statement is the
         # larger part of a short transaction here. A bulk write stays a statement of its own.
-        clauses: list[str] = []
+        clauses: list[str] = []  # WITH clauses, and their parameters
         params: list = []
+        calls: list[str] = []  # the SELECT's list, and its parameters
+        call_params: list = []
         for sql, args, many in tx.deferred:
             if many and len(args) != 1:
                 tx.executemany(sql, args)
                 continue
             clauses.append(f"d{len(clauses)} AS ({_convert(sql)})")
             params += args[0] if many else args
-        calls: list[str] = []
         if tx.relaxed:
             # A claim lost in a server crash only puts its task back in the queue (the worker's
             # late result is refused, as after an expired lease): no need to wait for the disk.
@@ -320,7 +321,6 @@ class PostgresStore(SqlStore):
             # reader's cursor never passes an id that a slower transaction has yet to commit.
             # Up to a few hundred events go in the same statement, their INSERT reading the
             # lock's row (so the ids are drawn after it); more go in statements of their own.
-            calls.append("pg_notify(%s, '')")
             if len(events) <= 200:
                 clauses.append("l AS (SELECT pg_advisory_xact_lock(%s))")
                 rows = ", ".join(["(%s::float8, %s::text, %s::text, %s::text, %s::text)"]
@@ -329,27 +329,27 @@ class PostgresStore(SqlStore):
                                f"SELECT v.* FROM (VALUES {rows}) AS v, l)")
                 params += [self._lock_key, *(v for row in events for v in row)]
                 tx.events = []
-            else:
+            else:  # (written by _write_events below, after this statement took the lock)
                 calls.append("pg_advisory_xact_lock(%s)")
-            params.append(self.channel_events)
-            if tx.events:
-                params.append(self._lock_key)
+                call_params.append(self._lock_key)
+            calls.append("pg_notify(%s, '')")
+            call_params.append(self.channel_events)
         handed = set()
         for agent, payload in tx.pushed:  # a task handed over, and the task if it fits
             calls.append("pg_notify(%s, %s)")
-            params += [self.channel_wake, _handoff_prefix(agent) + payload.decode("ascii")]
+            call_params += [self.channel_wake, _handoff_prefix(agent) + payload.decode("ascii")]
             handed.add(agent)
         if tx.wake_agents is ALL_AGENTS:
             calls.append("pg_notify(%s, %s)")
-            params += [self.channel_wake, _ALL]
+            call_params += [self.channel_wake, _ALL]
         else:
             for agent in tx.wake_agents:  # type: ignore[union-attr]
                 if agent not in handed:
                     calls.append("pg_notify(%s, %s)")
-                    params += [self.channel_wake, agent]
+                    call_params += [self.channel_wake, agent]
         if calls or clauses:
             with_sql = f"WITH {', '.join(clauses)} " if clauses else ""
-            tx.cur.execute(f"{with_sql}SELECT {', '.join(calls) or '1'}", params)
+            tx.cur.execute(f"{with_sql}SELECT {', '.join(calls) or '1'}", params + call_params)
         self._write_events(tx)
 
     def _after_copy(self, tx: Tx) -> None:
