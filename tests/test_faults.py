@@ -50,7 +50,7 @@ def test_kill9_mid_task_requeues_and_completes_exactly_once(podium, workers, sto
     for name in ("w1", "w2"):
         workers.start(name, backend="shell", lease=LEASE, heartbeat=HEARTBEAT)
     t = podium.add_task('sleep 2; echo "done by $PODIUM_AGENT_ID"')
-    running = wait_for(lambda: (x := podium.task(t.id)).state is TaskState.RUNNING and x,
+    running = wait_for(lambda: (x := podium.task(t.id)).started_at and x,
                        10, what="the task to start")
     victim = running.agent_id
     survivor = "w2" if victim == "w1" else "w1"
@@ -92,7 +92,7 @@ def _orphan_scenario(podium, workers, tmp_path):
     """A task with a side effect after 4 s; its worker is killed -9 while it runs."""
     mark = tmp_path / "side-effect"
     t = podium.add_task(f'sleep 4; echo "$PODIUM_AGENT_ID" >> "{mark}"; echo done')
-    running = wait_for(lambda: (x := podium.task(t.id)).state is TaskState.RUNNING and x,
+    running = wait_for(lambda: (x := podium.task(t.id)).started_at and x,
                        10, what="the task to start")
     orphans_before = wait_for(
         lambda: orphans.find(podium.store.url, running.agent_id, {t.id}), 10,
@@ -164,7 +164,7 @@ def test_kill9_on_last_attempt_fails_the_task(podium, workers, store):
     workers.start("w1", backend="shell", lease=LEASE, heartbeat=HEARTBEAT)
     workers.start("w2", backend="shell", lease=LEASE, heartbeat=HEARTBEAT)
     t = podium.add_task("sleep 30", max_attempts=1)
-    running = wait_for(lambda: (x := podium.task(t.id)).state is TaskState.RUNNING and x,
+    running = wait_for(lambda: (x := podium.task(t.id)).started_at and x,
                        10, what="the task to start")
     workers.kill9(running.agent_id)
     done = podium.wait(t.id, 30)

@@ -41,8 +41,13 @@ def kinds(store, task_id: str) -> list[str]:
 
 
 def wait_state(podium, task_id: str, state: TaskState, timeout: float = 15.0):
-    return wait_for(lambda: podium.task(task_id).state is state and podium.task(task_id),
-                    timeout, what=f"task {task_id} to be {state.value}")
+    """The task in ``state``; for RUNNING, also started: a task handed to an idle worker is
+    running from the add on, and records its start once the worker has begun it."""
+    def reached():
+        t = podium.task(task_id)
+        return t.state is state and (state is not TaskState.RUNNING or t.started_at) and t
+
+    return wait_for(reached, timeout, what=f"task {task_id} to be {state.value}")
 
 
 def finished(podium, task_id: str, timeout: float = 30.0):
