@@ -233,3 +233,11 @@ def test_worker_killed_while_idle_is_passed_over(podium, workers):
     assert time.monotonic() - began < 10  # the lease is 30 s
     assert {podium.task(i).agent_id for i in ids} == {"steady"}
     assert all(podium.task(i).attempts == 1 for i in ids)
+
+
+def test_wake_up_that_is_not_a_task_is_read_from_the_store(store):
+    reg(store)
+    t = add(store, EXOTIC)[0]
+    for junk in (b"garbage", b"[1, 2]", b'["x"] and more', b"\xff", b"{}", b""):
+        got = store.claim_batch("a1", [], 30, [], 8, [junk])
+        assert [(x.id, x.prompt, x.attempts) for x in got] == [(t.id, EXOTIC, 1)], junk

@@ -152,6 +152,7 @@ class Worker:
                              tmux_session=os.environ.get("PODIUM_TMUX_SESSION"))
         self.echo_output = echo_output
         self._base_env: dict[str, str] | None = None
+        self._spare_env: dict[str, str] | None = None
         self._context: tuple[int | None, list] = (None, [])
         self.stop: str | None = None  # None, "drain" or "now"
         self.waiter = None
@@ -189,6 +190,8 @@ class Worker:
         self.waiter = self.store.agent_waiter(self.name)
         self.log(f"registered (backend {self.backend.name}, roles {self.roles or 'any'}, "
                  f"store {self.store.url})")
+        if not self.backend.inline:
+            self._spare_env = self._spare()
         finishes: list[Finish] = []
         # In-process instant backends take several tasks per transaction; others one at a time.
         batch = CLAIM_BATCH if self.backend.inline else 1
@@ -229,6 +232,8 @@ class Worker:
                             break
                         self._started.append((task.id, task.attempts))
                         outcome = self._execute(task)
+                        if not self.backend.inline:  # (programs: the next one's environment)
+                            self._spare_env = self._spare()
                         if outcome is not None:
                             finishes.append(Finish(task.id, task.attempts, outcome))
                 except StoreUnavailable as e:
@@ -272,12 +277,18 @@ class Worker:
             return self.store.heartbeat(self.name, self.lease_s)
         return self.store.heartbeat(self.name, self.lease_s, task.id, task.attempts)
 
-    def _env(self, task: Task) -> dict[str, str]:
+    def _spare(self) -> dict[str, str]:
         if self._base_env is None:  # os.environ is slow to copy: do it once per worker
             self._base_env = dict(os.environ, PODIUM_AGENT_ID=self.name,
                                   PODIUM_STORE=self.store.url)
             self._base_env.pop("PODIUM_TASK_CONTEXT", None)
-        env = dict(self._base_env, PODIUM_TASK_ID=task.id)
+        return dict(self._base_env)
+
+    def _env(self, task: Task) -> dict[str, str]:
+        # The copy for the next task is made after this one (see run): copying costs ~0.1 ms
+        # on the cold CPU a task wakes up to, and only ~2 µs once the worker is running.
+        env, self._spare_env = self._spare_env or self._spare(), None
+        env["PODIUM_TASK_ID"] = task.id
         if task.context and len(task.context) < 25_000:  # well under one argument's limit
             env["PODIUM_TASK_CONTEXT"] = task.context
         return env
