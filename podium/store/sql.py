@@ -143,6 +143,11 @@ def _queued_data(priority: Priority, role: str | None) -> str:
                        "depends_on": [], "error": None}, ensure_ascii=False)
 
 
+@functools.lru_cache(maxsize=1)
+def _hostname() -> str:
+    return socket.gethostname()  # (a system call, on every hand-off otherwise)
+
+
 def _roles(stored: str) -> set[str]:
     # (most agents take any role: no JSON parser to wake up on a cold CPU for them)
     return set() if stored == "[]" else set(json.loads(stored))
@@ -572,7 +577,7 @@ class SqlStore(Store):
         if not idle:
             return False
         gen = int(idle[0]["gen"])
-        here = socket.gethostname()
+        here = _hostname()
         # An agent killed while idle on this very host is not a taker. (One system call: a
         # /proc read costs 0.17 ms on an idle machine here. An exited process nobody reaped
         # yet still looks present: its lease finds it.)
@@ -625,16 +630,16 @@ class SqlStore(Store):
         return tasks[0] if tasks else None
 
     def claim_batch(self, agent_id, roles, lease_s, finishes, limit, handed=()) -> list[Task]:
+        if not finishes and handed and limit >= 1 and all(handed):
+            try:  # every task came with its wake-up
+                return [_from_payload(p) for p in handed]
+            except (ValueError, TypeError, KeyError):
+                pass  # not one of ours: the store says what was handed over
         sql, role_params = self._candidate_sql(roles)
         params = [agent_id, *role_params]
         if not finishes:
             if limit < 1:
                 return []
-            if handed and all(handed):
-                try:  # every task came with its wake-up
-                    return [_from_payload(p) for p in handed]
-                except (ValueError, TypeError, KeyError):
-                    pass  # not one of ours: the store says what was handed over
             if self.precheck_claims or handed:
                 # A cheap look without the write lock: tasks handed to this agent are already
                 # its own, and most wake-ups of a crowd of idle agents end here.
