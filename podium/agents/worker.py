@@ -46,7 +46,7 @@ class _OutputStream:
 
     def __init__(self, store: Store, agent_id: str, task_id: str):
         self.store, self.agent_id, self.task_id = store, agent_id, task_id
-        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self.decoder = None  # (made with the first output: a task starts sooner without it)
         self.pending: list[str] = []
         self.sent = 0
         self.last = time.monotonic()
@@ -59,6 +59,8 @@ class _OutputStream:
             if self.sent >= STREAM_LIMIT_BYTES:
                 return
             self.sent += len(chunk)
+            if self.decoder is None:
+                self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
             self.pending.append(self.decoder.decode(chunk))
             if time.monotonic() - self.last >= STREAM_INTERVAL_S:
                 self._flush()
@@ -93,7 +95,8 @@ class _OutputStream:
             if self.timer is not None:
                 self.timer.cancel()
                 self.timer = None
-            self.pending.append(self.decoder.decode(b"", final=True))
+            if self.decoder is not None:
+                self.pending.append(self.decoder.decode(b"", final=True))
             self._flush()
 
 
