@@ -657,12 +657,19 @@ def mcp_serve(c: Ctx, use_http, host, port) -> None:
 @click.option("--dir", "directory", type=click.Path(file_okay=False), default=".",
               show_default=True, help="Project directory.")
 @click.option("--name", default="podium", show_default=True, help="Server name in the file.")
+@click.option("--with-password", is_flag=True,
+              help="Write a PostgreSQL store's password into the file too (by default it is "
+                   "left out: .mcp.json is usually committed).")
 @pass_ctx
-def mcp_install(c: Ctx, scope, directory, name) -> None:
+def mcp_install(c: Ctx, scope, directory, name, with_password) -> None:
     """Write or merge .mcp.json so that Claude Code starts 'podium mcp serve' on this store."""
     from podium.mcp import install
 
-    path, entry = install(c.podium.store.url, directory, name, scope)
+    path, entry, left_out = install(c.podium.store.url, directory, name, scope, with_password)
+    if left_out:
+        click.echo("the store's password was left out of the file (it is usually committed): "
+                   "give it to Claude Code's environment as PGPASSWORD, or put it in ~/.pgpass; "
+                   "--with-password writes it", err=True)
     _write(f"wrote server {name!r} to {path}:\n")
     _json(entry)
 

@@ -474,6 +474,31 @@ def test_install_new_file(store_url, podium, tmp_path):
     assert list(data["mcpServers"]) == ["podium"]
 
 
+def test_install_leaves_a_postgres_password_out(pg_url, tmp_path):
+    from podium.service import Podium
+
+    # (this server trusts local connections: the password is carried, never checked)
+    with_user = pg_url.replace("postgresql://", "postgresql://root:s3cr%40t@", 1)
+    for url in (with_user, pg_url + "&password=s3cr%40t"):
+        r = run_cli("mcp", "install", store_url=url)
+        assert r.returncode == 0, r.stderr
+        assert b"password was left out" in r.stderr and b"PGPASSWORD" in r.stderr
+        text = (tmp_path / ".mcp.json").read_text()
+        assert "s3cr" not in text
+        written = json.loads(text)["mcpServers"]["podium"]["args"][3]
+        # the same store without the password: what one adds, the other sees
+        a, b = Podium.open(url), Podium.open(written)
+        try:
+            assert b.task(a.add_task("seen?").id).prompt == "seen?"
+        finally:
+            a.close()
+            b.close()
+    r = run_cli("mcp", "install", "--with-password", store_url=with_user)
+    assert r.returncode == 0 and b"left out" not in r.stderr
+    assert "root:s3cr%40t@" in json.loads((tmp_path / ".mcp.json").read_text())[
+        "mcpServers"]["podium"]["args"][3]
+
+
 # -- the official MCP Inspector CLI ---------------------------------------------------------
 
 INSPECTOR = ROOT / ".cache" / "npm-inspector" / "node_modules" / ".bin" / "mcp-inspector"

@@ -4,6 +4,10 @@ Claude Code reads project-scoped MCP servers from ``.mcp.json`` at the project r
 runs this Python (absolute path) as ``python -m podium --store <absolute store URL> mcp serve``,
 so it works from any directory and without an activated venv. Other servers in the file are
 kept; the file is replaced atomically.
+
+``.mcp.json`` is meant to be committed with the project, so a PostgreSQL store's password is
+left out of it unless asked for (``keep_password``): the server then gets it the way any
+libpq client does, from ``PGPASSWORD`` in Claude Code's environment or from ``~/.pgpass``.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from podium.errors import InvalidInput, StoreError
 
@@ -29,9 +34,32 @@ def server_entry(store_url: str) -> dict[str, Any]:
     }
 
 
+def without_password(url: str) -> tuple[str, bool]:
+    """A PostgreSQL URL without its password (in the user part or a ``password=`` parameter),
+    and whether it had one. Other URLs are returned as they are."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgres", "postgresql"):
+        return url, False
+    had = False
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, host = netloc.rsplit("@", 1)
+        netloc = f"{userinfo.split(':', 1)[0]}@{host}"
+        had = True
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    kept = [(k, v) for k, v in query if k != "password"]
+    if len(kept) != len(query):
+        had = True
+    if not had:
+        return url, False
+    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(kept))), True
+
+
 def install(store_url: str, directory: str | os.PathLike = ".", name: str = "podium",
-            scope: str = "project") -> tuple[Path, dict[str, Any]]:
-    """Write or merge ``<directory>/.mcp.json``; returns the path and the entry written."""
+            scope: str = "project",
+            keep_password: bool = False) -> tuple[Path, dict[str, Any], bool]:
+    """Write or merge ``<directory>/.mcp.json``; returns the path, the entry written and
+    whether a password was left out of it."""
     if scope not in SCOPES:
         raise InvalidInput(f"bad scope {scope!r}: expected {', '.join(SCOPES)}")
     if not name.strip():
@@ -53,6 +81,9 @@ def install(store_url: str, directory: str | os.PathLike = ".", name: str = "pod
     servers = data.setdefault("mcpServers", {})
     if not isinstance(servers, dict):
         raise InvalidInput(f"{path}: mcpServers is not an object; fix or remove it first")
+    left_out = False
+    if not keep_password:
+        store_url, left_out = without_password(store_url)
     entry = server_entry(store_url)
     servers[name] = entry
     text = json.dumps(data, ensure_ascii=False, indent=2) + "\n"
@@ -67,4 +98,4 @@ def install(store_url: str, directory: str | os.PathLike = ".", name: str = "pod
         os.replace(tmp, path)
     except OSError as e:
         raise StoreError(f"cannot write {path}: {e.strerror}") from None
-    return path, entry
+    return path, entry, left_out
