@@ -18,9 +18,9 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from podium.errors import InvalidInput, StoreError
+from podium.store.postgres import without_password
 
 SCOPES = ("project",)
 
@@ -32,27 +32,6 @@ def server_entry(store_url: str) -> dict[str, Any]:
         "args": ["-m", "podium", "--store", store_url, "mcp", "serve"],
         "env": {},
     }
-
-
-def without_password(url: str) -> tuple[str, bool]:
-    """A PostgreSQL URL without its password (in the user part or a ``password=`` parameter),
-    and whether it had one. Other URLs are returned as they are."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("postgres", "postgresql"):
-        return url, False
-    had = False
-    netloc = parts.netloc
-    if parts.password is not None:
-        userinfo, host = netloc.rsplit("@", 1)
-        netloc = f"{userinfo.split(':', 1)[0]}@{host}"
-        had = True
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    kept = [(k, v) for k, v in query if k != "password"]
-    if len(kept) != len(query):
-        had = True
-    if not had:
-        return url, False
-    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(kept))), True
 
 
 def install(store_url: str, directory: str | os.PathLike = ".", name: str = "podium",

@@ -24,7 +24,7 @@ import select
 import time
 from pathlib import Path
 from typing import Iterator
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from podium.errors import StoreError, StoreUnavailable
 from podium.store.migrations import MIGRATIONS
@@ -55,6 +55,27 @@ def redact(url: str) -> str:
     netloc = parts.netloc.rsplit("@", 1)
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))
+
+
+def without_password(url: str) -> tuple[str, bool]:
+    """A PostgreSQL URL without its password (in the user part or a ``password=`` parameter),
+    and whether it had one. Other URLs are returned as they are."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgres", "postgresql"):
+        return url, False
+    had = False
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, host = netloc.rsplit("@", 1)
+        netloc = f"{userinfo.split(':', 1)[0]}@{host}"
+        had = True
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    kept = [(k, v) for k, v in query if k != "password"]
+    if len(kept) != len(query):
+        had = True
+    if not had:
+        return url, False
+    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(kept))), True
 
 
 def _psycopg():

@@ -244,7 +244,6 @@ class SqlStore(Store):
     #: The largest task payload a wake-up carries (a larger task is read by its agent).
     payload_limit = 60_000
 
-
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
         cls._record_sql = {}  # one result-recording statement per batch size
