@@ -30,4 +30,5 @@ class BackendUnavailable(PodiumError):
 
 
 class StoreUnavailable(StoreError):
-    """The store's server cannot be reached right now (a retry may succeed)."""
+    """The store cannot be used right now — its server is unreachable, its disk is full, a
+    lock is held too long — and a retry may succeed."""

@@ -1,12 +1,17 @@
-"""Cross-process wake-ups for one SQLite store.
+"""Cross-process wake-ups for one SQLite store: hints, never commands.
 
 Each waiting process binds a Unix datagram socket in a directory that belongs to the store.
 After a commit that matters to them, writers send one byte to the sockets concerned: an idle
 agent wakes from ``select`` within microseconds instead of polling the database. A wake-up
-carries no data but its kind — ``.`` for a plain wake-up, after which the woken process re-reads
-the store — except a hand-off: ``p`` followed by the task handed to that agent (see
-``SqlStore.add_tasks``), which the agent starts without reading the store. Sockets
-whose process died are removed by the first writer that finds them refusing.
+carries nothing but a hint — ``.`` "look at the store", ``h`` "a task was handed to you, read
+it from the store" — so whatever arrives on a socket can at most make a process read the
+store: what runs always comes from the store. Sockets whose process died are removed by the
+first writer that finds them refusing.
+
+The directory is private to this user, as tmux's and ssh's are: ``$XDG_RUNTIME_DIR/podium``
+when that is set, else ``/tmp/podium-<uid>``, created 0700 and checked on every use (a
+directory, not a symlink, owned by this user, no access for anyone else). Another local user
+who made it first cannot receive or forge wake-ups: Podium refuses to use it and says why.
 
 Socket names: ``a.<hash of agent id>.sock`` for agents (so a task aimed at one agent wakes only
 that agent) and ``w.<pid>.<random>.sock`` for watchers that want every event.
@@ -21,13 +26,15 @@ import os
 import secrets
 import select
 import socket
-import tempfile
+import stat
 import time
 from pathlib import Path
 
+from podium.errors import StoreError
+
 ALL_AGENTS = object()
-#: The largest datagram sent or read (a hand-off's payload is kept below it).
-MAX_DATAGRAM = 65_536
+#: The wake-up kinds (one byte each).
+LOOK, HANDED = b".", b"h"
 
 
 @functools.lru_cache(maxsize=4096)
@@ -35,11 +42,52 @@ def _agent_sock_name(agent_id: str) -> str:
     return "a." + hashlib.sha1(agent_id.encode("utf-8")).hexdigest()[:12] + ".sock"
 
 
+def runtime_dir() -> Path:
+    """This user's directory for wake-up sockets (see the module's docstring)."""
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "podium"
+    return Path("/tmp") / f"podium-{os.getuid()}"
+
+
 def channel_dir(store_key: str) -> Path:
-    """A short directory (socket paths are limited to ~108 bytes) private to this user."""
-    base = Path("/tmp") if Path("/tmp").is_dir() else Path(tempfile.gettempdir())
+    """A short directory (socket paths are limited to ~108 bytes) for one store's sockets."""
     digest = hashlib.sha256(store_key.encode("utf-8")).hexdigest()[:16]
-    return base / f"podium-{os.getuid()}" / digest
+    return runtime_dir() / digest
+
+
+def private_dir(path: Path) -> Path:
+    """Make ``path`` (and the runtime directory above it) when missing, then check that each is
+    ours alone; StoreError saying what is wrong otherwise."""
+    for d in (path.parent, path):
+        try:
+            os.mkdir(d, 0o700)
+            os.chmod(d, 0o700)  # (whatever the umask took away)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise StoreError(f"cannot create the wake-up directory {d}: {e.strerror}") from None
+        check_private(d)
+    return path
+
+
+def check_private(d: Path) -> None:
+    """Refuse a directory that another user could have made, that is reached through a link,
+    or that others may read or write."""
+    try:
+        st = os.lstat(d)
+    except OSError as e:
+        raise StoreError(f"cannot use the wake-up directory {d}: {e.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise StoreError(f"the wake-up directory {d} is not a directory (a symlink or a file "
+                         "someone put there); remove it and try again")
+    if st.st_uid != os.getuid():
+        raise StoreError(f"the wake-up directory {d} belongs to uid {st.st_uid}, not to you "
+                         f"(uid {os.getuid()}): another user made it; remove it, or set "
+                         "XDG_RUNTIME_DIR to a private directory of yours")
+    if st.st_mode & 0o077:
+        raise StoreError(f"the wake-up directory {d} is open to other users (mode "
+                         f"{stat.S_IMODE(st.st_mode):o}); run 'chmod 700 {d}' if you made it")
 
 
 class Listener:
@@ -52,14 +100,15 @@ class Listener:
             self.sock.bind(str(path))
         except OSError as e:
             if e.errno != errno.EADDRINUSE:
-                raise
+                self.sock.close()
+                raise StoreError(f"cannot listen for wake-ups at {path}: {e.strerror}") from None
             # A previous process with this name died without cleaning up.
             path.unlink(missing_ok=True)
             self.sock.bind(str(path))
         self.sock.setblocking(False)
         self._inode = os.stat(path).st_ino
-        self._handed: list[bytes] = []
-        self._buf = bytearray(MAX_DATAGRAM)
+        self._handed = False
+        self._buf = bytearray(64)
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -72,13 +121,13 @@ class Listener:
             except (BlockingIOError, InterruptedError):
                 return n
             n += 1
-            if size and self._buf[0] == 0x70:  # b"p": a hand-off, and its task if it fitted
-                self._handed.append(bytes(self._buf[1:size]))
+            if size and self._buf[0] == HANDED[0]:
+                self._handed = True
 
-    def take_push(self) -> list[bytes]:
-        """The hand-offs that arrived since the last call (seen by ``wait``): each one's task
-        payload, or ``b""`` when the task has to be read from the store."""
-        handed, self._handed = self._handed, []
+    def handed_over(self) -> bool:
+        """Whether a wake-up since the last call said a task was handed to this agent (a hint:
+        the store says which, if any)."""
+        handed, self._handed = self._handed, False
         return handed
 
     def wait(self, timeout: float | None) -> bool:
@@ -126,26 +175,27 @@ class WakeChannel:
         self._sender: socket.socket | None = None
         self._listing: tuple[int, list[str]] | None = None
 
-    def _ensure_dir(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-
     def agent_listener(self, agent_id: str) -> Listener:
-        self._ensure_dir()
-        return Listener(self.dir / _agent_sock_name(agent_id))
+        return Listener(private_dir(self.dir) / _agent_sock_name(agent_id))
 
     def watch_listener(self) -> Listener:
-        self._ensure_dir()
-        return Listener(self.dir / f"w.{os.getpid()}.{secrets.token_hex(4)}.sock")
+        return Listener(private_dir(self.dir) / f"w.{os.getpid()}.{secrets.token_hex(4)}.sock")
 
     def _names(self) -> list[str]:
         try:
-            mtime = os.stat(self._prefix).st_mtime_ns
+            st = os.lstat(self._prefix[:-1])
         except FileNotFoundError:
-            return []
+            return []  # no process listens yet
+        except OSError:
+            check_private(self.dir.parent)  # (says what is wrong with it)
+            raise
+        mtime = st.st_mtime_ns
         # Directory times tick coarsely (several ms): trust a cached listing only once its
         # mtime is old enough that a later change could not share the same tick.
         fresh = time.time_ns() - mtime < 200_000_000
         if self._listing is None or self._listing[0] != mtime or fresh:
+            check_private(self.dir.parent)
+            check_private(self.dir)
             try:
                 names = [e.name for e in os.scandir(self.dir) if e.name.endswith(".sock")]
             except FileNotFoundError:
@@ -154,18 +204,19 @@ class WakeChannel:
         return self._listing[1]
 
     def notify(self, agents: object = (), watchers: bool = True,
-               pushed: list[tuple[str, bytes]] = ()) -> None:
-        """Wake the given agents (an iterable of ids, or ``ALL_AGENTS``) and all watchers, and
-        hand the ``pushed`` agents their task payloads."""
+               handed: set[str] | frozenset[str] = frozenset()) -> None:
+        """Wake the given agents (an iterable of ids, or ``ALL_AGENTS``) and all watchers; tell
+        the ``handed`` agents that a task was handed to them. Raises StoreError when the
+        directory is not private (see ``check_private``)."""
         names = self._names()
         if not names:
             return
-        handed = {_agent_sock_name(a): b"p" + payload for a, payload in pushed}
+        told = {_agent_sock_name(a) for a in handed}
         if agents is ALL_AGENTS:
             targets = [n for n in names if n.startswith("a.") or (watchers and n.startswith("w."))]
         else:
-            wanted = {_agent_sock_name(a) for a in agents}  # type: ignore[union-attr]
-            targets = [n for n in names if n in wanted or n in handed or
+            wanted = {_agent_sock_name(a) for a in agents}  # type: ignore[attr-defined]
+            targets = [n for n in names if n in wanted or n in told or
                        (watchers and n.startswith("w."))]
         if not targets:
             return
@@ -175,13 +226,7 @@ class WakeChannel:
         for name in targets:
             path = self._prefix + name
             try:
-                data = handed.get(name, b".")
-                try:
-                    self._sender.sendto(data, path)
-                except OSError as e:
-                    if e.errno != errno.EMSGSIZE or len(data) == 1:
-                        raise
-                    self._sender.sendto(b"p", path)  # too big here: the agent reads the task
+                self._sender.sendto(HANDED if name in told else LOOK, path)
             except (BlockingIOError, InterruptedError):
                 pass  # its queue is full: it has a wake-up pending already
             except (ConnectionRefusedError, FileNotFoundError):

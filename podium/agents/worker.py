@@ -4,9 +4,9 @@ Life of a worker: register; then loop — claim the next task (its own id, one o
 anyone's), run it through the backend, record the result and claim the next one in the same
 transaction; when nothing is queued, sleep on the store's wake-up channel until a task arrives
 (or the heartbeat is due). A task added while the worker waits is usually handed to it by the
-adder's own transaction: the wake-up carries the task (or says to read it), and the worker
-starts it without a claim of its own (its first heartbeat, or its result, records the start).
-While a task runs the worker heartbeats (extending the lease), and stops the backend on cancel,
+adder's own transaction: the wake-up says so (a hint, never the task itself: the worker reads
+what was handed to it from the store) and the worker starts it without a claim of its own (its
+first heartbeat, or its result, records the start). While a task runs the worker heartbeats (extending the lease), and stops the backend on cancel,
 on timeout, or when the lease was lost.
 
 Signals: SIGTERM stops now — the running task is killed and handed back to the queue without
@@ -146,7 +146,7 @@ class Worker:
         self.heartbeat_s = heartbeat_s or max(0.2, lease_s / 6)
         self.workdir = Path(workdir or os.getcwd())
         self.max_output = max_output
-        self.log = log or (lambda msg: print(f"[{name}] {msg}", file=sys.stderr, flush=True))
+        self.log = log or self._log_to_stderr
         self.meta = meta or {}
         tmux = os.environ.get("TMUX")
         if tmux and os.environ.get("TMUX_PANE"):  # running in a pane: say which, for `down`
@@ -165,6 +165,12 @@ class Worker:
         # (its wake-up, and a look at the store made before that wake-up was read).
         # (a dict kept as an ordered set of the last 256: looked up, not scanned)
         self._started: dict[tuple[str, int], None] = {}
+
+    def _log_to_stderr(self, msg: str) -> None:
+        try:
+            print(f"[{self.name}] {msg}", file=sys.stderr, flush=True)
+        except OSError:
+            pass  # (a full disk under the log file: the worker carries on without it)
 
     # -- signals ------------------------------------------------------------------------
     def _on_signal(self, signum, frame) -> None:
@@ -215,7 +221,7 @@ class Worker:
                     if time.monotonic() >= self._next_heartbeat:
                         self._heartbeat()
                     # The finished tasks' results and the next claim: one transaction.
-                    handed = self.waiter.take_push() or ([b""] if look else [])
+                    handed = self.waiter.handed_over() or look
                     tasks = self.store.claim_batch(self.name, self.roles, self.lease_s,
                                                    finishes, batch, handed)
                     finishes = []

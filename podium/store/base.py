@@ -5,7 +5,7 @@ and the append-only event log, and wakes waiting processes when something they c
 changes. Every state change of a task happens inside one store transaction, together with the
 event that records it, so readers following the event log never see a change without its event.
 
-Implementations: ``SQLiteStore`` (embedded, default) and, later, PostgreSQL. One contract test
+Implementations: ``SQLiteStore`` (embedded, default) and ``PostgresStore`` (several hosts). One contract test
 suite (``tests/test_store_contract.py``) runs against each.
 """
 
@@ -36,9 +36,9 @@ class Waiter(Protocol):
 
     def poke(self) -> None: ...
 
-    def take_push(self) -> list[bytes]:
-        """The hand-offs to this agent since the last call: each one's task payload, or ``b""``
-        when the task is to be read from the store (see ``claim_batch``)."""
+    def handed_over(self) -> bool:
+        """Whether a wake-up since the last call said a task was handed to this agent. Only a
+        hint: ``claim_batch(..., handed=True)`` reads from the store what, if anything, was."""
         ...
 
     def close(self) -> None: ...
@@ -134,16 +134,15 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def claim_batch(
         self, agent_id: str, roles: list[str], lease_s: float, finishes: list[Finish], limit: int,
-        handed: list[bytes] | tuple = (),
+        handed: bool = False,
     ) -> list[Task]:
         """Record every result in ``finishes`` and claim up to ``limit`` tasks (best first), in
         one transaction. ``claim`` is the one-task case.
 
-        ``handed`` is what the agent's waiter said of tasks handed to it (``take_push``): each
-        hand-off's task payload, or ``b""`` for one to read from the store (also given to look
-        anyway). Such tasks come first; with no results to record that takes no write at all,
-        and when every payload is there, no read either. A handed task is running with no
-        ``started_at`` until the worker's first heartbeat for it or its result."""
+        ``handed``: look for tasks handed to this agent first (its waiter said so, or it looks
+        anyway); with no results to record, finding one takes a read and no write. A handed
+        task is running with no ``started_at`` until the worker's first heartbeat for it or its
+        result."""
 
     @abc.abstractmethod
     def finish(self, agent_id: str, finish: Finish) -> TaskState | None:

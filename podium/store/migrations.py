@@ -177,6 +177,20 @@ ALTER TABLE agents ADD COLUMN pushable INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX tasks_pushed ON tasks (agent_id) WHERE state = 'running' AND started_at IS NULL;
 """,
     ),
+    (
+        # A random secret per store, readable only by those who may read the store's tables
+        # (``SqlStore.store_secret`` fills it in). PostgreSQL derives its notification channels
+        # from it, so a role that can merely connect cannot listen to them or send on them;
+        # and transactions lock this table (not an advisory lock, which any role can take) to
+        # write their events in id order.
+        "m005_store_key",
+        """
+CREATE TABLE store_key (
+    id INTEGER PRIMARY KEY,
+    secret TEXT NOT NULL
+);
+""",
+    ),
 ]
 
 

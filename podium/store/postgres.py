@@ -7,11 +7,16 @@ inside the committing transaction (delivered exactly when it commits).
 
 Event ids come from a sequence, which hands out numbers at insert time, not commit time: two
 transactions could commit their events out of id order and a reader following the cursor would
-skip one. Each transaction therefore writes its events last, under a transaction-scoped advisory
-lock, so events become visible in id order.
+skip one. Each transaction therefore writes its events last, holding an exclusive lock on the
+``store_key`` table until it commits, so events become visible in id order. (A table lock, not
+an advisory lock: a role without rights on Podium's tables cannot take it and stall the team.)
 
-Per-store names (notification channels, the advisory lock) are derived from the database and
-schema, so several Podium stores can share one server (``?options=-csearch_path%3Dmyteam``).
+Notifications are hints: ``*`` (every agent), an agent's id, or ``h:`` and an agent's id (a
+task was handed to it); what runs is always read from the store. Their channel names are
+derived from the store's secret (the ``store_key`` table), so a role that can merely connect
+can neither listen to a team's notifications nor send on them, and several Podium stores can
+share one server (``?options=-csearch_path%3Dmyteam``). Every lock wait gives up after
+LOCK_TIMEOUT_S with a clear error instead of hanging.
 """
 
 from __future__ import annotations
@@ -35,11 +40,9 @@ TYPES = {"id": "BIGSERIAL PRIMARY KEY", "blob": "BYTEA", "float": "DOUBLE PRECIS
          "dialect": "postgresql"}
 _PIPELINE = True  # libpq pipeline mode for a transaction's tail (checked when the store opens)
 _ALL = "*"
-
-
-def _handoff_prefix(agent_id: str) -> str:
-    """How a hand-off's notification begins (the agent's id with its length: unambiguous)."""
-    return f"p:{len(agent_id)}:{agent_id}"
+_HANDED = "h:"  # + an agent's id: a task was handed to it
+#: How long any statement waits for a lock before it fails with a clear error.
+LOCK_TIMEOUT_S = 10
 
 
 @functools.lru_cache(maxsize=512)
@@ -107,6 +110,7 @@ def _explain(e: Exception, url: str) -> StoreError:
 
 def _configure(conn) -> None:
     conn.execute("SET idle_in_transaction_session_timeout = '60s'")
+    conn.execute(f"SET lock_timeout = '{LOCK_TIMEOUT_S}s'")
     # Every Podium query is an index lookup or an ordered index range with LIMIT. With stale
     # statistics (a burst of adds before autovacuum's ANALYZE, or autovacuum off) the planner
     # picks a bitmap scan + sort of the whole queue for the claim: ~2 ms a claim at 10,000
@@ -141,9 +145,9 @@ class PgListener:
         os.set_blocking(self._r, False)
         os.set_blocking(self._w, False)
         self.conn = None
-        self._handed: list[bytes] = []
+        self._handed = False
         if agent_id is not None:
-            self._handoff = _handoff_prefix(agent_id)
+            self._handoff = _HANDED + agent_id
         self._connect()
 
     def _connect(self) -> None:
@@ -161,16 +165,15 @@ class PgListener:
     def _relevant(self, payload: str) -> bool:
         if self.agent_id is None or payload in (_ALL, self.agent_id):
             return True
-        if payload.startswith(self._handoff):  # a task handed to this agent, maybe with it
-            self._handed.append(payload[len(self._handoff):].encode("ascii"))
+        if payload == self._handoff:
+            self._handed = True
             return True
         return False
 
-    def take_push(self) -> list[bytes]:
-        """The hand-offs that arrived since the last call: each one's task payload, or ``b""``
-        when the task has to be read from the store (also after a reconnect, as notifications
-        may have been missed meanwhile)."""
-        handed, self._handed = self._handed, []
+    def handed_over(self) -> bool:
+        """Whether a notification since the last call said a task was handed to this agent
+        (also after a reconnect: notifications may have been missed meanwhile)."""
+        handed, self._handed = self._handed, False
         return handed
 
     def wait(self, timeout: float | None) -> bool:
@@ -182,15 +185,14 @@ class PgListener:
                 except StoreError:
                     time.sleep(min(1.0, timeout or 1.0))
                     return True  # let the caller try the store (and back off) itself
-                if self.agent_id is not None:  # hand-offs may have been missed meanwhile
-                    self._handed.append(b"")
+                self._handed = self.agent_id is not None  # (missed meanwhile, perhaps)
                 return True
             pg = self.conn.pgconn
             try:
                 pg.consume_input()
                 hit = False
                 while (n := pg.notifies()) is not None:
-                    hit = self._relevant(n.extra.decode()) or hit  # (each one: pushes count)
+                    hit = self._relevant(n.extra.decode(errors="replace")) or hit
                 if hit:
                     return True
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -228,7 +230,6 @@ class PostgresStore(SqlStore):
     precheck_claims = False  # a claim that finds nothing is one short read-only transaction
     concat_sql = "string_agg(depends_on, ' ')"
     events_in_one_statement = True
-    payload_limit = 7_000  # a notification's payload must stay under 8,000 bytes
     float_type = TYPES["float"]
     blob_type = TYPES["blob"]
 
@@ -247,10 +248,8 @@ class PostgresStore(SqlStore):
             raise _explain(e, url) from None
         if row[1] is None:
             raise StoreError(f"{redact(url)}: the schema in search_path does not exist")
-        key = hashlib.sha1(f"{row[0]}/{row[1]}".encode()).hexdigest()
-        self.channel_wake = f"podium_wake_{key[:12]}"
-        self.channel_events = f"podium_events_{key[:12]}"
-        self._lock_key = int(key[12:27], 16) & 0x7FFFFFFFFFFFFFFF
+        # One migrator at a time across every host (the store's own lock table may not exist yet).
+        self._migration_lock = int(hashlib.sha1(f"{row[0]}/{row[1]}".encode()).hexdigest()[:15], 16)
         # A host cut off mid-transaction must not hold its row locks for hours (the server's
         # default keepalive), nor hang its own worker: keepalives and a TCP user timeout bound
         # both, and the server ends transactions left idle.
@@ -273,6 +272,9 @@ class PostgresStore(SqlStore):
         _PIPELINE = psycopg.Pipeline.is_supported()
         if migrate:
             self.migrate()
+        key = hashlib.sha256(f"podium channels {self.store_secret()}".encode()).hexdigest()
+        self.channel_wake = f"podium_wake_{key[:24]}"
+        self.channel_events = f"podium_events_{key[24:48]}"
 
     # -- dialect hooks --------------------------------------------------------------
     @contextlib.contextmanager
@@ -283,13 +285,18 @@ class PostgresStore(SqlStore):
         try:
             with self._pool.connection() as conn:
                 yield conn
+        except psycopg.errors.LockNotAvailable:
+            raise StoreUnavailable(
+                f"{redact(self.url)}: waited {LOCK_TIMEOUT_S} s for a lock that another session "
+                "holds (pg_locks shows which); try again") from None
         except PoolTimeout:
             raise StoreUnavailable(f"cannot reach PostgreSQL at {redact(self.url)} "
                                    "(no connection within 5 s)") from None
         except psycopg.OperationalError as e:
             raise _explain(e, self.url) from None
         except psycopg.errors.DiskFull:
-            raise StoreError(f"the PostgreSQL server's disk is full ({redact(self.url)})") from None
+            raise StoreUnavailable(f"the PostgreSQL server's disk is full ({redact(self.url)}); "
+                                   "free some space there and retry") from None
         except psycopg.Error as e:
             raise StoreError(f"{redact(self.url)}: {e}".strip()) from None
 
@@ -315,7 +322,7 @@ class PostgresStore(SqlStore):
     def _before_commit(self, tx: Tx) -> None:
         conn, tail = getattr(tx, "pg_tail", (None, None))
         if conn is not None and _PIPELINE and (tx.events or tx.wake_agents or tx.deferred or
-                                               tx.pushed):
+                                               tx.handed):
             tail.enter_context(conn.pipeline())
         # One statement for the deferred writes (each a data-modifying WITH clause), the
         # commit's settings, the events lock and the notifications (these are delivered at
@@ -340,26 +347,22 @@ class PostgresStore(SqlStore):
         if events:
             # The lock is taken before the events get their ids, and held until COMMIT: a
             # reader's cursor never passes an id that a slower transaction has yet to commit.
-            # Up to a few hundred events go in the same statement, their INSERT reading the
-            # lock's row (so the ids are drawn after it); more go in statements of their own.
+            # (In the pipeline: no round trip of its own.) Up to a few hundred events go in the
+            # statement below; more go in statements of their own.
+            tx.cur.execute("LOCK TABLE store_key IN EXCLUSIVE MODE")
             if len(events) <= 200:
-                clauses.append("l AS (SELECT pg_advisory_xact_lock(%s))")
                 rows = ", ".join(["(%s::float8, %s::text, %s::text, %s::text, %s::text)"]
                                  * len(events))
                 clauses.append("e AS (INSERT INTO events (ts, kind, agent_id, task_id, data) "
-                               f"SELECT v.* FROM (VALUES {rows}) AS v, l)")
-                params += [self._lock_key, *(v for row in events for v in row)]
+                               f"VALUES {rows})")
+                params += [v for row in events for v in row]
                 tx.events = []
-            else:  # (written by _write_events below, after this statement took the lock)
-                calls.append("pg_advisory_xact_lock(%s)")
-                call_params.append(self._lock_key)
             calls.append("pg_notify(%s, '')")
             call_params.append(self.channel_events)
-        handed = set()
-        for agent, payload in tx.pushed:  # a task handed over, and the task if it fits
+        handed = tx.handed
+        for agent in handed:
             calls.append("pg_notify(%s, %s)")
-            call_params += [self.channel_wake, _handoff_prefix(agent) + payload.decode("ascii")]
-            handed.add(agent)
+            call_params += [self.channel_wake, _HANDED + agent]
         if tx.wake_agents is ALL_AGENTS:
             calls.append("pg_notify(%s, %s)")
             call_params += [self.channel_wake, _ALL]
@@ -378,7 +381,7 @@ class PostgresStore(SqlStore):
             tx.execute(f"SELECT setval(pg_get_serial_sequence('{table}', '{col}'), "
                        f"COALESCE((SELECT MAX({col}) FROM {table}), 0) + 1, false)")
 
-    def _wake(self, agents, watchers, pushed) -> None:
+    def _wake(self, agents, watchers, handed) -> None:
         pass  # sent inside the transaction by _before_commit
 
     def agent_waiter(self, agent_id: str) -> PgListener:
@@ -389,9 +392,13 @@ class PostgresStore(SqlStore):
 
     # -- lifecycle ------------------------------------------------------------------
     def migrate(self) -> list[str]:
+        with self._reader() as tx:
+            if tx.one("SELECT to_regclass('schema_migrations') AS t")["t"] is not None:
+                done = {r["name"] for r in tx.all("SELECT name FROM schema_migrations")}
+                if all(name in done for name, _ in MIGRATIONS):
+                    return []
         with self._transaction() as tx:
-            # One migrator at a time across every host.
-            tx.execute("SELECT pg_advisory_xact_lock(?)", (self._lock_key ^ 1,))
+            tx.execute("SELECT pg_advisory_xact_lock(?)", (self._migration_lock,))
             return self._apply_migrations(tx, MIGRATIONS, TYPES)
 
     def close(self) -> None:

@@ -11,13 +11,14 @@ import abc
 import contextlib
 import functools
 import json
-import json.encoder
+import logging
+import secrets
 import socket
 from typing import Any, Iterator
 
 from podium import orphans, pids
 from podium.clock import now, sortable_id
-from podium.errors import Conflict, InvalidInput, NotFound
+from podium.errors import Conflict, InvalidInput, NotFound, StoreError
 from podium.models import (
     Agent,
     AgentState,
@@ -34,6 +35,7 @@ from podium.store.base import Finish, HeartbeatReply, Store
 from podium.store.migrations import statements
 from podium.wake import ALL_AGENTS
 
+_log = logging.getLogger("podium.store")
 #: Priority by value, looked up: calling the enum costs ~40 µs on a cold CPU here.
 PRIORITY_OF = {p.value: p for p in Priority}
 
@@ -54,8 +56,8 @@ class Tx:
         self._convert = convert
         self.wake_agents: set[str] | object = set()
         self.wake_watchers = False
-        #: (agent, task payload) of tasks handed over in this transaction (told after commit).
-        self.pushed: list[tuple[str, bytes]] = []
+        #: Agents that this transaction handed a task to (told so after commit).
+        self.handed: set[str] = set()
         self.events: list[tuple] = []
         #: Writes whose results nobody reads, sent with the commit (one round trip on PostgreSQL):
         #: (sql, parameters, True when the parameters are a list of rows).
@@ -153,46 +155,6 @@ def _roles(stored: str) -> set[str]:
     return set() if stored == "[]" else set(json.loads(stored))
 
 
-# A handed task travels with its agent's wake-up as compact ASCII JSON (any prompt text
-# survives, and a NOTIFY payload must be text). Both ends run on a CPU gone cold while its
-# process slept, where ``json.dumps`` and ``json.loads`` cost 80-100 µs each here, most of it
-# in their Python layers (``loads`` runs a regular expression): the C encoder and scanner
-# they wrap take ~60 and ~45 µs.
-_scan = json.JSONDecoder().scan_once
-_encoder = json.encoder.c_make_encoder  # (None without the C accelerator)
-if _encoder is not None:
-    _encoder = _encoder(None, None, json.encoder.encode_basestring_ascii, None, ":", ",",
-                        False, False, True)
-
-
-def _payload(task: Task) -> bytes:
-    fields = [task.id, task.prompt, task.context, int(task.priority), task.target_agent,
-              task.target_role, task.depends_on, task.attempts, task.max_attempts,
-              task.retry_on_failure, task.timeout_s, task.created_at, task.agent_id,
-              task.lease_expires, task.session_id, task.broadcast_id, task.context_generation]
-    if _encoder is None:
-        return json.dumps(fields, separators=(",", ":")).encode("ascii")
-    return "".join(_encoder(fields, 0)).encode("ascii")
-
-
-def _from_payload(data: bytes) -> Task:
-    """The task of a wake-up; ValueError when it is not one."""
-    text = data.decode("ascii")
-    try:
-        fields, end = _scan(text, 0)
-    except StopIteration:
-        raise ValueError("not a handed task") from None
-    if end != len(text) or type(fields) is not list or len(fields) != 17:
-        raise ValueError("not a handed task")
-    (task_id, prompt, context, priority, target_agent, target_role, depends_on, attempts,
-     max_attempts, retry, timeout_s, created_at, agent_id, lease_expires, session_id,
-     broadcast_id, gen) = fields
-    return Task(task_id, prompt, context, PRIORITY_OF[priority], target_agent, target_role,
-                depends_on, TaskState.RUNNING, attempts, max_attempts, retry, timeout_s,
-                created_at, agent_id, lease_expires, session_id=session_id,
-                broadcast_id=broadcast_id, context_generation=gen)
-
-
 def _message(row: Any) -> Message:
     return Message(
         id=row["id"], agent_id=row["agent_id"], direction=row["direction"], kind=row["kind"],
@@ -241,8 +203,6 @@ class SqlStore(Store):
     #: Write a transaction's events as multi-row INSERTs rather than ``executemany``
     #: (PostgreSQL: they go out with the commit, no round trip of their own).
     events_in_one_statement = False
-    #: The largest task payload a wake-up carries (a larger task is read by its agent).
-    payload_limit = 60_000
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
@@ -268,9 +228,8 @@ class SqlStore(Store):
         """A consistent read."""
 
     @abc.abstractmethod
-    def _wake(self, agents: set[str] | object, watchers: bool,
-              pushed: list[tuple[str, bytes]]) -> None:
-        """Deliver wake-ups after a commit, with the payloads of hand-offs."""
+    def _wake(self, agents: set[str] | object, watchers: bool, handed: set[str]) -> None:
+        """Deliver wake-ups after a commit, telling the ``handed`` agents of their hand-off."""
 
     def _before_commit(self, tx: Tx) -> None:
         """Run deferred writes and write the events (dialects may also lock or notify here)."""
@@ -314,7 +273,17 @@ class SqlStore(Store):
             tx.execute("INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)",
                        (name, now()))
             applied.append(name)
+        tx.execute("INSERT INTO store_key (id, secret) SELECT 1, ? "
+                   "WHERE NOT EXISTS (SELECT 1 FROM store_key)", (secrets.token_hex(32),))
         return applied
+
+    def store_secret(self) -> str:
+        """This store's secret (see migration m005_store_key)."""
+        with self._reader() as tx:
+            row = tx.one("SELECT secret FROM store_key WHERE id = 1")
+        if row is None:
+            raise StoreError(f"{self.url} has no store key: run 'podium store migrate'")
+        return row["secret"]
 
     def _after_copy(self, tx: Tx) -> None:
         """After rows were loaded with explicit ids (``store copy``): fix id generators."""
@@ -324,8 +293,13 @@ class SqlStore(Store):
         with self._transaction() as tx:
             yield tx
             self._before_commit(tx)
-        if tx.wake_agents or tx.wake_watchers or tx.pushed:
-            self._wake(tx.wake_agents, tx.wake_watchers, tx.pushed)
+        if tx.wake_agents or tx.wake_watchers or tx.handed:
+            try:
+                self._wake(tx.wake_agents, tx.wake_watchers, tx.handed)
+            except (OSError, StoreError) as e:
+                # The commit is the truth: a lost wake-up only delays whoever waits for it
+                # until their next heartbeat or safety poll.
+                _log.warning("podium: committed, but could not wake the agents: %s", e)
         if tx.taken:
             # Programs the gone agents may have left running on this host (see podium.orphans).
             by_agent: dict[str, set[str]] = {}
@@ -567,15 +541,12 @@ class SqlStore(Store):
                      for i in queued_at)
         idle = tx.all(
             # (heard from within two heartbeats: a dead agent is offered tasks for less long)
-            "SELECT id, roles, lease_s, host, pid, "
-            "(SELECT COALESCE(SUM(version), 0) FROM context) AS gen "
-            "FROM agents WHERE pushable = 1 AND state = 'idle' "
+            "SELECT id, roles, lease_s, host, pid FROM agents WHERE pushable = 1 AND state = 'idle' "
             "AND current_task IS NULL AND last_heartbeat + lease_s / 3 > ? "
             f"ORDER BY last_heartbeat DESC LIMIT ?{self.claim_lock_clause}",
             (t, len(queued_at) if anyone else 1_000_000))
         if not idle:
             return False
-        gen = int(idle[0]["gen"])
         here = _hostname()
         # An agent killed while idle on this very host is not a taker. (One system call: a
         # /proc read costs 0.17 ms on an idle machine here. An exited process nobody reaped
@@ -603,10 +574,7 @@ class SqlStore(Store):
                      (task.id, agent))
             tx.events.append((t, "task.claimed", agent, task.id,
                               '{"attempt": 1, "handed_over": true}'))
-            # The task itself goes with the wake-up: its agent starts it without reading it.
-            task.context_generation = gen
-            payload = _payload(task)
-            tx.pushed.append((agent, payload if len(payload) <= self.payload_limit else b""))
+            tx.handed.add(agent)  # (its wake-up says so; the agent reads the task from the store)
             left -= 1
         return left == 0
 
@@ -628,12 +596,7 @@ class SqlStore(Store):
         tasks = self.claim_batch(agent_id, roles, lease_s, [finish] if finish else [], 1)
         return tasks[0] if tasks else None
 
-    def claim_batch(self, agent_id, roles, lease_s, finishes, limit, handed=()) -> list[Task]:
-        if not finishes and handed and limit >= 1 and all(handed):
-            try:  # every task came with its wake-up
-                return [_from_payload(p) for p in handed]
-            except (ValueError, TypeError, KeyError):
-                pass  # not one of ours: the store says what was handed over
+    def claim_batch(self, agent_id, roles, lease_s, finishes, limit, handed=False) -> list[Task]:
         sql, role_params = self._candidate_sql(roles)
         params = [agent_id, *role_params]
         if not finishes:
@@ -643,9 +606,9 @@ class SqlStore(Store):
                 # A cheap look without the write lock: tasks handed to this agent are already
                 # its own, and most wake-ups of a crowd of idle agents end here.
                 with self._reader() as tx:
-                    handed = tx.all(self._handed_sql, (agent_id,))
-                    if handed:
-                        return self._claimed(handed)
+                    rows = tx.all(self._handed_sql, (agent_id,))
+                    if rows:
+                        return self._claimed(rows)
                     if self.precheck_claims and tx.one(sql, [*params, 1]) is None:
                         return []
         t = now()

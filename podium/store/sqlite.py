@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
-from podium.errors import StoreError
+from podium.errors import StoreError, StoreUnavailable
 from podium.store.migrations import MIGRATIONS
 from podium.store.sql import SqlStore, Tx
 from podium.wake import Listener, WakeChannel
@@ -50,7 +50,7 @@ def _same(sql: str) -> str:
 def _store_error(e: sqlite3.Error, path: Path) -> StoreError:
     msg = str(e)
     if "full" in msg:
-        return StoreError(f"the disk holding {path} is full; free some space and retry")
+        return StoreUnavailable(f"the disk holding {path} is full; free some space and retry")
     if "readonly" in msg or "read-only" in msg:
         return StoreError(f"store {path} is read-only")
     if "unable to open" in msg:
@@ -60,8 +60,35 @@ def _store_error(e: sqlite3.Error, path: Path) -> StoreError:
     return StoreError(f"store {path}: {msg}")
 
 
+def _create_private(path: Path) -> None:
+    """Create the store's file readable by this user only, whatever the umask (SQLite gives
+    its ``-wal`` and ``-shm`` files the database's mode)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError as e:
+        raise StoreError(f"cannot create store {path}: {e.strerror}") from None
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
+def _refuse_foreign(conn: sqlite3.Connection, path: Path) -> None:
+    """An SQLite database with tables but none of Podium's is somebody else's: not a store."""
+    names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if names and "schema_migrations" not in names:
+        raise StoreError(f"{path} is an SQLite database of something else (tables "
+                         f"{', '.join(sorted(names)[:5])}), not a Podium store")
+
+
 class SQLiteStore(SqlStore):
-    def __init__(self, path: str | os.PathLike, synchronous: str = "NORMAL", migrate: bool = True):
+    def __init__(self, path: str | os.PathLike, synchronous: str = "NORMAL", migrate: bool = True,
+                 create_in_empty_file: bool = False):
+        """Open the store at ``path``, creating it when there is no file. An existing empty file
+        is refused (it is no store: a truncated or mistaken one) unless
+        ``create_in_empty_file`` (``podium init``)."""
         self.path = Path(path).resolve()
         sync = synchronous.upper()
         if sync not in SYNCHRONOUS:
@@ -71,28 +98,53 @@ class SQLiteStore(SqlStore):
         self.home = self.path.parent
         if not self.path.parent.is_dir():
             raise StoreError(f"cannot create store {self.path}: directory {self.path.parent} does not exist")
+        try:
+            self._lockfile = os.open(str(self.path) + "-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            raise StoreError(f"cannot open store {self.path}: {e.strerror}") from None
         self._lock = threading.RLock()
         try:
+            if self._is_new():
+                # Whoever creates the file holds the writer lock until it is migrated: another
+                # process that finds it empty meanwhile waits, then finds a store.
+                fcntl.flock(self._lockfile, fcntl.LOCK_EX)
+                if self._is_new():
+                    if self.path.exists() and not create_in_empty_file:
+                        raise StoreError(
+                            f"{self.path} is an empty file, not a Podium store; remove it, or "
+                            "make a new store in it with 'podium init'")
+                    _create_private(self.path)
+                    migrate = True
             self._conn = sqlite3.connect(
                 str(self.path), timeout=60.0, isolation_level=None, check_same_thread=False)
             self._conn.row_factory = sqlite3.Row
             self._conn.execute("PRAGMA busy_timeout = 60000")
+            _refuse_foreign(self._conn, self.path)
             mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode.lower() != "wal":
                 raise StoreError(f"store {self.path}: could not switch to WAL mode (got {mode})")
             self._conn.execute(f"PRAGMA synchronous = {sync}")
             self._conn.execute("PRAGMA wal_autocheckpoint = 0")
             self._conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT_PAGES * 4096}")
-            self._lockfile = os.open(str(self.path) + "-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        except sqlite3.Error as e:
-            raise _store_error(e, self.path) from None
-        except OSError as e:
-            raise StoreError(f"cannot open store {self.path}: {e.strerror}") from None
-        self._shm: int | None = None
-        self._checkpointer: _Checkpointer | None = None
-        self._channel = WakeChannel(str(self.path))
-        if migrate:
-            self.migrate()
+            self._shm: int | None = None
+            self._checkpointer: _Checkpointer | None = None
+            self._channel = WakeChannel(str(self.path))
+            if migrate:
+                self.migrate()
+        except BaseException as e:
+            os.close(self._lockfile)  # (and with it the lock)
+            if isinstance(e, sqlite3.Error):
+                raise _store_error(e, self.path) from None
+            if isinstance(e, OSError):
+                raise StoreError(f"cannot open store {self.path}: {e.strerror}") from None
+            raise
+        fcntl.flock(self._lockfile, fcntl.LOCK_UN)
+
+    def _is_new(self) -> bool:
+        try:
+            return self.path.stat().st_size == 0
+        except FileNotFoundError:
+            return True
 
     # -- dialect hooks --------------------------------------------------------------
     @contextlib.contextmanager
@@ -157,8 +209,8 @@ class SQLiteStore(SqlStore):
             finally:
                 cur.close()
 
-    def _wake(self, agents, watchers, pushed) -> None:
-        self._channel.notify(agents, watchers, pushed)
+    def _wake(self, agents, watchers, handed) -> None:
+        self._channel.notify(agents, watchers, handed)
 
     def agent_waiter(self, agent_id: str) -> Listener:
         return self._channel.agent_listener(agent_id)
