@@ -8,6 +8,8 @@ notices the expired lease first, or the agent's next run when it registers) look
 ``/proc`` by those three variables and kills their process groups, so a requeued task does not
 run twice at once. That works when it happens on the dead agent's host; elsewhere nothing is
 found. Only this user's processes are looked at; without ``/proc`` nothing is found either.
+The same search ends, after each task, what its program started outside the worker's process
+tree (``podium.agents.reaper``), and, after ``podium down``, what the stopped agents left.
 """
 
 from __future__ import annotations

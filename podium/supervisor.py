@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from podium import pids
+from podium import orphans, pids
 from podium.errors import PodiumError
 from podium.models import Agent
 from podium.service import Podium
@@ -58,12 +59,16 @@ def up(podium: Podium, n: int, backend: str, roles: list[str], options: list[str
     if n < 1:
         raise PodiumError("the number of agents must be at least 1")
     logs = log_dir(podium)
-    logs.mkdir(parents=True, exist_ok=True)
+    logs.mkdir(mode=0o700, parents=True, exist_ok=True)
     names = free_names(podium, n, prefix)
     started = time.time()
     procs = {}
+    log_starts = {}  # (where this start's lines begin in each appended log)
     for name in names:
-        with open(logs / f"{name}.log", "ab") as log:
+        # (private whatever the umask: a log holds prompts and outputs)
+        fd = os.open(logs / f"{name}.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        log_starts[name] = os.fstat(fd).st_size
+        with open(fd, "ab") as log:
             procs[name] = subprocess.Popen(
                 worker_argv(podium, name, backend, roles, options, lease_s, workdir),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -72,7 +77,11 @@ def up(podium: Podium, n: int, backend: str, roles: list[str], options: list[str
     def check() -> None:
         for nm, p in procs.items():
             if p.poll() is not None:
-                tail = (logs / f"{nm}.log").read_text(errors="replace").strip().splitlines()[-3:]
+                with open(logs / f"{nm}.log", "rb") as f:
+                    f.seek(log_starts[nm])
+                    tail = f.read().decode(errors="replace").strip().splitlines()[-3:]
+                if not tail and shutil.disk_usage(logs).free < 64 * 1024:
+                    tail = [f"it could not write its log: the disk holding {logs} is full"]
                 raise PodiumError(f"agent {nm} exited with code {p.returncode} during start-up: "
                                   + " | ".join(tail))
 
@@ -148,7 +157,8 @@ def _alive(pid: int) -> bool:
 
 def down(podium: Podium, timeout_s: float = 15.0, drain: bool = False,
          names: list[str] | None = None) -> list[str]:
-    """Stop the live agents of this host: SIGTERM (SIGINT to drain), then SIGKILL at timeout."""
+    """Stop the live agents of this host: SIGTERM (SIGINT to drain), then SIGKILL at timeout;
+    then kill the programs their tasks left running (a killed worker cannot)."""
     host = socket.gethostname()
     targets = [a for a in podium.store.list_agents()
                if a.state.live and a.host == host and a.pid and (names is None or a.id in names)]
@@ -174,6 +184,8 @@ def down(podium: Podium, timeout_s: float = 15.0, drain: bool = False,
             time.sleep(0.02)
         if podium.store.get_agent(a.id).state.live:
             podium.store.deregister(a.id)
+        # Found by their environment (see podium.orphans): nothing the agent started survives it.
+        orphans.kill(podium.store.url, a.id)
     sessions = {a.meta.get("tmux_session") for a in targets} - {None}
     if sessions and names is None:
         from podium.tmux import Tmux

@@ -75,3 +75,15 @@ def test_worker_survives_a_full_disk(small_disk, tmp_path):
     finally:
         workers.stop_all()
         p.close()
+
+
+def test_up_on_a_full_disk_names_the_cause(small_disk):
+    url = f"sqlite://{small_disk / 'podium.db'}"
+    assert run_cli("up", "1", store_url=url).returncode == 0
+    assert run_cli("down", store_url=url).returncode == 0
+    fill(small_disk)
+    r = run_cli("up", "1", store_url=url)
+    err = r.stderr.decode()
+    assert r.returncode == 1 and "Traceback" not in err and "full" in err, err
+    assert "stopped" not in err  # (only this start's lines, not the previous run's)
+    run_cli("down", store_url=url)

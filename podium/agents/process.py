@@ -4,8 +4,9 @@ One thread (the caller's) feeds the program's stdin and reads its stdout and std
 ready, so a huge prompt cannot deadlock against a program that writes before it reads, and no
 thread is started per run (a new thread costs 0.25 ms on an idle machine here). Output goes
 into byte buffers capped at ``run.max_output``, and stdout is streamed to ``run.emit``. When
-the program exits, what it left running in its process group is killed (they would hold the
-pipes open). A cancel or timeout kills the whole process group (see ``Run.cancel``).
+the program exits, everything it left running is killed (see ``podium.agents.reaper``): its
+process group, and descendants that left it; they would hold the pipes open. A cancel or
+timeout kills the whole process group (see ``Run.cancel``), and then the same.
 
 The program is started with ``posix_spawn`` (the C library starts it without copying the
 worker's memory map: 0.15-0.2 ms sooner than ``subprocess`` here) when it runs in the worker's
@@ -21,9 +22,13 @@ import subprocess
 import time
 from dataclasses import dataclass
 
+from podium.agents import reaper
 from podium.agents.backends import Run
 
 _CHUNK = 65536
+#: Once the program and all it left were killed, its pipes close at once; one still held (by a
+#: process that got out of reach, through a server say) is not waited for longer than this.
+_DRAIN_S = 0.3
 
 
 @dataclass
@@ -146,19 +151,22 @@ def _start(argv: list[str], cwd: str, env: dict[str, str], with_stdin: bool):
 def run_process(argv: list[str], run: Run, stdin: bytes | None = None,
                 cwd: str | None = None, env: dict[str, str] | None = None) -> ProcessResult:
     """Run ``argv`` to completion (or until ``run`` is cancelled) and collect its output."""
-    proc = _start(argv, cwd or str(run.workdir), env if env is not None else run.env,
-                  stdin is not None)
+    env = env if env is not None else run.env
+    proc = reaper.start(lambda: _start(argv, cwd or str(run.workdir), env, stdin is not None))
     run.track(proc.pid)
     out = _Collector(run.max_output, run.emit)
     err = _Collector(run.max_output)
     try:
-        code = _communicate(proc, out, err, stdin)
+        code = _communicate(proc, out, err, stdin, env)
     finally:
         run.untrack(proc.pid)
+        if proc.returncode is None:  # (_communicate failed) the program ends with the run anyway
+            reaper.end(proc, env)
     return ProcessResult(code, out.value(), err.value(), out.truncated or err.truncated)
 
 
-def _communicate(proc, out: _Collector, err: _Collector, data: bytes | None) -> int:
+def _communicate(proc, out: _Collector, err: _Collector, data: bytes | None,
+                 env: dict[str, str]) -> int:
     """Feed stdin, collect stdout and stderr until the program exits and its pipes close."""
     sel = selectors.DefaultSelector()
     files = {}
@@ -187,7 +195,7 @@ def _communicate(proc, out: _Collector, err: _Collector, data: bytes | None) -> 
         while files or code is None:
             if code is None:
                 timeout = None if exited is not None else 0.05
-            else:  # exited, and its group killed: the pipes close at once, or never
+            else:  # exited, and all it left killed: the pipes close at once, or never
                 timeout = drain_until - time.monotonic()
                 if timeout <= 0:
                     break
@@ -221,14 +229,9 @@ def _communicate(proc, out: _Collector, err: _Collector, data: bytes | None) -> 
                         stdin.close()
                         stdin = None
             if code is None and (exited == -1 or (exited is None and proc.poll() is not None)):
-                code = proc.wait()
-                # Children left behind in the group would hold the pipes open: a task's
-                # processes end with it.
-                try:
-                    os.killpg(proc.pid, 9)
-                except (ProcessLookupError, PermissionError):
-                    pass
-                drain_until = time.monotonic() + 5
+                # What it left running would hold the pipes open: a task's processes end with it.
+                code = reaper.end(proc, env)
+                drain_until = time.monotonic() + _DRAIN_S
     finally:
         sel.close()
         for f in files.values():

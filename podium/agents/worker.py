@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from podium import orphans
+from podium.agents import reaper
 from podium.agents.backends import MAX_OUTPUT_BYTES, Backend, Run
 from podium.errors import StoreError, StoreUnavailable
 from podium.models import Outcome, Task, TaskState
@@ -188,6 +189,7 @@ class Worker:
     # -- main loop ----------------------------------------------------------------------
     def run(self) -> int:
         self.backend.check()
+        reaper.adopt_orphans()  # (what its tasks' programs leave behind comes back to it)
         self.store.register_agent(
             self.name, self.roles, self.backend.name, socket.gethostname(), os.getpid(),
             self.lease_s, {"workdir": str(self.workdir), **self.meta}, pushable=True)

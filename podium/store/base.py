@@ -73,6 +73,10 @@ class Store(abc.ABC):
     def migrate(self) -> list[str]:
         """Apply pending migrations; return the names applied."""
 
+    def exposure(self) -> list[str]:
+        """What of the store other local users may read or write (a warning each)."""
+        return []
+
     @abc.abstractmethod
     def close(self) -> None: ...
 
@@ -184,8 +188,10 @@ class Store(abc.ABC):
     ) -> Message: ...
 
     @abc.abstractmethod
-    def mark_delivered(self, message_id: int, confirmed: bool, how: str) -> Message:
-        """Record that a message reached its agent (e.g. pasted into its pane)."""
+    def mark_delivered(self, message_id: int, confirmed: bool, how: str,
+                       reason: str | None = None) -> Message:
+        """Record that a message reached its agent (e.g. pasted into its pane); ``reason`` says
+        why its arrival could not be confirmed."""
 
     @abc.abstractmethod
     def list_messages(

@@ -959,14 +959,14 @@ class SqlStore(Store):
                 tx.wake(agent_id)
             return _message(tx.one("SELECT * FROM messages WHERE id = ?", (msg_id,)))
 
-    def mark_delivered(self, message_id, confirmed, how) -> Message:
+    def mark_delivered(self, message_id, confirmed, how, reason=None) -> Message:
         with self._write() as tx:
             row = tx.one("SELECT * FROM messages WHERE id = ?", (message_id,))
             if row is None:
                 raise NotFound(f"unknown message {message_id}")
             tx.execute("UPDATE messages SET delivered_at = ? WHERE id = ?", (now(), message_id))
             tx.event("message.delivered", row["agent_id"], row["task_id"], message_id=message_id,
-                     confirmed=confirmed, via=how)
+                     confirmed=confirmed, via=how, reason=reason)
             return _message(tx.one("SELECT * FROM messages WHERE id = ?", (message_id,)))
 
     def list_messages(self, agent_id, direction=None, unread=False, limit=100,

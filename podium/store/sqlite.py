@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import os
 import sqlite3
+import stat
 import struct
 import threading
 from pathlib import Path
@@ -232,6 +233,23 @@ class SQLiteStore(SqlStore):
                 raise _store_error(e, self.path) from None
             with self._transaction() as tx:
                 return self._apply_migrations(tx, MIGRATIONS, TYPES)
+
+    def exposure(self) -> list[str]:
+        """Files of an older store, or chmod'ed since, that other users may read or write."""
+        found = []
+        for path in (self.path.parent, self.path, *(Path(f"{self.path}{end}") for end in
+                     ("-wal", "-shm", "-writer.lock")), self.home / "logs",
+                     *sorted((self.home / "logs").glob("*.log"))):
+            try:
+                mode = stat.S_IMODE(os.stat(path).st_mode)
+            except OSError:
+                continue
+            if path.is_dir() and path == self.path.parent and mode & 0o022 == 0:
+                continue  # (a project directory others may read, but not change, is fine)
+            if mode & 0o077:
+                found.append(f"{path} is open to other users (mode {mode:o}): "
+                             f"chmod {'700' if path.is_dir() else '600'} {path}")
+        return found
 
     def close(self) -> None:
         if self._checkpointer is not None:
