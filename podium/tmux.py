@@ -5,9 +5,10 @@ hold up to four agent panes each (tiled), every pane running one Podium worker (
 interactive program wrapped by ``podium agent interactive``), titled with the agent's name.
 
 Delivery: text goes into a tmux paste buffer through stdin (``load-buffer -``), never through a
-shell or ``send-keys`` quoting, is pasted into the pane, and Enter is sent only once the pasted
-text is seen in the pane. Any bytes arrive as they were: ``$HOME``, quotes, backticks, tabs,
-newlines.
+shell or ``send-keys`` quoting, is pasted into the pane, and Enter is sent once the pasted text
+shows in the pane. Any bytes arrive as they were: ``$HOME``, quotes, backticks, tabs, newlines,
+and lines longer than a canonical-mode tty holds (handed over in pieces). A delivery is
+confirmed only when the whole text shows in the pane; otherwise it says why not.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import re
 import secrets
 import shutil
 import subprocess
+import termios
 import time
 from dataclasses import dataclass
 
@@ -24,6 +26,14 @@ from podium.errors import BackendUnavailable, NotFound, PodiumError
 
 PANES_PER_WINDOW = 4
 SOCKET_ENV = "PODIUM_TMUX_SOCKET"
+# A tty in canonical mode (what `cat`, `read` or a bare input() read) keeps at most 4095 bytes
+# of a line (Linux's N_TTY buffer less the newline) and drops the rest, yet still echoes it: a
+# cut line looks whole in the pane.
+CANONICAL_LINE_BYTES = 4095
+# A longer line is typed in pieces of at most this many bytes, each followed by the tty's EOF
+# character, which in canonical mode hands the reader what is on the line without ending it;
+# half the limit leaves room for input already on the line.
+PIECE_BYTES = 2048
 
 
 def require_tmux() -> str:
@@ -32,6 +42,14 @@ def require_tmux() -> str:
         raise BackendUnavailable("tmux is not installed: install it with 'apt-get install tmux' "
                                  "(or your system's package manager)")
     return path
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What became of text typed into a pane: confirmed once all of it showed there."""
+
+    confirmed: bool
+    reason: str | None = None  # why it is not confirmed
 
 
 @dataclass
@@ -129,31 +147,81 @@ class Tmux:
         return pane_id in out.split()
 
     def capture(self, pane_id: str) -> str:
-        return self.run("capture-pane", "-p", "-J", "-t", pane_id)
+        """The pane's text, scrollback included, wrapped lines joined."""
+        return self.run("capture-pane", "-p", "-J", "-S", "-", "-t", pane_id)
 
     # -- delivery -------------------------------------------------------------------------
-    def deliver(self, pane_id: str, text: str, enter: bool = True, timeout: float = 5.0) -> bool:
-        """Paste ``text`` into the pane, then press Enter once it shows; True if it was seen."""
+    def deliver(self, pane_id: str, text: str, enter: bool = True,
+                timeout: float = 5.0) -> Delivery:
+        """Paste ``text`` into the pane, then press Enter once it shows.
+
+        Confirmed when the whole text (white space aside: the pane renders tabs as spaces and
+        wraps lines) shows in the pane, scrollback included, more often than before the paste.
+        Raises PodiumError, typing nothing, when a line is longer than the pane's tty would pass.
+        """
         if not self.pane_exists(pane_id):
             raise NotFound(f"tmux pane {pane_id} does not exist (the agent's pane was closed)")
+        data = self._typable(pane_id, text.encode("utf-8"))
+        wanted = re.sub(r"\s+", "", text)
+        before = self._times_shown(pane_id, wanted) if wanted else 0
         buf = "podium-" + secrets.token_hex(6)
-        self.run("load-buffer", "-b", buf, "-", input=text.encode("utf-8"))
+        self.run("load-buffer", "-b", buf, "-", input=data)
         self.run("paste-buffer", "-d", "-p", "-b", buf, "-t", pane_id)
-        seen = self._wait_seen(pane_id, text, timeout)
+        if not wanted:
+            reason = "the text is only white space, which does not show in a pane"
+        elif not self._wait_shown(pane_id, wanted, before, timeout):
+            reason = (f"the whole text did not show in the pane within {timeout:g}s (its program "
+                      "may not echo what it reads, or shows it otherwise)")
+        else:
+            reason = None
         if enter:
             self.run("send-keys", "-t", pane_id, "Enter")
-        return seen
+        return Delivery(reason is None, reason)
 
-    def _wait_seen(self, pane_id: str, text: str, timeout: float) -> bool:
-        lines = [ln for ln in text.splitlines() if ln.strip()]
-        if not lines:
-            return True
-        # Compare without white space: the pane renders tabs as spaces and wraps long lines.
-        tail = re.sub(r"\s+", "", lines[-1])[-40:]
+    def _typable(self, pane_id: str, data: bytes) -> bytes:
+        """``data`` as it must be typed for the pane's tty to pass each line on whole."""
+        lines = re.split(rb"([\r\n])", data)  # the tty ends a line at either (ICRNL)
+        longest = max(len(line) for line in lines)
+        if longest <= CANONICAL_LINE_BYTES:
+            return data
+        eof = self._canonical_eof(pane_id, f"a line of {longest} bytes")
+        if eof is None:
+            return data
+        return b"".join(eof.join(_pieces(line)) for line in lines)
+
+    def _canonical_eof(self, pane_id: str, long_line: str) -> bytes | None:
+        """The EOF character of the pane's tty if it reads in canonical mode, None if not.
+
+        Raises PodiumError when ``long_line`` could be cut: the mode cannot be read, or there
+        is no EOF character to hand the line over in pieces."""
+        tty = self.run("display-message", "-p", "-t", pane_id, "#{pane_tty}").strip()
+        try:
+            fd = os.open(tty, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+            try:
+                attrs = termios.tcgetattr(fd)
+                disabled = os.fpathconf(fd, "PC_VDISABLE")
+            finally:
+                os.close(fd)
+        except (OSError, termios.error) as e:
+            raise PodiumError(f"not typed: {long_line}, and the mode of the pane's tty {tty!r} "
+                              f"could not be read ({e}); in canonical mode a tty keeps "
+                              f"{CANONICAL_LINE_BYTES} bytes of a line") from None
+        if not attrs[3] & termios.ICANON:
+            return None
+        eof = attrs[6][termios.VEOF]
+        if eof == bytes([disabled]):
+            raise PodiumError(f"not typed: {long_line}, and the pane's tty {tty} reads in "
+                              f"canonical mode, which keeps {CANONICAL_LINE_BYTES} bytes of a "
+                              "line, with no EOF character set to hand it over in pieces")
+        return eof
+
+    def _times_shown(self, pane_id: str, wanted: str) -> int:
+        return re.sub(r"\s+", "", self.capture(pane_id)).count(wanted)
+
+    def _wait_shown(self, pane_id: str, wanted: str, before: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while True:
-            screen = re.sub(r"\s+", "", self.capture(pane_id))
-            if tail in screen:
+            if self._times_shown(pane_id, wanted) > before:
                 return True
             if time.monotonic() > deadline:
                 return False
@@ -166,3 +234,19 @@ class Tmux:
             return float(out.strip())
         except ValueError:
             return None
+
+
+def _pieces(line: bytes) -> list[bytes]:
+    """A line longer than a canonical tty keeps, cut into pieces of at most PIECE_BYTES bytes;
+    never inside a UTF-8 character, so no read() of the program ends in the middle of one."""
+    if len(line) <= CANONICAL_LINE_BYTES:
+        return [line]
+    pieces, start = [], 0
+    while len(line) - start > PIECE_BYTES:
+        end = start + PIECE_BYTES
+        while line[end] & 0xC0 == 0x80:  # a UTF-8 continuation byte
+            end -= 1
+        pieces.append(line[start:end])
+        start = end
+    pieces.append(line[start:])
+    return pieces
