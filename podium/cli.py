@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from podium import __version__
+from podium import __version__, limits
 from podium.clock import iso, now
 from podium.errors import InvalidInput, PodiumError
 from podium.service import Podium
@@ -81,7 +81,8 @@ pass_ctx = click.make_pass_decorator(Ctx)
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--store", envvar="PODIUM_STORE", metavar="URL",
-              help="Store: a path, sqlite:///path (default ./.podium/podium.db; env PODIUM_STORE).")
+              help="Store: a path, sqlite:///path or postgresql://host/dbname (default "
+                   "./.podium/podium.db; env PODIUM_STORE).")
 @click.version_option(__version__, prog_name="podium")
 @click.pass_context
 def cli(ctx: click.Context, store: str | None) -> None:
@@ -95,7 +96,8 @@ def cli(ctx: click.Context, store: str | None) -> None:
 @cli.command()
 @pass_ctx
 def init(c: Ctx) -> None:
-    """Create (or migrate) the store and print where it is."""
+    """Create (or migrate) the store and print where it is (an empty file becomes a store)."""
+    c._podium = Podium.open(c.store_url, init=True)
     _write(c.podium.store.url + "\n")
 
 
@@ -155,6 +157,16 @@ def up(c: Ctx, n, backend, roles, options, prefix, lease, workdir, in_tmux, sess
     from podium.agents import backends
     from podium.supervisor import log_dir, up as start, up_tmux
 
+    # Checked before the store opens: supervisor and worker take these as they are.
+    n, prefix = limits.agent_count(n), limits.agent_prefix(prefix)
+    roles = [limits.name(r, "role") for r in roles]
+    if lease is not None:
+        lease = limits.lease(lease)[0]
+    if workdir is not None:
+        workdir = limits.given(workdir, "--workdir")
+    session = limits.name(session, "tmux session")
+    if interactive is not None:
+        interactive = limits.given(interactive, "--interactive command")
     if interactive and not in_tmux:
         raise InvalidInput("--interactive needs --tmux (an interactive program needs a pane)")
     if not interactive:
@@ -224,7 +236,7 @@ def hooks_install(c: Ctx, directory) -> None:
     """Write Podium's hooks into DIR/.claude/settings.local.json (merged with what is there)."""
     from podium.hooks import install
 
-    path = Path(directory).resolve() / ".claude" / "settings.local.json"
+    path = Path(limits.given(directory, "--dir")).resolve() / ".claude" / "settings.local.json"
     install(path, c.podium.store.url)
     _write(f"wrote hooks to {path}\n")
 
@@ -239,7 +251,9 @@ def down(c: Ctx, names, timeout, drain) -> None:
     """Stop this host's live agents (all, or the NAMES given)."""
     from podium.supervisor import down as stop
 
-    stopped = stop(c.podium, timeout, drain, list(names) or None)
+    timeout = limits.wait_timeout(timeout)
+    names = [limits.name(nm, "agent name") for nm in names]
+    stopped = stop(c.podium, timeout, drain, names or None)
     _write(f"stopped {len(stopped)} agent(s){': ' + ', '.join(stopped) if stopped else ''}\n")
 
 
@@ -293,8 +307,8 @@ def agent_run(c: Ctx, name, roles, backend, options, lease, heartbeat, workdir, 
     from podium.agents import backends
     from podium.agents.worker import Worker
 
-    if not 0 < lease < float("inf") or (heartbeat is not None and not 0 < heartbeat < lease):
-        raise InvalidInput("--lease must be positive and --heartbeat between 0 and the lease")
+    lease, heartbeat = limits.lease(lease, heartbeat)
+    name, roles = limits.name(name, "agent name"), [limits.name(r, "role") for r in roles]
     cls = backends.load(backend)
     wd = Path(workdir).resolve() if workdir else Path.cwd()
     worker = Worker(c.podium.store, name, cls(backends.parse_options(options), wd), list(roles),
@@ -314,7 +328,9 @@ def agent_interactive(c: Ctx, name, roles, lease, command) -> None:
     interactive --name N -- CMD ARGS..."""
     from podium.agents.interactive import InteractiveAgent
 
-    sys.exit(InteractiveAgent(c.podium.store, name, list(command), list(roles), lease).run())
+    lease = limits.lease(lease)[0]
+    name, roles = limits.name(name, "agent name"), [limits.name(r, "role") for r in roles]
+    sys.exit(InteractiveAgent(c.podium.store, name, list(command), roles, lease).run())
 
 
 # -- tasks ---------------------------------------------------------------------------------
@@ -525,7 +541,8 @@ def context() -> None:
 @pass_ctx
 def context_set(c: Ctx, key, value) -> None:
     """Set KEY to VALUE ('-' reads stdin)."""
-    e = c.podium.set_context(key, _read_arg(value, "value"), by=os.environ.get("PODIUM_AGENT_ID"))
+    by = os.environ.get("PODIUM_AGENT_ID") or None  # set but empty: unset, as click reads it
+    e = c.podium.set_context(key, _read_arg(value, "value"), by=by)
     _write(f"{e.key} v{e.version}\n")
 
 
@@ -584,6 +601,8 @@ def watch(c: Ctx, after, task_id, idle_timeout, as_json) -> None:
 def status(c: Ctx, as_json) -> None:
     """Summary of agents and queue."""
     s = c.podium.status()
+    for warning in s["warnings"]:
+        click.echo(f"podium: warning: {warning}", err=True)
     if as_json:
         _json(s)
         return
@@ -630,7 +649,7 @@ def demo(n: int, keep: bool, ai_backend: str, ai_options) -> None:
     """The main job: start agents, run a small pipeline of real tasks, print the results."""
     from podium.demo import run_demo
 
-    sys.exit(run_demo(n, keep, _write, ai_backend, list(ai_options) or None))
+    sys.exit(run_demo(limits.agent_count(n), keep, _write, ai_backend, list(ai_options) or None))
 
 
 @cli.group("mcp")
@@ -642,12 +661,15 @@ def mcp_group() -> None:
 @click.option("--http", "use_http", is_flag=True,
               help="Streamable HTTP at http://HOST:PORT/mcp (bearer token) instead of stdio.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="With --http: address to bind.")
-@click.option("--port", type=int, default=8765, show_default=True, help="With --http: port.")
+@click.option("--port", type=int, default=8765, show_default=True,
+              help="With --http: port (0: any free one).")
 @pass_ctx
 def mcp_serve(c: Ctx, use_http, host, port) -> None:
     """Serve Podium's tools and resources over MCP (stdio by default)."""
     from podium.mcp import serve
 
+    # Before the store opens; an empty host would bind every interface.
+    host, port = limits.name(host, "host"), limits.port(port, any_free=True)
     serve(c.podium, http=use_http, host=host, port=port)
 
 
@@ -665,6 +687,7 @@ def mcp_install(c: Ctx, scope, directory, name, with_password) -> None:
     """Write or merge .mcp.json so that Claude Code starts 'podium mcp serve' on this store."""
     from podium.mcp import install
 
+    directory = limits.given(directory, "--dir")
     path, entry, left_out = install(c.podium.store.url, directory, name, scope, with_password)
     if left_out:
         click.echo("the store's password was left out of the file (it is usually committed): "

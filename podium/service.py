@@ -1,7 +1,8 @@
 """The one API every face calls: CLI now, MCP, web and TUI later, and Python users.
 
-It validates input (so a failed call changes nothing), turns names into store calls, and adds
-the few things that span several store calls (waiting, following events, broadcast).
+It validates input (so a failed call changes nothing; the bounds are in ``podium.limits``),
+turns names into store calls, and adds the few things that span several store calls (waiting,
+following events, broadcast).
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ from __future__ import annotations
 import time
 from typing import Any, Iterator
 
+from podium import limits
 from podium.clock import new_id, now
-from podium.errors import InvalidInput, NotFound, PodiumError
+from podium.errors import InvalidInput, NotFound, PodiumError, StoreUnavailable
 from podium.models import (
     Agent,
     AgentState,
@@ -46,6 +48,8 @@ def _text(value: Any, what: str, allow_empty: bool = False) -> str:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidInput(f"{what} contains characters that are not valid Unicode") from None
+    if "\0" in value:  # SQLite would keep it, PostgreSQL refuses it: neither store may take it
+        raise InvalidInput(f"{what} contains a NUL character, which PostgreSQL cannot store")
     return value
 
 
@@ -56,8 +60,10 @@ class Podium:
         self.store = store
 
     @classmethod
-    def open(cls, url: str | None = None) -> Podium:
-        return cls(open_store(url))
+    def open(cls, url: str | None = None, init: bool = False) -> Podium:
+        """The service over the store at ``url`` (see ``open_store``; ``init``: ``podium init``,
+        which may also make a store in an empty file)."""
+        return cls(open_store(url, init))
 
     def close(self) -> None:
         self.store.close()
@@ -70,23 +76,27 @@ class Podium:
         retry: bool = False, session: str | None = None,
     ) -> TaskSpec:
         """Validate a task request; raises ``InvalidInput`` without touching the store."""
-        if timeout_s is not None and not 0 < timeout_s < float("inf"):  # nan/inf: not JSON
-            raise InvalidInput(f"bad timeout {timeout_s!r}: must be a positive number of seconds")
-        if not isinstance(max_attempts, int) or max_attempts < 1:
-            raise InvalidInput(f"bad max_attempts {max_attempts!r}: must be at least 1")
-        if role is not None and not role.strip():
-            raise InvalidInput("role is empty")
+        if depends_on is None:
+            depends_on = ()
+        if not isinstance(depends_on, (list, tuple)):
+            raise InvalidInput(f"depends_on must be a list of task ids, got "
+                               f"{type(depends_on).__name__}")
+        if len(depends_on) > limits.MAX_LIST:
+            raise InvalidInput(f"depends_on has {len(depends_on)} task ids: at most "
+                               f"{limits.MAX_LIST} allowed")
+        if not isinstance(retry, bool):
+            raise InvalidInput(f"retry must be true or false, got {type(retry).__name__}")
         return TaskSpec(
             prompt=_text(prompt, "prompt"),
             context=_text(context, "context", allow_empty=True) if context is not None else None,
             priority=Priority.parse(priority),
-            target_agent=agent or None,
-            target_role=role or None,
-            depends_on=list(depends_on or []),
-            timeout_s=float(timeout_s) if timeout_s is not None else None,
-            max_attempts=max_attempts,
+            target_agent=limits.optional_name(agent, "agent id"),
+            target_role=limits.optional_name(role, "role"),
+            depends_on=[limits.name(d, "task id in depends_on") for d in depends_on],
+            timeout_s=limits.timeout(timeout_s),
+            max_attempts=limits.max_attempts(max_attempts),
             retry_on_failure=retry,
-            session_id=session,
+            session_id=limits.optional_name(session, "session"),
         )
 
     def add_task(self, prompt: Any, **kwargs: Any) -> Task:
@@ -107,7 +117,7 @@ class Podium:
         return self.store.add_tasks(specs)
 
     def task(self, task_id: str) -> Task:
-        return self.store.get_task(task_id)
+        return self.store.get_task(limits.name(task_id, "task id"))
 
     def tasks(self, state: str | None = None, agent: str | None = None, limit: int = 100,
               with_output: bool = False) -> list[Task]:
@@ -118,20 +128,21 @@ class Podium:
             except ValueError:
                 names = ", ".join(s.value for s in TaskState)
                 raise InvalidInput(f"bad state {state!r}: expected one of {names}") from None
+        limit = limits.list_limit(limit)
         if agent is not None:
-            self.store.get_agent(agent)
+            self.store.get_agent(limits.name(agent, "agent id"))
         return self.store.list_tasks(st, agent, limit, with_output)
 
     def cancel(self, task_id: str, reason: str = "cancelled by user") -> Task:
-        return self.store.cancel(task_id, reason)
+        return self.store.cancel(limits.name(task_id, "task id"), _text(reason, "reason"))
 
     def result(self, task_id: str) -> dict[str, Any]:
-        return self.store.get_task(task_id).result()
+        return self.task(task_id).result()
 
     def wait(self, task_id: str, timeout_s: float | None = None) -> Task:
         """Block until the task is finished (or ``timeout_s`` passes); returns it either way."""
-        if timeout_s is not None and not timeout_s >= 0:  # negative or nan
-            raise InvalidInput(f"bad timeout {timeout_s!r}: must be zero or more seconds")
+        timeout_s = limits.wait_timeout(timeout_s)
+        task_id = limits.name(task_id, "task id")
         self.store.task_state(task_id)  # NotFound before we start waiting
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         waiter = self.store.event_waiter()
@@ -153,18 +164,23 @@ class Podium:
 
     # -- agents -----------------------------------------------------------------------
     def agents(self) -> list[Agent]:
-        self.store.recover()
+        try:
+            self.store.recover()
+        except StoreUnavailable:
+            pass  # (a full disk, say: the listing is still worth showing; nothing was changed)
         return self.store.list_agents()
 
     def agent(self, agent_id: str) -> Agent:
-        return self.store.get_agent(agent_id)
+        return self.store.get_agent(limits.name(agent_id, "agent id"))
 
     # -- messages ---------------------------------------------------------------------
     def send(self, agent_id: str, body: Any, sender: str = "orchestrator") -> Message:
         """Put a message in the agent's inbox; an interactive agent also gets it typed into its
-        pane (a tmux paste, then Enter once the text shows), recorded as ``message.delivered``."""
+        pane (a tmux paste, then Enter once the text shows), recorded as ``message.delivered``:
+        confirmed once the whole text showed in the pane, else ``reason`` says why not."""
         text = _text(body, "message")
-        agent = self.store.get_agent(agent_id)
+        sender = limits.name(sender, "sender")
+        agent = self.agent(agent_id)
         msg = self.store.add_message(agent_id, text, "in", "message", sender)
         pane = agent.meta.get("pane") if agent.meta.get("interactive") else None
         if pane and agent.state.live:
@@ -172,30 +188,36 @@ class Podium:
 
             tmux = Tmux(socket_path=agent.meta.get("tmux_socket"))
             try:
-                seen = tmux.deliver(pane, text)
+                delivery = tmux.deliver(pane, text)
             except PodiumError as e:
                 raise PodiumError(f"message {msg.id} is in {agent_id}'s inbox but could not be "
                                   f"typed into its pane: {e}") from None
-            msg = self.store.mark_delivered(msg.id, seen, f"tmux pane {pane}")
+            msg = self.store.mark_delivered(msg.id, delivery.confirmed, f"tmux pane {pane}",
+                                            delivery.reason)
         return msg
 
     def hook(self, agent_id: str, name: str, payload: dict[str, Any] | None = None) -> Agent:
         """A Claude Code hook fired for an interactive agent: record the state it implies."""
         from podium.hooks import state_for
 
+        agent_id = limits.name(agent_id, "agent id")
         state = state_for(name)
         note = f"hook:{name}"
         message = (payload or {}).get("message")
         if isinstance(message, str) and message:
-            note += f": {message[:200]}"
+            # Whatever the hook's JSON held: a lone surrogate or a NUL would fail the write.
+            shown = message[:200].encode("utf-8", "replace").decode("utf-8")
+            note += ": " + shown.replace("\0", "\N{REPLACEMENT CHARACTER}")
         return self.store.set_agent_state(agent_id, state, note)
 
     def inbox(self, agent_id: str, unread: bool = False, ack: bool = False,
               limit: int = 100) -> list[Message]:
-        return self.store.list_messages(agent_id, "in", unread, limit, mark_read=ack)
+        return self.store.list_messages(limits.name(agent_id, "agent id"), "in", unread,
+                                        limits.list_limit(limit), mark_read=ack)
 
     def outbox(self, agent_id: str, limit: int = 100) -> list[Message]:
-        return self.store.list_messages(agent_id, "out", False, limit)
+        return self.store.list_messages(limits.name(agent_id, "agent id"), "out", False,
+                                        limits.list_limit(limit))
 
     def response(self, agent_id: str, scan: int = 100) -> dict[str, Any]:
         """The agent's latest response: the newer of its latest outbound message (a report) and
@@ -227,6 +249,8 @@ class Podium:
     def report(self, agent_id: str, status: str, note: str | None = None,
                task_id: str | None = None) -> Message:
         """An agent reports its own status (the journal's agent-report)."""
+        agent_id = limits.name(agent_id, "agent id")
+        task_id = limits.optional_name(task_id, "task id")
         status = _text(status, "status")
         if note is not None:
             note = _text(note, "note", allow_empty=True)
@@ -240,18 +264,20 @@ class Podium:
 
     # -- context ----------------------------------------------------------------------
     def set_context(self, key: str, value: Any, by: str | None = None) -> ContextEntry:
-        key = _text(key, "context key")
-        return self.store.set_context(key, _text(value, "context value", allow_empty=True), by)
+        key = limits.name(key, "context key")
+        value = _text(value, "context value", allow_empty=True)
+        return self.store.set_context(key, value, limits.optional_name(by, "updated by"))
 
     def get_context(self, key: str) -> ContextEntry:
-        return self.store.get_context(key)
+        return self.store.get_context(limits.name(key, "context key"))
 
     def list_context(self) -> list[ContextEntry]:
         return self.store.list_context()
 
     # -- events and status ------------------------------------------------------------
     def events(self, after: int = 0, limit: int = 1000, task_id: str | None = None) -> list[Event]:
-        return self.store.read_events(after, limit, task_id)
+        return self.store.read_events(limits.event_id(after), limits.list_limit(limit),
+                                      limits.optional_name(task_id, "task id"))
 
     def follow(self, after: int | None = None, idle_timeout: float | None = None,
                task_id: str | None = None) -> Iterator[Event]:
@@ -260,8 +286,9 @@ class Podium:
 
         Stops when ``idle_timeout`` seconds pass without a new event (None: never).
         """
-        if idle_timeout is not None and not idle_timeout >= 0:  # negative or nan
-            raise InvalidInput(f"bad idle timeout {idle_timeout!r}: must be zero or more seconds")
+        idle_timeout = limits.wait_timeout(idle_timeout, "idle timeout")
+        after = None if after is None else limits.event_id(after)
+        task_id = limits.optional_name(task_id, "task id")
         waiter = self.store.event_waiter()
         cursor = self.store.last_event_id() if after is None else after
         try:
@@ -296,6 +323,7 @@ class Podium:
             "tasks": self.store.counts(),
             "live_agents": [a.to_dict(t) for a in agents if a.state.live],
             "last_event_id": self.store.last_event_id(),
+            "warnings": self.store.exposure(),
         }
 
     def costs(self) -> dict[str, Any]:

@@ -186,5 +186,5 @@ def test_unconfirmed_delivery_says_why_in_its_event(cli, podium, server, tmp_pat
               cli("watch", "--from", "0", "--idle-timeout", "0.2", "--json").stdout.splitlines()]
     [delivered] = [e["data"] for e in events if e["kind"] == "message.delivered"]
     assert delivered["confirmed"] is False
-    assert delivered["via"].startswith(f"tmux pane {pane_id}, not confirmed: the whole text "
-                                       "did not show in the pane within 5s")
+    assert delivered["via"] == f"tmux pane {pane_id}"
+    assert delivered["reason"].startswith("the whole text did not show in the pane within 5s")

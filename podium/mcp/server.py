@@ -26,7 +26,7 @@ from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 from mcp_types import ToolAnnotations
 from pydantic import Field
 
-from podium import __version__
+from podium import __version__, limits
 from podium.clock import now
 from podium.errors import InvalidInput, NotFound, PodiumError
 from podium.service import Podium
@@ -46,9 +46,12 @@ Results: status is completed, failed or cancelled when finished; output is the a
 
 # Parameter types. Text parameters are plain ``str`` (never ``str | None``): the SDK parses a
 # string that looks like JSON for any other annotation, which would change prompts like '[1]'.
+# Numbers carry the service's bounds (``podium.limits``) in their schema, so that the model sees
+# them; the service checks them again, as for every face.
 Text = Annotated[str, Field(description="Any text; it reaches the agent byte for byte.")]
 TaskId = Annotated[str, Field(description="A task id as assign_task returns it (t-...).")]
 AgentId = Annotated[str, Field(description="An agent id (its name), as listed by get_agents.")]
+# Fewer than the service's limits.MAX_LIST: a listing must fit in the model's context.
 Limit = Annotated[int, Field(ge=1, le=1000, description="How many, newest last (1-1000).")]
 Prompt = Annotated[str, Field(description="What the agent should do; passed exactly.")]
 TaskContext = Annotated[str, Field(description="Task context put in front of the prompt "
@@ -109,8 +112,10 @@ def build_server(podium: Podium, name: str = "podium") -> MCPServer:
                             _d("high is served first; FIFO within a priority.")] = "normal",
         depends_on: Annotated[list[str], _d("Task ids that must complete first; the task stays "
                                             "blocked until then.")] = [],  # noqa: B006
-        timeout_s: Annotated[float | None, Field(gt=0, description="Kill the run after this "
-                                                 "many seconds (none: no limit).")] = None,
+        timeout_s: Annotated[float | None, Field(
+            gt=0, le=limits.MAX_SECONDS,
+            description="Kill the run after this many seconds, at most 30 days (none: no "
+                        "limit).")] = None,
     ) -> dict[str, Any]:
         """Queue a task and return it at once (its id is "id"; state queued, or blocked while
         dependencies run). An idle agent allowed to take it claims it within milliseconds.
@@ -143,8 +148,9 @@ def build_server(podium: Podium, name: str = "podium") -> MCPServer:
     @mcp.tool(annotations=READ)
     async def wait_for_task(
         task_id: TaskId,
-        timeout_s: Annotated[float, Field(ge=0, description="Longest wait in seconds; 0 checks "
-                                                            "once.")],
+        timeout_s: Annotated[float, Field(ge=0, le=limits.MAX_SECONDS,
+                                          description="Longest wait in seconds, at most 30 "
+                                                      "days; 0 checks once.")],
     ) -> dict[str, Any]:
         """Wait until a task is finished (completed, failed or cancelled) or timeout_s passes,
         then return its result as get_task_result does, plus finished (false: still running

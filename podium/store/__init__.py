@@ -1,10 +1,16 @@
-"""Opening a store from a URL: a path, ``sqlite:///path`` or (later) ``postgresql://...``."""
+"""Opening a store from a URL: a path, ``sqlite:///path`` or ``postgresql://host/dbname``.
+
+A URL that cannot be right is refused here, with one clear message, before anything is
+created or connected to: an empty one, a malformed one, a port out of range, a PostgreSQL URL
+that names no database (libpq would quietly pick a default one and Podium create its schema
+there).
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, parse_qsl, unquote, urlsplit
 
 from podium.errors import InvalidInput
 from podium.store.base import Finish, HeartbeatReply, Store
@@ -15,18 +21,84 @@ __all__ = ["Store", "Finish", "HeartbeatReply", "open_store", "resolve_url", "DE
 
 
 def resolve_url(url: str | None) -> str:
-    """The store URL to use: the argument, ``PODIUM_STORE``, or ``./.podium/podium.db``."""
-    return url or os.environ.get("PODIUM_STORE") or str(DEFAULT_PATH)
+    """The store URL to use: the argument, ``PODIUM_STORE``, or ``./.podium/podium.db``.
+
+    An empty argument is refused rather than taken for the default; an empty ``PODIUM_STORE``
+    counts as unset, as an empty environment variable usually does.
+    """
+    if url is None:
+        return os.environ.get("PODIUM_STORE") or str(DEFAULT_PATH)
+    if not isinstance(url, str):
+        raise InvalidInput(f"store URL must be text, got {type(url).__name__}")
+    if not url.strip():
+        raise InvalidInput("store URL is empty: give a path, sqlite:///path or "
+                           "postgresql://host/dbname (or leave --store out for the default)")
+    if "\0" in url:
+        raise InvalidInput("bad store URL: it contains a NUL character")
+    try:  # as a file name: bytes from the environment come back as they were given
+        os.fsencode(url)
+    except UnicodeEncodeError:
+        raise InvalidInput("bad store URL: it contains characters that are not valid "
+                           "Unicode") from None
+    return url
 
 
-def open_store(url: str | None = None) -> Store:
-    """Open (and migrate) the store named by ``url``; see ``resolve_url`` for the default."""
-    explicit = bool(url or os.environ.get("PODIUM_STORE"))
+def _shown(url: str) -> str:
+    """The URL for a message, its password hidden; works on URLs ``urlsplit`` refuses too."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, hostpart = rest.rpartition("@")
+    if at and ":" in userinfo:
+        rest = f"{userinfo.split(':', 1)[0]}:***@{hostpart}"
+    query_start = rest.find("?")
+    if query_start >= 0 and "password=" in rest[query_start:]:
+        params = rest[query_start + 1:].split("&")
+        rest = rest[:query_start + 1] + "&".join(
+            "password=***" if p.startswith("password=") else p for p in params)
+    return scheme + sep + rest
+
+
+def _check_ports(url: str, hosts: str) -> None:
+    """Every ``host:port`` of a (possibly multi-host) netloc has a port from 1 to 65535.
+
+    ``SplitResult.port`` cannot be used: it raises on out-of-range ports and does not
+    understand libpq's ``host1:port1,host2:port2``.
+    """
+    for host in hosts.split(","):
+        port = host.rpartition("]")[2] if host.startswith("[") else host
+        if ":" not in port:
+            continue
+        port = port.rpartition(":")[2]
+        if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            raise InvalidInput(f"bad store URL {_shown(url)!r}: port {port!r} must be a number "
+                               f"from 1 to 65535")
+
+
+def _check_postgres(url: str, parts) -> None:
+    """Refuse a PostgreSQL URL with a bad port or no database name."""
+    _check_ports(url, parts.netloc.rpartition("@")[2])
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    for key, value in query:
+        if key == "port":
+            _check_ports(url, ",".join(f":{p}" for p in value.split(",")))
+    if not unquote(parts.path.lstrip("/")) and not any(k == "dbname" and v for k, v in query):
+        raise InvalidInput(
+            f"bad store URL {_shown(url)!r}: name the database, as in "
+            f"postgresql://host/dbname (or ?dbname=NAME); without one libpq would use a default "
+            f"database")
+
+
+def open_store(url: str | None = None, init: bool = False) -> Store:
+    """Open (and migrate) the store named by ``url``; see ``resolve_url`` for the default.
+    ``init`` (``podium init``) may also make a store in an existing empty file."""
+    explicit = url is not None or bool(os.environ.get("PODIUM_STORE"))
     url = resolve_url(url)
     if "://" not in url:
         path, query = url, {}
     else:
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError as e:  # e.g. an unclosed [ of an IPv6 address
+            raise InvalidInput(f"bad store URL {_shown(url)!r}: {e}") from None
         if parts.scheme == "sqlite":
             # As in file URLs: sqlite:///tmp/x.db is /tmp/x.db (sqlite:////tmp/x.db too);
             # sqlite:///./x.db is x.db in the current directory.
@@ -39,20 +111,31 @@ def open_store(url: str | None = None) -> Store:
                 path = "/" + path.lstrip("/")
             query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         elif parts.scheme in ("postgres", "postgresql"):
+            try:  # libpq takes UTF-8 text, not the file-name bytes a path may be
+                url.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidInput(f"bad store URL {_shown(url)!r}: not valid UTF-8") from None
+            _check_postgres(url, parts)
             from podium.store.postgres import PostgresStore
 
             return PostgresStore(url)
         else:
             raise InvalidInput(
-                f"bad store URL {url!r}: expected a file path, sqlite:///path or postgresql://...")
+                f"bad store URL {_shown(url)!r}: expected a file path, sqlite:///path or "
+                f"postgresql://host/dbname")
     if not path:
         raise InvalidInput(f"bad store URL {url!r}: no file path")
-    p = Path(path).expanduser()
+    try:
+        p = Path(path).expanduser()
+    except RuntimeError:  # ~name of no such user
+        raise InvalidInput(f"bad store URL {url!r}: no home directory for "
+                           f"{path.split('/', 1)[0]}") from None
     if not explicit:
-        p.parent.mkdir(parents=True, exist_ok=True)
+        p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # (its files hold prompts)
     unknown = set(query) - {"synchronous"}
     if unknown:
         raise InvalidInput(f"bad store URL {url!r}: unknown option(s) {', '.join(sorted(unknown))}")
     from podium.store.sqlite import SQLiteStore
 
-    return SQLiteStore(p, synchronous=query.get("synchronous", "NORMAL"))
+    return SQLiteStore(p, synchronous=query.get("synchronous", "NORMAL"),
+                       create_in_empty_file=init)

@@ -99,8 +99,10 @@ class SQLiteStore(SqlStore):
         self.home = self.path.parent
         if not self.path.parent.is_dir():
             raise StoreError(f"cannot create store {self.path}: directory {self.path.parent} does not exist")
+        lock_path = str(self.path) + "-writer.lock"
+        made_lock = not os.path.exists(lock_path)
         try:
-            self._lockfile = os.open(str(self.path) + "-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            self._lockfile = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as e:
             raise StoreError(f"cannot open store {self.path}: {e.strerror}") from None
         self._lock = threading.RLock()
@@ -134,6 +136,9 @@ class SQLiteStore(SqlStore):
                 self.migrate()
         except BaseException as e:
             os.close(self._lockfile)  # (and with it the lock)
+            refused = isinstance(e, StoreError) or "not a database" in str(e)
+            if made_lock and refused:  # (nobody uses it as a store: no one else holds the lock)
+                os.unlink(lock_path)  # a refused file is left as it was found
             if isinstance(e, sqlite3.Error):
                 raise _store_error(e, self.path) from None
             if isinstance(e, OSError):

@@ -1,0 +1,151 @@
+"""What input Podium accepts: the bounds of every number and name, checked in one place.
+
+One table, the same whatever the store: every bound lies inside what both SQLite (64-bit
+integers) and PostgreSQL (INTEGER columns up to 2^31-1, BIGINT up to 2^63-1) can hold, so no
+value reaches a database that one store would keep and the other refuse. A check returns the
+value it accepts (``int`` for counts, ``float`` for seconds) or raises ``InvalidInput`` naming
+the option and the range allowed. The service calls these for every call it takes; faces call
+them only for what they hand to no service call (worker timing, agent counts and names, ports,
+directories), before the store is opened.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from podium.errors import InvalidInput
+
+#: Claims a task may take (``--max-attempts``); a stuck task is failed after this many.
+MAX_ATTEMPTS = 1000
+#: The longest timeout, lease, heartbeat or wait, in seconds (30 days).
+MAX_SECONDS = 30 * 24 * 3600
+#: The most rows one listing returns (``--limit``, events read per call).
+MAX_LIST = 100_000
+#: The most agents one ``podium up`` or ``podium demo`` starts on this host.
+MAX_AGENTS = 256
+#: The largest event id (``watch --from``): PostgreSQL's BIGINT, SQLite's INTEGER.
+MAX_EVENT_ID = 2**63 - 1
+#: TCP ports; 0 asks the system for any free one where that is allowed.
+MAX_PORT = 65535
+#: The longest name (agent id, role, prefix, sender, session, context key, task id), in bytes
+#: of UTF-8: agent names become log file names, which most file systems cap at 255 bytes.
+MAX_NAME_BYTES = 200
+
+
+def _number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float))
+
+
+def _shown(value: Any) -> str:
+    """``value`` for a message: its repr, cut short (an int past 4,300 digits has none)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return "(an integer of over 4300 digits)"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def integer(value: Any, what: str, low: int, high: int) -> int:
+    """``value`` when it is an integer from ``low`` to ``high`` (a bool is not one)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidInput(f"bad {what} {_shown(value)}: must be an integer, at least {low} "
+                           f"and at most {high}")
+    return int(value)
+
+
+def seconds(value: Any, what: str, zero_ok: bool = False) -> float:
+    """``value`` as seconds: more than 0 (or 0 too, when ``zero_ok``), at most 30 days."""
+    # Compared, never converted first: nan fails both comparisons, a huge int is exact.
+    if not (_number(value) and (0 <= value if zero_ok else 0 < value) and value <= MAX_SECONDS):
+        low = "from 0 to" if zero_ok else "more than 0 and at most"
+        raise InvalidInput(f"bad {what} {_shown(value)}: must be {low} {MAX_SECONDS} seconds "
+                           f"(30 days)")
+    return float(value)
+
+
+def max_attempts(value: Any) -> int:
+    return integer(value, "max_attempts", 1, MAX_ATTEMPTS)
+
+
+def timeout(value: Any | None) -> float | None:
+    """A task's run timeout (None: no limit)."""
+    return None if value is None else seconds(value, "timeout")
+
+
+def wait_timeout(value: Any | None, what: str = "timeout") -> float | None:
+    """How long a call may wait (None: for ever; 0: look once)."""
+    return None if value is None else seconds(value, what, zero_ok=True)
+
+
+def lease(lease_s: Any, heartbeat_s: Any | None = None) -> tuple[float, float | None]:
+    """A worker's lease and heartbeat interval (None: the worker's default, lease/6)."""
+    if not _number(lease_s) or not 0 < lease_s <= MAX_SECONDS:  # nan compares false
+        raise InvalidInput(f"bad lease {_shown(lease_s)}: --lease must be positive, at most "
+                           f"{MAX_SECONDS} seconds (30 days)")
+    if heartbeat_s is None:
+        return float(lease_s), None
+    if not _number(heartbeat_s) or not 0 < heartbeat_s < lease_s:
+        raise InvalidInput(f"bad heartbeat {_shown(heartbeat_s)}: expected --heartbeat between "
+                           f"0 and the lease ({float(lease_s):g} s), both excluded")
+    return float(lease_s), float(heartbeat_s)
+
+
+def list_limit(value: Any) -> int:
+    return integer(value, "limit", 1, MAX_LIST)
+
+
+def agent_count(value: Any) -> int:
+    """How many agents to start; at least 1."""
+    return integer(value, "number of agents", 1, MAX_AGENTS)
+
+
+def event_id(value: Any) -> int:
+    """An event cursor: events after this id (0: from the start)."""
+    return integer(value, "event id", 0, MAX_EVENT_ID)
+
+
+def port(value: Any, any_free: bool = False) -> int:
+    """A TCP port, 1 to 65535 (0 too when ``any_free``: the system picks one)."""
+    return integer(value, "port", 0 if any_free else 1, MAX_PORT)
+
+
+def name(value: Any, what: str) -> str:
+    """A non-empty name of at most ``MAX_NAME_BYTES`` bytes, without NUL (PostgreSQL text
+    cannot hold it). Empty is refused, never taken as "the default"."""
+    if not isinstance(value, str):
+        raise InvalidInput(f"{what} must be text, got {type(value).__name__}")
+    if not value.strip():
+        raise InvalidInput(f"{what} is empty")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{what} contains characters that are not valid Unicode") from None
+    if size > MAX_NAME_BYTES:
+        raise InvalidInput(f"{what} is {size} bytes long: at most {MAX_NAME_BYTES} bytes of "
+                           f"UTF-8 allowed")
+    if "\0" in value:
+        raise InvalidInput(f"{what} contains a NUL character, which PostgreSQL cannot store")
+    return value
+
+
+def optional_name(value: Any | None, what: str) -> str | None:
+    """``name``, or None for None (no name given)."""
+    return None if value is None else name(value, what)
+
+
+def agent_prefix(value: Any) -> str:
+    """The prefix of the names ``podium up`` gives: a name that can start a file name."""
+    value = name(value, "prefix")
+    if "/" in value:
+        raise InvalidInput(f"bad prefix {value!r}: agent names become log file names, so no '/'")
+    return value
+
+
+def given(value: Any, what: str) -> str:
+    """A path or command line given on purpose: not empty (which would quietly mean "here" or
+    "none"), without NUL."""
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInput(f"{what} is empty")
+    if "\0" in value:
+        raise InvalidInput(f"{what} contains a NUL character")
+    return value
