@@ -21,6 +21,16 @@ class Conflict(PodiumError):
     """The request clashes with the current state (e.g. an agent name already live)."""
 
 
+class AgentRunning(Conflict):
+    """An agent of that name is live: its process ``pid`` on ``host`` holds it (a caller on
+    that host that finds the process gone may take the name over, see ``register_agent``)."""
+
+    def __init__(self, name: str, pid: int | None, host: str):
+        super().__init__(f"agent {name!r} is already running (pid {pid} on {host}); "
+                         "stop it first or choose another --name")
+        self.name, self.pid, self.host = name, pid, host
+
+
 class StoreError(PodiumError):
     """The store could not be opened or written (missing directory, full disk...)."""
 

@@ -140,6 +140,7 @@ class Task:
     cost_usd: float | None = None
     session_id: str | None = None
     broadcast_id: str | None = None
+    workflow_id: str | None = None  # the workflow whose step this task is (none yet)
     seq: int = 0
     #: Set on claimed tasks: a number that changes whenever shared context changes.
     context_generation: int | None = None
@@ -198,6 +199,7 @@ class Task:
             "completed_at": iso(self.completed_at),
             "lease_expires": iso(self.lease_expires),
             "broadcast_id": self.broadcast_id,
+            "workflow_id": self.workflow_id,
         }
         if with_output:
             d["result"] = self.result()
@@ -219,6 +221,7 @@ class TaskSpec:
     retry_on_failure: bool = False
     broadcast_id: str | None = None
     session_id: str | None = None
+    workflow_id: str | None = None
 
 
 @dataclass

@@ -162,7 +162,7 @@ def test_handed_task_of_an_agent_that_died_counts_its_try(store):
     reg(store, lease=0.3)
     t = add(store, "x", max_attempts=2)[0]
     time.sleep(0.4)
-    assert store.recover() >= 1
+    assert len(store.recover()) >= 1  # (the tasks taken back)
     back = store.get_task(t.id)
     assert (back.state, back.attempts) == (TaskState.QUEUED, 1)
     assert store.get_agent("a1").state is AgentState.DEAD

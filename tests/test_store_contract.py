@@ -532,3 +532,22 @@ def test_claim_reports_context_generation(store):
     store.set_context("k", "v2")
     g2 = store.claim("a1", [], 30).context_generation
     assert g0 < g1 < g2
+
+
+def test_workflow_id_is_kept(store):
+    t = store.add_tasks([TaskSpec("step 1", workflow_id="w-1"), TaskSpec("alone")])
+    assert [store.get_task(x.id).workflow_id for x in t] == ["w-1", None]
+    assert store.list_tasks()[0].workflow_id == "w-1"
+
+
+def test_live_agent_name_is_taken_over_only_from_the_process_named_gone(store):
+    store.register_agent("a1", [], "echo", "h", 111, 30, {})
+    from podium.errors import AgentRunning
+    with pytest.raises(AgentRunning) as err:
+        store.register_agent("a1", [], "echo", "h", 222, 30, {})
+    assert (err.value.pid, err.value.host) == (111, "h")
+    with pytest.raises(AgentRunning):  # (another process than the one found gone)
+        store.register_agent("a1", [], "echo", "h", 222, 30, {}, replaces_pid=999)
+    with pytest.raises(AgentRunning):  # (the same pid, on another host)
+        store.register_agent("a1", [], "echo", "other", 222, 30, {}, replaces_pid=111)
+    assert store.register_agent("a1", [], "echo", "h", 222, 30, {}, replaces_pid=111).pid == 222

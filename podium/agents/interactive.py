@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
 
+from podium.agents import registration
 from podium.errors import StoreError
 from podium.models import AgentState
 from podium.store import Store
@@ -62,14 +62,16 @@ class InteractiveAgent:
     def _heartbeats(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
             try:
-                self.store.heartbeat(self.name, self.lease_s)
+                reply = self.store.heartbeat(self.name, self.lease_s)
+                registration.end_taken(self.store.url, reply.taken)
                 self._fallback_state()
             except StoreError:
                 pass  # the lease tolerates a missed beat; the next one retries
 
     def run(self) -> int:
-        self.store.register_agent(self.name, self.roles, f"interactive:{os.path.basename(self.argv[0])}",
-                                  socket.gethostname(), os.getpid(), self.lease_s, self._meta())
+        registration.register(self.store, self.name, self.roles,
+                              f"interactive:{os.path.basename(self.argv[0])}", self.lease_s,
+                              self._meta(), os.getpid())
         env = dict(os.environ, PODIUM_AGENT_ID=self.name, PODIUM_STORE=self.store.url)
         try:
             child = subprocess.Popen(self.argv, env=env)

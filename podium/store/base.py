@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import abc
 from pathlib import Path
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from podium.models import (
@@ -59,6 +59,9 @@ class HeartbeatReply:
 
     task_state: TaskState | None = None
     lost: bool = False  # the claim is no longer ours (lease expired and taken, or cancelled)
+    #: (agent id, task id) of running tasks this heartbeat took from agents found gone: the
+    #: caller ends what they may have left running on this host (``podium.orphans``).
+    taken: list[tuple[str, str]] = field(default_factory=list)
 
 
 class Store(abc.ABC):
@@ -93,11 +96,13 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def register_agent(
         self, name: str, roles: list[str], backend: str, host: str, pid: int | None,
-        lease_s: float, meta: dict, pushable: bool = False,
+        lease_s: float, meta: dict, pushable: bool = False, replaces_pid: int | None = None,
     ) -> Agent:
         """Register (or take over a dead or stopped agent of the same name). A ``pushable``
         agent (a worker that waits on its ``agent_waiter``) may be handed tasks as they are
-        added, while it is idle: see ``claim_batch``."""
+        added, while it is idle: see ``claim_batch``. A live agent of that name raises
+        ``AgentRunning``, unless it is the one whose process ``replaces_pid`` on ``host`` the
+        caller found gone (see ``podium.agents.registration``)."""
 
     @abc.abstractmethod
     def heartbeat(
@@ -161,8 +166,10 @@ class Store(abc.ABC):
         """Cancel a blocked, queued or running task (its dependents are cancelled too)."""
 
     @abc.abstractmethod
-    def recover(self) -> int:
-        """Requeue (or fail) tasks whose lease expired; mark silent agents dead."""
+    def recover(self) -> list[tuple[str, str]]:
+        """Requeue (or fail) tasks whose lease expired; mark silent agents dead. Returns the
+        (agent id, task id) of the tasks taken, for the caller to end what their programs
+        left running on this host (``podium.orphans``)."""
 
     @abc.abstractmethod
     def get_task(self, task_id: str) -> Task: ...

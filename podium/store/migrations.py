@@ -191,6 +191,13 @@ CREATE TABLE store_key (
 );
 """,
     ),
+    (
+        # The workflow a task is a step of (workflows are tasks and dependencies in the store).
+        "m006_task_workflow",
+        """
+ALTER TABLE tasks ADD COLUMN workflow_id TEXT;
+""",
+    ),
 ]
 
 

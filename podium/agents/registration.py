@@ -1,0 +1,43 @@
+"""Registering an agent on this host, taking its name over from a process that is gone.
+
+The store refuses a name that a live agent holds (``AgentRunning``). A lease takes seconds to
+run out; when the holder ran on this very host and its process is gone (killed, crashed),
+there is nothing to wait for: the name is taken over at once, and what the previous process
+left running is ended (``podium.orphans``). The store only compares what it is told; looking
+at this host's processes is done here.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from podium import orphans, pids
+from podium.errors import AgentRunning
+from podium.models import Agent
+from podium.store import Store
+
+
+def register(store: Store, name: str, roles: list[str], backend: str, lease_s: float,
+             meta: dict, pid: int, pushable: bool = False) -> tuple[Agent, int]:
+    """Register ``name`` for process ``pid`` of this host; returns the agent and how many
+    process groups a previous run of it had left running (now killed)."""
+    host = socket.gethostname()
+    try:
+        agent = store.register_agent(name, roles, backend, host, pid, lease_s, meta, pushable)
+    except AgentRunning as e:
+        if e.host != host or not e.pid or pids.exists(e.pid):
+            raise
+        agent = store.register_agent(name, roles, backend, host, pid, lease_s, meta, pushable,
+                                     replaces_pid=e.pid)
+    # A killed previous run of this agent may have left programs behind whose tasks were
+    # taken meanwhile: they are not its tasks any more.
+    return agent, orphans.kill(store.url, name)
+
+
+def end_taken(store_url: str, taken: list[tuple[str, str]]) -> None:
+    """End what agents found gone left running on this host for the tasks taken from them."""
+    by_agent: dict[str, set[str]] = {}
+    for agent_id, task_id in taken:
+        by_agent.setdefault(agent_id, set()).add(task_id)
+    for agent_id, task_ids in by_agent.items():
+        orphans.kill(store_url, agent_id, task_ids)

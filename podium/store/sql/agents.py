@@ -1,0 +1,141 @@
+"""Agents: registering (and taking over a name), heartbeats, state, deregistering."""
+
+from __future__ import annotations
+
+import json
+
+from podium.clock import now
+from podium.errors import AgentRunning, InvalidInput, NotFound
+from podium.models import Agent, TaskState
+from podium.store.base import HeartbeatReply
+from podium.store.sql import rows
+from podium.store.sql.leases import Leases
+
+_LIVE = ("starting", "idle", "busy", "waiting_input")
+
+
+class Agents(Leases):
+    def register_agent(self, name, roles, backend, host, pid, lease_s, meta,
+                       pushable=False, replaces_pid=None) -> Agent:
+        if not name or len(name) > 200:
+            raise InvalidInput("agent name must be 1-200 characters")
+        t = now()
+        with self._write() as tx:
+            row = tx.one("SELECT state, last_heartbeat, lease_s, host, pid, meta FROM agents "
+                         "WHERE id = ?", (name,))
+            if row is not None:
+                alive = row["state"] in _LIVE and row["last_heartbeat"] + row["lease_s"] > t
+                if alive and replaces_pid is not None and row["pid"] == replaces_pid \
+                        and row["host"] == host:
+                    alive = False  # its process is gone from this host, the caller found
+                if alive:
+                    raise AgentRunning(name, row["pid"], row["host"])
+                self._orphan_tasks(tx, name, "agent re-registered", t)
+                session = json.loads(row["meta"] or "{}").get("session_id")
+                if session and "session_id" not in meta:  # a restarted agent keeps its session
+                    meta = {**meta, "session_id": session}
+                tx.execute(
+                    "UPDATE agents SET roles = ?, backend = ?, host = ?, pid = ?, state = 'idle', "
+                    "current_task = NULL, registered_at = ?, last_heartbeat = ?, lease_s = ?, "
+                    "note = NULL, meta = ?, pushable = ? WHERE id = ?",
+                    (json.dumps(roles), backend, host, pid, t, t, lease_s, json.dumps(meta),
+                     int(pushable), name),
+                )
+            else:
+                tx.execute(
+                    "INSERT INTO agents (id, name, roles, backend, host, pid, state, registered_at, "
+                    "last_heartbeat, lease_s, meta, pushable) "
+                    "VALUES (?, ?, ?, ?, ?, ?, 'idle', ?, ?, ?, ?, ?)",
+                    (name, name, json.dumps(roles), backend, host, pid, t, t, lease_s,
+                     json.dumps(meta), int(pushable)),
+                )
+            tx.event("agent.registered", name, None, roles=roles, backend=backend, host=host, pid=pid)
+            return rows.agent(tx.one("SELECT * FROM agents WHERE id = ?", (name,)))
+
+    def heartbeat(self, agent_id, lease_s, task_id=None, attempt=0) -> HeartbeatReply:
+        t = now()
+        reply = HeartbeatReply()
+        with self._write() as tx:
+            cur = tx.execute(
+                "UPDATE agents SET last_heartbeat = ?, lease_s = ?, "
+                "state = CASE WHEN state = 'dead' THEN ? ELSE state END WHERE id = ?",
+                (t, lease_s, "busy" if task_id else "idle", agent_id),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"unknown agent {agent_id!r}")
+            if task_id is not None:
+                # (A task handed over by add_tasks gets its start time here, from the worker's
+                # first heartbeat once its program runs.)
+                cur = tx.execute(
+                    "UPDATE tasks SET lease_expires = ?, started_at = COALESCE(started_at, ?) "
+                    "WHERE id = ? AND agent_id = ? AND attempts = ? AND state = 'running'",
+                    (t + lease_s, t, task_id, agent_id, attempt),
+                )
+                if cur.rowcount == 0:
+                    row = tx.one("SELECT state FROM tasks WHERE id = ?", (task_id,))
+                    reply.lost = True
+                    reply.task_state = TaskState(row["state"]) if row else None
+                else:
+                    reply.task_state = TaskState.RUNNING
+            self._recover(tx, t)
+        reply.taken = tx.taken
+        return reply
+
+    def set_agent_state(self, agent_id, state, note=None) -> Agent:
+        with self._write() as tx:
+            cur = tx.execute(
+                "UPDATE agents SET state = ?, note = COALESCE(?, note) WHERE id = ?",
+                (state.value, note, agent_id),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"unknown agent {agent_id!r}")
+            tx.event("agent.state", agent_id, None, state=state.value, note=note)
+            return rows.agent(tx.one("SELECT * FROM agents WHERE id = ?", (agent_id,)))
+
+    def set_agent_session(self, agent_id, session_id) -> Agent:
+        with self._write() as tx:
+            row = tx.one("SELECT meta FROM agents WHERE id = ?", (agent_id,))
+            if row is None:
+                raise NotFound(f"unknown agent {agent_id!r}")
+            meta = json.loads(row["meta"] or "{}")
+            if meta.get("session_id") == session_id:
+                return rows.agent(tx.one("SELECT * FROM agents WHERE id = ?", (agent_id,)))
+            if session_id is None:
+                meta.pop("session_id", None)
+            else:
+                meta["session_id"] = session_id
+            tx.execute("UPDATE agents SET meta = ? WHERE id = ?", (json.dumps(meta), agent_id))
+            tx.event("agent.session", agent_id, None, session_id=session_id)
+            return rows.agent(tx.one("SELECT * FROM agents WHERE id = ?", (agent_id,)))
+
+    def deregister(self, agent_id) -> None:
+        t = now()
+        with self._write() as tx:
+            cur = tx.execute(
+                "UPDATE agents SET state = 'stopped', current_task = NULL, last_heartbeat = ? "
+                "WHERE id = ?", (t, agent_id))
+            if cur.rowcount == 0:
+                raise NotFound(f"unknown agent {agent_id!r}")
+            # Handed to it while it was stopping, never started (a stopping worker hands back
+            # what it runs): back to the queue without the try.
+            for row in tx.all(
+                "UPDATE tasks SET state = 'queued', agent_id = NULL, lease_expires = NULL, "
+                "attempts = attempts - 1 WHERE agent_id = ? AND state = 'running' "
+                "AND started_at IS NULL RETURNING id, attempts", (agent_id,)):
+                tx.event("task.requeued", agent_id, row["id"],
+                         reason="handed to an agent that stopped before starting it",
+                         attempt=row["attempts"] + 1)
+                tx.wake(None)
+            self._orphan_tasks(tx, agent_id, "agent stopped", t)
+            tx.event("agent.stopped", agent_id)
+
+    def get_agent(self, agent_id) -> Agent:
+        with self._reader() as tx:
+            row = tx.one("SELECT * FROM agents WHERE id = ?", (agent_id,))
+        if row is None:
+            raise NotFound(f"unknown agent {agent_id!r}")
+        return rows.agent(row)
+
+    def list_agents(self) -> list[Agent]:
+        with self._reader() as tx:
+            return [rows.agent(r) for r in tx.all("SELECT * FROM agents ORDER BY registered_at, id")]

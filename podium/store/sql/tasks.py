@@ -1,0 +1,68 @@
+"""Reading tasks: one, a listing, their counts by state."""
+
+from __future__ import annotations
+
+from podium.errors import NotFound
+from podium.models import Task, TaskState
+from podium.store.sql import rows
+from podium.store.sql.tx import SqlBase, Tx
+
+
+class TaskReads(SqlBase):
+    def _load_task(self, tx: Tx, task_id: str | None, seq: int | None = None,
+                   with_output: bool = True) -> Task:
+        cols = rows.TASK_SQL if with_output else rows.TASK_SUMMARY_SQL
+        if seq is not None:
+            row = tx.one(f"SELECT {cols} FROM tasks WHERE seq = ?", (seq,))
+        else:
+            row = tx.one(f"SELECT {cols} FROM tasks WHERE id = ?", (task_id,))
+        if row is None:
+            raise NotFound(f"unknown task {task_id!r}")
+        deps = [r["depends_on"] for r in
+                tx.all("SELECT depends_on FROM task_deps WHERE task_id = ?", (row["id"],))]
+        return rows.task(row, deps, with_output)
+
+    def get_task(self, task_id) -> Task:
+        with self._reader() as tx:
+            return self._load_task(tx, task_id)
+
+    def task_state(self, task_id) -> TaskState:
+        with self._reader() as tx:
+            row = tx.one("SELECT state FROM tasks WHERE id = ?", (task_id,))
+        if row is None:
+            raise NotFound(f"unknown task {task_id!r}")
+        return TaskState(row["state"])
+
+    def list_tasks(self, state=None, agent_id=None, limit=100, with_output=False) -> list[Task]:
+        cols = rows.TASK_SQL if with_output else rows.TASK_SUMMARY_SQL
+        where, params = [], []
+        if state is not None:
+            where.append("state = ?")
+            params.append(state.value)
+        if agent_id is not None:
+            where.append("agent_id = ?")
+            params.append(agent_id)
+        sql = f"SELECT {cols} FROM tasks"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq DESC LIMIT ?"
+        params.append(limit)
+        with self._reader() as tx:
+            found = tx.all(sql, params)
+            deps: dict[str, list[str]] = {}
+            if found:
+                ids = [r["id"] for r in found]
+                for i in range(0, len(ids), 500):
+                    chunk = ids[i:i + 500]
+                    for d in tx.all(
+                        f"SELECT task_id, depends_on FROM task_deps WHERE task_id IN "
+                        f"({', '.join('?' * len(chunk))})", chunk):
+                        deps.setdefault(d["task_id"], []).append(d["depends_on"])
+        return [rows.task(r, deps.get(r["id"], []), with_output) for r in reversed(found)]
+
+    def counts(self) -> dict[str, int]:
+        with self._reader() as tx:
+            by_state = tx.all("SELECT state, COUNT(*) AS n FROM tasks GROUP BY state")
+        out = {s.value: 0 for s in TaskState}
+        out.update({r["state"]: r["n"] for r in by_state})
+        return out
