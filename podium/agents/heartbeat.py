@@ -1,0 +1,49 @@
+"""The worker's heartbeat: when it is next due, and the beat itself.
+
+A beat tells the store the agent is alive and extends the lease of the task it runs; the reply
+says whether that task is still the worker's, and which tasks the store took from agents found
+gone, whose programs left on this host are then ended (``podium.agents.registration``). A worker
+beats every ``interval_s``, from its idle loop and from the loop that watches a running task
+(``podium.agents.execution``): it is the worker's only timer.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from podium.agents import registration
+from podium.models import Task
+from podium.store import HeartbeatReply, Store
+
+
+class Heartbeat:
+    """One agent's heartbeat: due every ``interval_s`` (``clock``: seconds, monotonic)."""
+
+    def __init__(self, store: Store, agent_id: str, lease_s: float, interval_s: float,
+                 clock: Callable[[], float] = time.monotonic):
+        self.store, self.agent_id = store, agent_id
+        self.lease_s, self.interval_s = lease_s, interval_s
+        self.clock = clock
+        self.next_due = clock() + interval_s
+
+    def due(self) -> bool:
+        return self.clock() >= self.next_due
+
+    def seconds_until_due(self) -> float:
+        return max(0.0, self.next_due - self.clock())
+
+    def bring_forward(self, seconds: float) -> None:
+        """Make the next beat due in ``seconds`` at the latest."""
+        self.next_due = min(self.next_due, self.clock() + seconds)
+
+    def beat(self, task: Task | None = None) -> HeartbeatReply:
+        """Beat now, for ``task`` too (its lease) when given. The next beat is due an interval
+        from now, even when this one fails."""
+        self.next_due = self.clock() + self.interval_s
+        if task is None:
+            reply = self.store.heartbeat(self.agent_id, self.lease_s)
+        else:
+            reply = self.store.heartbeat(self.agent_id, self.lease_s, task.id, task.attempts)
+        registration.end_taken(self.store.url, reply.taken)
+        return reply
