@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 
 from podium.agents import reaper
-from podium.agents.backends import Run
+from podium.agents.backends import CappedBuffer, Run
 
 _CHUNK = 65536
 #: Once the program and all it left were killed, its pipes close at once; one still held (by a
@@ -37,31 +37,6 @@ class ProcessResult:
     stdout: bytes
     stderr: bytes
     truncated: bool
-
-
-class _Collector:
-    def __init__(self, limit: int, emit=None):
-        self.parts: list[bytes] = []
-        self.size = 0
-        self.limit = limit
-        self.truncated = False
-        self.emit = emit
-
-    def feed(self, chunk: bytes) -> None:
-        room = self.limit - self.size
-        if room <= 0:
-            self.truncated = True
-            return
-        if len(chunk) > room:
-            chunk = chunk[:room]
-            self.truncated = True
-        self.parts.append(chunk)
-        self.size += len(chunk)
-        if self.emit is not None:
-            self.emit(chunk)
-
-    def value(self) -> bytes:
-        return b"".join(self.parts)
 
 
 class _Spawned:
@@ -154,8 +129,8 @@ def run_process(argv: list[str], run: Run, stdin: bytes | None = None,
     env = env if env is not None else run.env
     proc = reaper.start(lambda: _start(argv, cwd or str(run.workdir), env, stdin is not None))
     run.track(proc.pid)
-    out = _Collector(run.max_output, run.emit)
-    err = _Collector(run.max_output)
+    out = CappedBuffer(run.max_output, run.emit)
+    err = CappedBuffer(run.max_output)
     try:
         code = _communicate(proc, out, err, stdin, env)
     finally:
@@ -165,7 +140,7 @@ def run_process(argv: list[str], run: Run, stdin: bytes | None = None,
     return ProcessResult(code, out.value(), err.value(), out.truncated or err.truncated)
 
 
-def _communicate(proc, out: _Collector, err: _Collector, data: bytes | None,
+def _communicate(proc, out: CappedBuffer, err: CappedBuffer, data: bytes | None,
                  env: dict[str, str]) -> int:
     """Feed stdin, collect stdout and stderr until the program exits and its pipes close."""
     sel = selectors.DefaultSelector()

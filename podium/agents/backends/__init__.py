@@ -6,9 +6,11 @@ ones are registered exactly like third-party ones, in Podium's own ``pyproject.t
     [project.entry-points."podium.backends"]
     mybackend = "mypackage.module:MyBackend"
 
-It subclasses ``Backend`` and implements ``run``; ``check`` says, before any task, whether it
-can run here at all (program or model missing, not logged in) with a message that says how to
-fix it.
+It subclasses ``Backend`` and implements ``run``; declares the ``--option KEY=VALUE`` settings
+it takes as ``options`` (see ``podium.agents.backends.options``) and reads them, typed, from
+``self.config``; ``check`` says, before any task, whether it can run here at all (program or
+model missing, not logged in) with a message that says how to fix it. ``CappedBuffer`` keeps
+a run's output up to its limit, and ``describe`` lists every backend for ``podium backends``.
 """
 
 from __future__ import annotations
@@ -19,15 +21,46 @@ import threading
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
-from podium.errors import InvalidInput
+from podium.agents.backends.options import Option, Options, invalid_option, parse_options
+from podium.errors import InvalidInput, PodiumError
 from podium.models import Outcome, Task
+
+__all__ = ["GROUP", "MAX_OUTPUT_BYTES", "Backend", "CappedBuffer", "Option", "Options", "Run",
+           "available", "describe", "load", "parse_options"]
 
 GROUP = "podium.backends"
 
 #: Output kept whole per task (stdout, and stderr separately); more is cut and marked truncated.
 MAX_OUTPUT_BYTES = int(os.environ.get("PODIUM_MAX_OUTPUT", 16 * 1024 * 1024))
+
+
+class CappedBuffer:
+    """Bytes kept up to ``limit``, the rest dropped and marked ``truncated``; what is kept is
+    passed on to ``emit`` (when given) as it arrives, so that it can be streamed."""
+
+    def __init__(self, limit: int, emit: Callable[[bytes], None] | None = None):
+        self.limit = limit
+        self.emit = emit
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.truncated = False
+
+    def feed(self, data: bytes) -> None:
+        room = self.limit - self.size
+        if len(data) > room:
+            data = data[:max(room, 0)]
+            self.truncated = True
+        if not data:
+            return
+        self.parts.append(data)
+        self.size += len(data)
+        if self.emit is not None:
+            self.emit(data)
+
+    def value(self) -> bytes:
+        return b"".join(self.parts)
 
 
 @dataclass
@@ -100,10 +133,20 @@ class Backend:
     takes_context: bool = True
     #: Whether ``run`` is quick and in-process, so the worker may call it on its own thread.
     inline: bool = False
+    #: The ``--option KEY=VALUE`` settings it takes (none unless a subclass declares them).
+    options: Options = Options()
 
-    def __init__(self, options: dict[str, str] | None = None, workdir: Path | None = None):
-        self.options = dict(options or {})
+    def __init__(self, given: Mapping[str, str] | None = None, workdir: Path | None = None):
+        """``given``: the options as strings (``--option KEY=VALUE``), checked here, before any
+        task: a bad one is ``InvalidInput``. Their typed values are ``self.config.KEY``."""
+        self.name = self.name or type(self).__name__  # (a backend made without the loader)
+        self.config = self.options.parse(self.name, given or {})
         self.workdir = Path(workdir or os.getcwd())
+
+    def invalid_option(self, option: str, raw: str, expected: str) -> InvalidInput:
+        """The error for an option value refused by a check of the backend's own (beyond the
+        type and bounds it declared), worded like the framework's."""
+        return invalid_option(self.name, option, raw, expected)
 
     def check(self) -> None:
         """Raise ``BackendUnavailable`` with a how-to-fix message if this backend cannot run."""
@@ -134,12 +177,24 @@ def load(name: str) -> type[Backend]:
     raise InvalidInput(f"unknown backend {name!r}: available backends are {names}")
 
 
-def parse_options(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
-    """``["model=x", "k=v"]`` -> dict; a malformed pair is an error."""
-    out: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise InvalidInput(f"bad backend option {pair!r}: expected KEY=VALUE")
-        out[key] = value
-    return out
+def describe() -> list[dict[str, Any]]:
+    """Every registered backend as plain data (for ``podium backends``)."""
+    return [_describe(name) for name in available()]
+
+
+def _describe(name: str) -> dict[str, Any]:
+    """One backend: its options, and whether it can run here (its ``check``, with the default
+    options), with the reason when it cannot."""
+    try:
+        cls = load(name)
+    except Exception as e:  # a plugin that cannot even be imported is what a listing must show
+        return {"name": name, "options": [], "available": False,
+                "reason": f"cannot be loaded: {e}"}
+    try:
+        cls().check()
+    except PodiumError as e:
+        reason: str | None = str(e)
+    else:
+        reason = None
+    return {"name": name, "options": cls.options.describe(), "available": reason is None,
+            "reason": reason}

@@ -8,9 +8,10 @@ through a shell. The stream is parsed as it arrives: the assistant's text is the
 the session id and ``is_error`` (a failed task with Claude's message: API errors, "Not logged in",
 budget or turn limits).
 
-Options (``--option key=value``): ``model``, ``permission_mode``, ``allowed_tools``,
-``disallowed_tools``, ``append_system_prompt``, ``mcp_config`` (a file or JSON), ``extra_args``
-(more arguments, split like a shell line), ``bin`` (the claude program), ``keep_session``.
+Options (``--option key=value``, declared in ``ClaudeBackend.options``): ``model``,
+``permission_mode``, ``allowed_tools``, ``disallowed_tools``, ``append_system_prompt``,
+``mcp_config`` (a file or JSON), ``extra_args`` (more arguments, split like a shell line),
+``bin`` (the claude program), ``keep_session``.
 
 Sessions. Every run's Claude session id is recorded with the result and with the agent
 (``meta.session_id``, kept when the agent restarts). With ``keep_session=true`` a task resumes
@@ -27,12 +28,11 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from podium.agents.backends import Backend, Run
+from podium.agents.backends import Backend, CappedBuffer, Option, Options, Run
 from podium.agents.backends.jsonstream import (
-    TextOutput,
-    extra_args,
+    add_message,
     find_program,
-    flag,
+    program_options,
     run_json_cli,
     stderr_tail,
 )
@@ -56,7 +56,7 @@ class _Stream:
     """What one ``claude`` run said, gathered from its events as they come."""
 
     def __init__(self, run: Run):
-        self.text = TextOutput(run)
+        self.text = CappedBuffer(run.max_output, run.emit)
         self.session_id: str | None = None
         self.result: dict[str, Any] | None = None
 
@@ -72,7 +72,7 @@ class _Stream:
                      if isinstance(b, dict) and b.get("type") == "text"]
             joined = "".join(texts)
             if joined.strip():
-                self.text.add(joined, separate=True)
+                add_message(self.text, joined, separate=True)
         elif kind == "result":
             self.result = ev
             if ev.get("session_id"):
@@ -81,12 +81,22 @@ class _Stream:
 
 class ClaudeBackend(Backend):
     takes_context = True
+    options = Options(
+        Option("model", str, None, "the model (claude --model), e.g. sonnet"),
+        Option("permission_mode", str, None, "claude --permission-mode, e.g. acceptEdits"),
+        Option("allowed_tools", str, None, "tools allowed without asking (--allowedTools)"),
+        Option("disallowed_tools", str, None, "tools refused (--disallowedTools)"),
+        Option("append_system_prompt", str, None, "text appended to the system prompt"),
+        Option("mcp_config", str, None, "MCP servers for claude: a file or JSON (--mcp-config)"),
+        Option("keep_session", bool, False, "each task resumes the agent's previous session"),
+        *program_options("claude"),
+    )
 
     def check(self) -> None:
         self._program()
 
     def _program(self) -> str:
-        return find_program(self.options, "claude", INSTALL)
+        return find_program(self.config.bin, "claude", INSTALL)
 
     # -- the agent's own session ----------------------------------------------------------
     def attach(self, store, agent_id: str) -> None:
@@ -104,29 +114,29 @@ class ClaudeBackend(Backend):
 
     # -- a run --------------------------------------------------------------------------
     def _argv(self) -> list[str]:
-        o = self.options
+        c = self.config
         argv = [self._program(), "-p", "--output-format", "stream-json", "--verbose"]
-        if o.get("model"):
-            argv += ["--model", o["model"]]
-        if o.get("permission_mode"):
-            argv += ["--permission-mode", o["permission_mode"]]
+        if c.model:
+            argv += ["--model", c.model]
+        if c.permission_mode:
+            argv += ["--permission-mode", c.permission_mode]
         # The list options take several values: the "--flag=value" form keeps them to one.
-        if o.get("allowed_tools"):
-            argv.append("--allowedTools=" + o["allowed_tools"])
-        if o.get("disallowed_tools"):
-            argv.append("--disallowedTools=" + o["disallowed_tools"])
-        if o.get("mcp_config"):
-            argv.append("--mcp-config=" + o["mcp_config"])
-        if o.get("append_system_prompt"):
-            argv += ["--append-system-prompt", o["append_system_prompt"]]
-        return argv + extra_args(o)
+        if c.allowed_tools:
+            argv.append("--allowedTools=" + c.allowed_tools)
+        if c.disallowed_tools:
+            argv.append("--disallowedTools=" + c.disallowed_tools)
+        if c.mcp_config:
+            argv.append("--mcp-config=" + c.mcp_config)
+        if c.append_system_prompt:
+            argv += ["--append-system-prompt", c.append_system_prompt]
+        return argv + c.extra_args
 
     def run(self, run: Run) -> Outcome:
         named = run.task.session_id  # the session the task asked for (--session NAME)
         if named:
             sid = session_uuid(named)
             plans = [["--resume", sid], ["--session-id", sid], ["--resume", sid]]
-        elif flag(self.options, "keep_session", False) and getattr(self, "_session", None):
+        elif self.config.keep_session and getattr(self, "_session", None):
             plans = [["--resume", self._session], []]
         else:
             plans = [[]]

@@ -12,22 +12,22 @@ the task fails at once with that reason (offline, ``codex exec`` would otherwise
 network forever; with credentials but no network it still does, and the task's ``--timeout``
 kills its whole process group). ``check_login=false`` skips the question (custom providers).
 
-Options: ``model``, ``sandbox`` (read-only, workspace-write, danger-full-access), ``profile``,
-``extra_args``, ``bin``, ``check_login`` (default true), ``skip_git_repo_check`` (default true:
-the agent's directory need not be a Git repository).
+Options (declared in ``CodexBackend.options``): ``model``, ``sandbox`` (read-only,
+workspace-write, danger-full-access), ``profile``, ``extra_args``, ``bin``, ``check_login``
+(default true), ``skip_git_repo_check`` (default true: the agent's directory need not be a Git
+repository).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from podium.agents.backends import Backend, Run
+from podium.agents.backends import Backend, CappedBuffer, Option, Options, Run
 from podium.agents.backends.jsonstream import (
-    TextOutput,
-    extra_args,
+    add_message,
     find_program,
-    flag,
     judge_recorded,
+    program_options,
     run_and_judge,
     stderr_tail,
 )
@@ -40,7 +40,7 @@ CREDENTIAL_VARS = ("CODEX_API_KEY", "OPENAI_API_KEY", "CODEX_ACCESS_TOKEN")
 
 class _Stream:
     def __init__(self, run: Run):
-        self.text = TextOutput(run)
+        self.text = CappedBuffer(run.max_output, run.emit)
         self.session_id: str | None = None
         self.tokens_in: int | None = None
         self.tokens_out: int | None = None
@@ -55,7 +55,7 @@ class _Stream:
         elif kind == "item.completed":
             item = ev.get("item") or {}
             if item.get("type") == "agent_message":
-                self.text.add(item.get("text") or "", separate=True)
+                add_message(self.text, item.get("text") or "", separate=True)
             elif item.get("type") == "error" and item.get("message"):
                 self.errors.append(str(item["message"]))
         elif kind == "turn.completed":
@@ -72,30 +72,42 @@ class _Stream:
 
 class CodexBackend(Backend):
     takes_context = True
+    options = Options(
+        Option("model", str, None, "the model (codex --model)"),
+        Option("sandbox", str, None, "read-only, workspace-write or danger-full-access"),
+        Option("profile", str, None, "a profile of codex's config.toml (--profile)"),
+        Option("check_login", bool, True, "fail a task at once when codex is not logged in"),
+        Option("skip_git_repo_check", bool, True,
+               "run in a directory that is not a Git repository"),
+        *program_options("codex"),
+    )
 
     def check(self) -> None:
-        find_program(self.options, "codex", INSTALL)
+        self._program()
+
+    def _program(self) -> str:
+        return find_program(self.config.bin, "codex", INSTALL)
 
     def _argv(self) -> list[str]:
-        o = self.options
-        argv = [find_program(o, "codex", INSTALL), "exec", "--json", "--color", "never"]
-        if flag(o, "skip_git_repo_check", True):
+        c = self.config
+        argv = [self._program(), "exec", "--json", "--color", "never"]
+        if c.skip_git_repo_check:
             argv.append("--skip-git-repo-check")
-        if o.get("model"):
-            argv += ["--model", o["model"]]
-        if o.get("sandbox"):
-            argv += ["--sandbox", o["sandbox"]]
-        if o.get("profile"):
-            argv += ["--profile", o["profile"]]
-        return argv + extra_args(o) + ["-"]  # "-": the prompt is on stdin
+        if c.model:
+            argv += ["--model", c.model]
+        if c.sandbox:
+            argv += ["--sandbox", c.sandbox]
+        if c.profile:
+            argv += ["--profile", c.profile]
+        return argv + c.extra_args + ["-"]  # "-": the prompt is on stdin
 
     def _not_logged_in(self, run: Run) -> str | None:
         """Why codex cannot authenticate, or None when it can (or we cannot tell)."""
-        if not flag(self.options, "check_login", True):
+        if not self.config.check_login:
             return None
         if any(run.env.get(k) for k in CREDENTIAL_VARS):
             return None
-        res = run_process([find_program(self.options, "codex", INSTALL), "login", "status"], run)
+        res = run_process([self._program(), "login", "status"], run)
         if res.exit_code == 0 or run.cancelled:
             return None
         said = stderr_tail(res.stderr + b"\n" + res.stdout, 300) or f"exit code {res.exit_code}"

@@ -11,9 +11,10 @@ a bad flag — and exits non-zero without a result event; the task then fails wi
 stderr (the CLI's chatter and stack frames left out). Offline, it retries the API with backoff
 for a long while: the task's ``--timeout`` kills its whole process group.
 
-Options: ``model``, ``approval_mode`` (default, auto_edit, yolo, plan), ``extra_args``, ``bin``,
-``skip_trust`` (default true: the CLI refuses to run headless in a folder not marked trusted;
-Podium runs it in the agent's directory, which the user chose).
+Options (declared in ``GeminiBackend.options``): ``model``, ``approval_mode`` (default,
+auto_edit, yolo, plan), ``extra_args``, ``bin``, ``skip_trust`` (default true: the CLI refuses
+to run headless in a folder not marked trusted; Podium runs it in the agent's directory, which
+the user chose).
 """
 
 from __future__ import annotations
@@ -21,13 +22,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from podium.agents.backends import Backend, Run
+from podium.agents.backends import Backend, CappedBuffer, Option, Options, Run
 from podium.agents.backends.jsonstream import (
-    TextOutput,
-    extra_args,
+    add_message,
     find_program,
-    flag,
     judge_recorded,
+    program_options,
     run_and_judge,
     stderr_tail,
 )
@@ -39,7 +39,7 @@ INSTALL = "install the Gemini CLI with `npm install -g @google/gemini-cli`"
 
 class _Stream:
     def __init__(self, run: Run):
-        self.text = TextOutput(run)
+        self.text = CappedBuffer(run.max_output, run.emit)
         self.session_id: str | None = None
         self.result: dict[str, Any] | None = None
         self.errors: list[str] = []
@@ -56,7 +56,8 @@ class _Stream:
             content = ev.get("content")
             if isinstance(content, str) and content:
                 # Deltas continue the current message; a new message starts after a blank line.
-                self.text.add(content, separate=not (ev.get("delta") and self._in_message))
+                add_message(self.text, content,
+                            separate=not (ev.get("delta") and self._in_message))
                 self._in_message = bool(ev.get("delta"))
         elif kind in ("tool_use", "tool_result"):
             self._in_message = False
@@ -68,20 +69,29 @@ class _Stream:
 
 class GeminiBackend(Backend):
     takes_context = True
+    options = Options(
+        Option("model", str, None, "the model (gemini --model)"),
+        Option("approval_mode", str, None, "default, auto_edit, yolo or plan"),
+        Option("skip_trust", bool, True, "run in a folder the CLI has not been told to trust"),
+        *program_options("gemini"),
+    )
 
     def check(self) -> None:
-        find_program(self.options, "gemini", INSTALL)
+        self._program()
+
+    def _program(self) -> str:
+        return find_program(self.config.bin, "gemini", INSTALL)
 
     def _argv(self) -> list[str]:
-        o = self.options
-        argv = [find_program(o, "gemini", INSTALL), "-p", "", "-o", "stream-json"]
-        if flag(o, "skip_trust", True):
+        c = self.config
+        argv = [self._program(), "-p", "", "-o", "stream-json"]
+        if c.skip_trust:
             argv.append("--skip-trust")
-        if o.get("model"):
-            argv += ["--model", o["model"]]
-        if o.get("approval_mode"):
-            argv += ["--approval-mode", o["approval_mode"]]
-        return argv + extra_args(o)
+        if c.model:
+            argv += ["--model", c.model]
+        if c.approval_mode:
+            argv += ["--approval-mode", c.approval_mode]
+        return argv + c.extra_args
 
     def run(self, run: Run) -> Outcome:
         return run_and_judge(self._argv(), run, _Stream(run), _outcome)

@@ -4,61 +4,46 @@
 process group — see ``podium.agents.process``) whose stdout is a stream of JSON objects, one a
 line. ``run_json_cli`` runs it and hands every object to a callback *as it arrives*, so the
 backend can stream the agent's text into ``task.output`` events while the program still runs;
-``TextOutput`` keeps that text (capped at the run's output limit) and streams it; ``find_program``
-resolves the program or raises ``BackendUnavailable`` saying how to install it.
+``add_message`` puts one message of that text into the run's capped output, which streams it;
+``program_options`` are the options every such backend takes (the program, more arguments);
+``find_program`` resolves the program or raises ``BackendUnavailable`` saying how to install it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
 from typing import Any, Callable
 
-from podium.agents.backends import Run
+from podium.agents.backends import CappedBuffer, Option, Run
 from podium.agents.process import ProcessResult, run_process
-from podium.errors import BackendUnavailable, InvalidInput
+from podium.errors import BackendUnavailable
 from podium.models import Outcome
 
 #: Raw stdout kept per run at most (the JSON stream is larger than the text it carries).
 STREAM_LIMIT_BYTES = 256 * 1024 * 1024
 
 
-def find_program(options: dict[str, str], default: str, install: str) -> str:
-    """The program to run: option ``bin`` (a path or a name on PATH), else ``default`` on PATH."""
-    name = options.get("bin") or default
+def program_options(program: str) -> tuple[Option, Option]:
+    """``bin`` (the program) and ``extra_args`` (more arguments, after Podium's own)."""
+    return (Option("bin", str, program, f"the {program} program: a path, or a name on PATH"),
+            Option("extra_args", list[str], [],
+                   f"more arguments for {program}, split like a shell line (never run by one)"))
+
+
+def find_program(name: str, program: str, install: str) -> str:
+    """The executable to run for option ``bin`` = ``name`` (a path or a name on PATH)."""
     if os.sep in name:
         if os.path.isfile(name) and os.access(name, os.X_OK):
             return os.path.abspath(name)
         raise BackendUnavailable(f"{name} is not an executable file; {install}, "
-                                 f"or point --option bin= at the {default} program")
+                                 f"or point --option bin= at the {program} program")
     found = shutil.which(name)
     if found is None:
         raise BackendUnavailable(f"the {name!r} program was not found on PATH; {install}, "
-                                 f"or pass --option bin=/path/to/{default}")
+                                 f"or pass --option bin=/path/to/{program}")
     return found
-
-
-def extra_args(options: dict[str, str]) -> list[str]:
-    """Option ``extra_args``, split like a shell would (but never run by one)."""
-    raw = options.get("extra_args") or ""
-    try:
-        return shlex.split(raw)
-    except ValueError as e:
-        raise InvalidInput(f"bad extra_args {raw!r}: {e}") from None
-
-
-def flag(options: dict[str, str], key: str, default: bool) -> bool:
-    value = options.get(key)
-    if value is None or value == "":
-        return default
-    v = value.strip().lower()
-    if v in ("1", "true", "yes", "on"):
-        return True
-    if v in ("0", "false", "no", "off"):
-        return False
-    raise InvalidInput(f"bad option {key}={value!r}: expected true or false")
 
 
 class JsonLines:
@@ -111,37 +96,14 @@ def replay(stdout: bytes, on_event: Callable[[dict[str, Any]], None]) -> list[st
     return lines.other
 
 
-class TextOutput:
-    """The agent's text: kept (up to the run's limit) and streamed to ``run.emit`` as it comes."""
-
-    def __init__(self, run: Run):
-        self.run = run
-        self.parts: list[bytes] = []
-        self.size = 0
-        self.truncated = False
-        self.pieces = 0  # separate messages added (for separators)
-
-    def add(self, text: str, separate: bool = False) -> None:
-        """Append text; ``separate`` puts a blank line between it and earlier messages."""
-        if not text:
-            return
-        if separate and self.pieces:
-            text = "\n\n" + text
-        self.pieces += 1
-        data = text.encode("utf-8")
-        room = self.run.max_output - self.size
-        if room <= 0:
-            self.truncated = True
-            return
-        if len(data) > room:
-            data = data[:room]
-            self.truncated = True
-        self.parts.append(data)
-        self.size += len(data)
-        self.run.emit(data)
-
-    def value(self) -> bytes:
-        return b"".join(self.parts)
+def add_message(output: CappedBuffer, text: str, separate: bool = False) -> None:
+    """Append the agent's text; ``separate`` puts a blank line between it and earlier text
+    (a new message rather than the rest of the current one)."""
+    if not text:
+        return
+    if separate and output.size:
+        text = "\n\n" + text
+    output.feed(text.encode("utf-8"))
 
 
 class _Tap:

@@ -11,7 +11,7 @@ template): ask by starting the text you want written. The model is loaded once p
 at a time, streamed into the task's output events, and generation stops as soon as the task
 is cancelled or times out (the text so far is kept). Cost is 0.
 
-Options (``--option KEY=VALUE``):
+Options (``--option KEY=VALUE``, declared in ``LocalBackend.options``):
 
 ``model_path``   a GGUF file (default: the packaged Gemma 3 270M)
 ``max_tokens``   tokens to generate at most (256)
@@ -25,30 +25,16 @@ Options (``--option KEY=VALUE``):
 
 from __future__ import annotations
 
-import codecs
 import os
 import threading
 from pathlib import Path
+from typing import Mapping
 
-from podium.agents.backends import Backend, Run
+from podium.agents.backends import Backend, Option, Options, Run
 from podium.errors import BackendUnavailable
 from podium.models import Outcome, TaskState
 
 INSTALL_HINT = "install with pip install 'podium[local]'"
-_KNOWN = {"model_path", "max_tokens", "temperature", "seed", "n_ctx", "threads", "stop"}
-
-
-def _opt(options: dict[str, str], key: str, kind: type, default, low=None):
-    raw = options.get(key)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise BackendUnavailable(f"local backend: option {key}={raw!r} is not a {kind.__name__}") from None
-    if low is not None and value < low:
-        raise BackendUnavailable(f"local backend: option {key}={raw!r} must be at least {low}")
-    return value
 
 
 def packaged_model() -> Path:
@@ -88,43 +74,43 @@ def packaged_model() -> Path:
 class LocalBackend(Backend):
     takes_context = True
     inline = False
+    options = Options(
+        Option("model_path", Path, None, "a GGUF file (default: the packaged Gemma 3 270M)"),
+        Option("max_tokens", int, 256, "tokens to generate at most", min=1),
+        Option("temperature", float, 0.8, "sampling temperature; 0 is greedy", min=0),
+        Option("seed", int, None, "sampling seed, for repeatable output (default: random)",
+               min=0),
+        Option("n_ctx", int, 4096, "context window in tokens, prompt plus output", min=16),
+        Option("threads", int, None, "CPU threads (default: llama.cpp's choice)", min=1),
+        Option("stop", str, None, "stop at this text once some text was written (escapes "
+                                  "such as \\n are understood)"),
+    )
 
-    def __init__(self, options=None, workdir=None):
-        super().__init__(options, workdir)
+    def __init__(self, given: Mapping[str, str] | None = None, workdir: Path | None = None):
+        super().__init__(given, workdir)
+        self.stop = self._stop_bytes()
         self._llm = None
         self._model_file: Path | None = None
         self._lock = threading.Lock()
 
-    # -- configuration --------------------------------------------------------------------
-    def _settings(self) -> dict:
-        unknown = sorted(set(self.options) - _KNOWN)
-        if unknown:
-            raise BackendUnavailable(
-                f"local backend: unknown option(s) {', '.join(unknown)}; "
-                f"known: {', '.join(sorted(_KNOWN))}")
-        o = self.options
-        stop = o.get("stop") or None
-        if stop is not None:
-            try:
-                stop = codecs.decode(stop, "unicode_escape") if "\\" in stop else stop
-            except UnicodeDecodeError:
-                raise BackendUnavailable(f"local backend: bad escape in stop={stop!r}") from None
-        return {
-            "max_tokens": _opt(o, "max_tokens", int, 256, 1),
-            "temperature": _opt(o, "temperature", float, 0.8, 0.0),
-            "seed": _opt(o, "seed", int, None, 0),
-            "n_ctx": _opt(o, "n_ctx", int, 4096, 16),
-            "threads": _opt(o, "threads", int, None, 1),
-            "stop": stop,
-        }
+    def _stop_bytes(self) -> bytes | None:
+        """Option ``stop`` with its escapes decoded, in UTF-8 like the model's text."""
+        raw = self.config.stop
+        if raw is None:
+            return None
+        try:
+            # (unicode_escape reads bytes as Latin-1: other characters go in as escapes too)
+            text = raw.encode("latin-1", "backslashreplace").decode("unicode_escape")
+        except UnicodeDecodeError:
+            raise self.invalid_option("stop", raw, "text whose escapes are valid, "
+                                                   "such as \\n or \\t") from None
+        return text.encode("utf-8") or None  # (an escaped line break decodes to nothing)
 
     def model_file(self) -> Path:
         if self._model_file is None:
-            given = self.options.get("model_path")
-            if given:
-                p = Path(given).expanduser()
-                if not p.is_absolute():
-                    p = self.workdir / p
+            given = self.config.model_path
+            if given is not None:
+                p = given if given.is_absolute() else self.workdir / given
                 if not p.is_file():
                     raise BackendUnavailable(f"local backend: model file {p} not found "
                                              "(option model_path)")
@@ -138,7 +124,6 @@ class LocalBackend(Backend):
         with self._lock:
             if self._llm is not None:
                 return self._llm
-            s = self._settings()
             try:
                 import llama_cpp
             except ImportError as e:
@@ -146,9 +131,10 @@ class LocalBackend(Backend):
                     f"local backend: llama-cpp-python is not installed ({e}); {INSTALL_HINT}"
                 ) from None
             path = self.model_file()
-            kwargs = {"n_ctx": s["n_ctx"], "verbose": False}
-            if s["threads"]:
-                kwargs.update(n_threads=s["threads"], n_threads_batch=s["threads"])
+            threads = self.config.threads
+            kwargs = {"n_ctx": self.config.n_ctx, "verbose": False}
+            if threads:
+                kwargs.update(n_threads=threads, n_threads_batch=threads)
             try:
                 llm = llama_cpp.Llama(model_path=str(path), **kwargs)
                 # Warm up (pages the weights in, sizes the buffers) so that the first task
@@ -162,13 +148,11 @@ class LocalBackend(Backend):
             return llm
 
     def check(self) -> None:
-        self._settings()
         self._load()
 
     # -- one task -------------------------------------------------------------------------
     def run(self, run: Run) -> Outcome:
         try:
-            s = self._settings()
             llm = self._load()
         except BackendUnavailable as e:
             return Outcome(TaskState.FAILED, error=str(e))
@@ -180,9 +164,9 @@ class LocalBackend(Backend):
             return Outcome(TaskState.FAILED, tokens_in=len(prompt), tokens_out=0, cost_usd=0.0,
                            error=f"the prompt is {len(prompt)} tokens, the context window is "
                                  f"{n_ctx} (option n_ctx)")
-        budget = min(s["max_tokens"], n_ctx - len(prompt))
-        if s["seed"] is not None:
-            llm.set_seed(s["seed"])
+        budget = min(self.config.max_tokens, n_ctx - len(prompt))
+        if self.config.seed is not None:
+            llm.set_seed(self.config.seed)
         vocab = getattr(getattr(llm, "_model", None), "vocab", None)
 
         def is_end(token: int) -> bool:
@@ -190,12 +174,12 @@ class LocalBackend(Backend):
                 return bool(llama_cpp.llama_vocab_is_eog(vocab, token))
             return token == llm.token_eos()
 
-        stop = s["stop"].encode("utf-8") if s["stop"] else None
+        stop = self.stop
         out = bytearray()   # everything generated (kept whole up to max_output)
         sent = 0            # bytes of ``out`` already streamed
         n_out = 0
         reason = "length"
-        gen = llm.generate(prompt, temp=s["temperature"], repeat_penalty=1.1)
+        gen = llm.generate(prompt, temp=self.config.temperature, repeat_penalty=1.1)
         try:
             for token in gen:
                 if run.cancelled:

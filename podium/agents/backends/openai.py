@@ -4,14 +4,14 @@ Works with OpenAI itself and with anything that speaks the same protocol (vLLM, 
 server, llama-cpp-python's server, Ollama, LM Studio, OpenRouter, ...). Only the standard
 library is used (``http.client``).
 
-Options (``--option KEY=VALUE``):
+Options (``--option KEY=VALUE``, declared in ``OpenAIBackend.options``):
 
 ``base_url``     the API root, default ``https://api.openai.com/v1`` (``/chat/completions`` is
                  appended)
 ``model``        the model name, default ``gpt-4o-mini``
 ``api_key_env``  name of the environment variable that holds the key, default
                  ``OPENAI_API_KEY``; the key is required for the default ``base_url`` only
-``temperature``, ``max_tokens``   passed through when given
+``temperature``, ``max_tokens``   passed through when given (0 to 2; at least 1)
 ``system``       a system message put before the prompt
 ``timeout``      seconds to wait for the connection and between two streamed chunks (600)
 ``stream``       ``false`` asks for one JSON answer instead of a stream (for endpoints that
@@ -33,34 +33,18 @@ import os
 import socket
 import ssl
 import threading
+from pathlib import Path
+from typing import Mapping
 from urllib.parse import urlsplit
 
-from podium.agents.backends import Backend, Run
+from podium.agents.backends import Backend, CappedBuffer, Option, Options, Run
 from podium.errors import BackendUnavailable
+from podium.limits import MAX_SECONDS
 from podium.models import Outcome, TaskState
-
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
-DEFAULT_MODEL = "gpt-4o-mini"
-_KNOWN = {"base_url", "model", "api_key_env", "temperature", "max_tokens", "system", "timeout",
-          "price_in", "price_out", "stream"}
 
 
 class EndpointError(Exception):
     """The endpoint could not be reached or answered with an error (message is for the user)."""
-
-
-def _number(options: dict[str, str], key: str, kind: type, low: float | None = None):
-    raw = options.get(key)
-    if raw is None or raw == "":
-        return None
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise BackendUnavailable(
-            f"openai backend: option {key}={raw!r} is not a {kind.__name__}") from None
-    if low is not None and value < low:
-        raise BackendUnavailable(f"openai backend: option {key}={raw!r} must be at least {low}")
-    return value
 
 
 def _error_text(body: bytes) -> str:
@@ -85,77 +69,84 @@ def _error_text(body: bytes) -> str:
 class OpenAIBackend(Backend):
     takes_context = True
     inline = False
+    options = Options(
+        Option("base_url", str, "https://api.openai.com/v1",
+               "the API root (/chat/completions is appended)"),
+        Option("model", str, "gpt-4o-mini", "the model name"),
+        Option("api_key_env", str, "OPENAI_API_KEY",
+               "the environment variable holding the key (needed for api.openai.com only)"),
+        Option("temperature", float, None, "sampling temperature, passed through when given",
+               min=0, max=2),
+        Option("max_tokens", int, None, "tokens to generate at most, passed through when given",
+               min=1),
+        Option("system", str, None, "a system message put before the prompt"),
+        Option("timeout", float, 600.0,
+               "seconds to wait for the connection and between two streamed chunks",
+               min=0.001, max=MAX_SECONDS),
+        Option("stream", bool, True, "false: one JSON answer instead of a stream"),
+        Option("price_in", float, None, "USD per million input tokens, to record a cost", min=0),
+        Option("price_out", float, None, "USD per million output tokens, to record a cost",
+               min=0),
+    )
 
-    def __init__(self, options=None, workdir=None):
-        super().__init__(options, workdir)
-        o = self.options
-        self.base_url = (o.get("base_url") or DEFAULT_BASE_URL).rstrip("/")
-        self.model = o.get("model") or DEFAULT_MODEL
-        self.api_key_env = o.get("api_key_env") or "OPENAI_API_KEY"
-        self.system = o.get("system") or None
-
-    # -- configuration --------------------------------------------------------------------
-    def _settings(self) -> dict:
-        unknown = sorted(set(self.options) - _KNOWN)
-        if unknown:
-            raise BackendUnavailable(
-                f"openai backend: unknown option(s) {', '.join(unknown)}; "
-                f"known: {', '.join(sorted(_KNOWN))}")
+    def __init__(self, given: Mapping[str, str] | None = None, workdir: Path | None = None):
+        super().__init__(given, workdir)
+        self.base_url = self.config.base_url.rstrip("/")
         parts = urlsplit(self.base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise BackendUnavailable(
-                f"openai backend: base_url {self.base_url!r} must be an http:// or https:// URL")
-        stream = (self.options.get("stream") or "true").strip().lower()
-        if stream not in ("true", "false", "1", "0", "yes", "no"):
-            raise BackendUnavailable(f"openai backend: option stream={stream!r}: expected true or false")
-        return {
-            "stream": stream in ("true", "1", "yes"),
-            "temperature": _number(self.options, "temperature", float, 0.0),
-            "max_tokens": _number(self.options, "max_tokens", int, 1),
-            "timeout": _number(self.options, "timeout", float, 0.001) or 600.0,
-            "price_in": _number(self.options, "price_in", float, 0.0),
-            "price_out": _number(self.options, "price_out", float, 0.0),
-        }
+            raise self.invalid_option("base_url", self.config.base_url,
+                                      "an http:// or https:// URL")
 
     def _api_key(self) -> str | None:
-        return os.environ.get(self.api_key_env) or None
+        return os.environ.get(self.config.api_key_env) or None
 
     def check(self) -> None:
-        self._settings()
         if self._api_key() is None and urlsplit(self.base_url).hostname == "api.openai.com":
             raise BackendUnavailable(
-                f"openai backend: no API key: set {self.api_key_env} (or choose another "
+                f"openai backend: no API key: set {self.config.api_key_env} (or choose another "
                 "variable with --option api_key_env=NAME, or another endpoint with "
                 "--option base_url=URL)")
 
     # -- one task -------------------------------------------------------------------------
     def run(self, run: Run) -> Outcome:
-        try:
-            settings = self._settings()
-        except BackendUnavailable as e:
-            return Outcome(TaskState.FAILED, error=str(e))
+        c = self.config
         messages = []
-        if self.system:
-            messages.append({"role": "system", "content": self.system})
+        if c.system:
+            messages.append({"role": "system", "content": c.system})
         messages.append({"role": "user", "content": run.prompt})
-        body: dict = {"model": self.model, "messages": messages}
-        if settings["stream"]:
+        body: dict = {"model": c.model, "messages": messages}
+        if c.stream:
             body.update(stream=True, stream_options={"include_usage": True})
-        if settings["temperature"] is not None:
-            body["temperature"] = settings["temperature"]
-        if settings["max_tokens"] is not None:
-            body["max_tokens"] = settings["max_tokens"]
+        if c.temperature is not None:
+            body["temperature"] = c.temperature
+        if c.max_tokens is not None:
+            body["max_tokens"] = c.max_tokens
 
         stream = _Stream(run)
         try:
-            self._request(run, body, settings["timeout"], stream)
+            self._request(run, body, c.timeout, stream)
         except EndpointError as e:
             if run.cancelled:
-                return stream.outcome(TaskState.CANCELLED, run.cancel_reason, settings)
-            return stream.outcome(TaskState.FAILED, str(e), settings)
+                return self._outcome(stream, TaskState.CANCELLED, run.cancel_reason)
+            return self._outcome(stream, TaskState.FAILED, str(e))
         if run.cancelled:
-            return stream.outcome(TaskState.CANCELLED, run.cancel_reason, settings)
-        return stream.outcome(TaskState.COMPLETED, None, settings)
+            return self._outcome(stream, TaskState.CANCELLED, run.cancel_reason)
+        return self._outcome(stream, TaskState.COMPLETED, None)
+
+    def _outcome(self, stream: "_Stream", status: TaskState, error: str | None) -> Outcome:
+        c = self.config
+        cost = None
+        if c.price_in is not None or c.price_out is not None:
+            cost = ((stream.tokens_in or 0) * (c.price_in or 0.0)
+                    + (stream.tokens_out or 0) * (c.price_out or 0.0)) / 1e6
+        if status is TaskState.COMPLETED and stream.finish_reason == "length":
+            # Not an error: the output is what the max_tokens allowed; say so on stderr.
+            stderr = b"stopped at max_tokens\n"
+        else:
+            stderr = None
+        return Outcome(status, output=stream.output.value(), stderr=stderr, error=error,
+                       exit_code=None, tokens_in=stream.tokens_in, tokens_out=stream.tokens_out,
+                       cost_usd=cost, output_truncated=stream.output.truncated)
 
     def _request(self, run: Run, body: dict, timeout: float, stream: "_Stream") -> None:
         parts = urlsplit(self.base_url)
@@ -234,25 +225,13 @@ class _Stream:
 
     def __init__(self, run: Run):
         self.run = run
-        self.parts: list[bytes] = []
-        self.size = 0
-        self.truncated = False
+        self.output = CappedBuffer(run.max_output, run.emit)
         self.tokens_in: int | None = None
         self.tokens_out: int | None = None
         self.finish_reason: str | None = None
 
     def text(self, piece: str) -> None:
-        if not piece:
-            return
-        data = piece.encode("utf-8")
-        room = self.run.max_output - self.size
-        if len(data) > room:
-            data = data[:max(0, room)]
-            self.truncated = True
-        if data:
-            self.parts.append(data)
-            self.size += len(data)
-            self.run.emit(data)
+        self.output.feed(piece.encode("utf-8"))
 
     def usage(self, usage) -> None:
         if isinstance(usage, dict):
@@ -322,17 +301,3 @@ class _Stream:
             raise EndpointError(
                 f"the endpoint answered something that is not JSON: {body[:200]!r}") from None
         self.chunk(doc)
-
-    def outcome(self, status: TaskState, error: str | None, settings: dict) -> Outcome:
-        cost = None
-        if settings.get("price_in") is not None or settings.get("price_out") is not None:
-            cost = ((self.tokens_in or 0) * (settings.get("price_in") or 0.0)
-                    + (self.tokens_out or 0) * (settings.get("price_out") or 0.0)) / 1e6
-        if status is TaskState.COMPLETED and self.finish_reason == "length":
-            # Not an error: the output is what the max_tokens allowed; say so on stderr.
-            stderr = b"stopped at max_tokens\n"
-        else:
-            stderr = None
-        return Outcome(status, output=b"".join(self.parts), stderr=stderr, error=error,
-                       exit_code=None, tokens_in=self.tokens_in, tokens_out=self.tokens_out,
-                       cost_usd=cost, output_truncated=self.truncated)

@@ -4,7 +4,8 @@ This is the one backend whose prompt goes through a shell, on purpose. A prompt 
 one argument (Linux caps one at 128 KiB) is written to a private script file instead of
 ``sh -c``. The command sees ``PODIUM_TASK_ID``, ``PODIUM_AGENT_ID``, ``PODIUM_STORE`` and
 ``PODIUM_TASK_CONTEXT`` (the task's context) in its environment, so it can call ``podium`` back.
-stdout is the output, stderr is kept apart, the exit code decides completed or failed.
+stdout is the output, stderr is kept apart, the exit code decides completed or failed. Option
+``shell`` names another shell (a path, or a name on PATH).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-from podium.agents.backends import Backend, Run
+from podium.agents.backends import Backend, Option, Options, Run
 from podium.agents.process import run_process
 from podium.models import Outcome, TaskState
 
@@ -21,9 +22,10 @@ _ARG_MAX = 100_000
 
 class ShellBackend(Backend):
     takes_context = False
+    options = Options(Option("shell", str, "/bin/sh", "the shell that runs each task's command"))
 
     def run(self, run: Run) -> Outcome:
-        shell = self.options.get("shell", "/bin/sh")
+        shell = self.config.shell
         if "\x00" in run.prompt:
             return Outcome(TaskState.FAILED, error="the command contains a NUL byte")
         script = None
