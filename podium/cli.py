@@ -10,10 +10,11 @@ from typing import Any
 
 import click
 
-from podium import __version__, limits
+from podium import __version__, limits, render
 from podium.clock import iso, now
 from podium.errors import InvalidInput, PodiumError
 from podium.service import Podium
+from podium.tmux import TmuxPanes
 
 # Exit codes of ``podium task wait`` (see README).
 EXIT_ERROR, EXIT_FAILED, EXIT_CANCELLED, EXIT_TIMEOUT = 1, 3, 4, 5
@@ -40,40 +41,21 @@ def _read_arg(value: str, what: str) -> str:
         raise InvalidInput(f"{what} on stdin is not valid UTF-8 (byte {e.start})") from None
 
 
-def _age(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    s = max(0.0, now() - ts)
-    if s < 60:
-        return f"{s:.1f}s"
-    if s < 3600:
-        return f"{s / 60:.0f}m"
-    return f"{s / 3600:.1f}h"
-
-
-def _table(rows: list[list[str]], headers: list[str]) -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
-    for r in [headers, *rows]:
-        _write("  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip() + "\n")
-
-
-def _short(text: str | None, n: int = 50) -> str:
-    if not text:
-        return ""
-    line = text.replace("\n", "⏎ ")
-    return line if len(line) <= n else line[: n - 1] + "…"
-
-
 class Ctx:
+    """What every command shares: the store URL given, and the service over it (opened on first
+    use, typing messages into tmux panes)."""
+
     def __init__(self, store: str | None):
         self.store_url = store
         self._podium: Podium | None = None
 
+    def open(self, init: bool = False) -> Podium:
+        self._podium = Podium.open(self.store_url, init=init, panes=TmuxPanes())
+        return self._podium
+
     @property
     def podium(self) -> Podium:
-        if self._podium is None:
-            self._podium = Podium.open(self.store_url)
-        return self._podium
+        return self._podium or self.open()
 
 
 pass_ctx = click.make_pass_decorator(Ctx)
@@ -97,8 +79,7 @@ def cli(ctx: click.Context, store: str | None) -> None:
 @pass_ctx
 def init(c: Ctx) -> None:
     """Create (or migrate) the store and print where it is (an empty file becomes a store)."""
-    c._podium = Podium.open(c.store_url, init=True)
-    _write(c.podium.store.url + "\n")
+    _write(c.open(init=True).url + "\n")
 
 
 @cli.group()
@@ -110,7 +91,7 @@ def store() -> None:
 @pass_ctx
 def store_migrate(c: Ctx) -> None:
     """Apply pending schema migrations (opening a store does it too) and list them."""
-    applied = c.podium.store.migrate()
+    applied = c.podium.migrate()
     _write(("applied: " + ", ".join(applied) if applied else "up to date") + "\n")
 
 
@@ -120,18 +101,7 @@ def store_migrate(c: Ctx) -> None:
 def store_copy(source, destination) -> None:
     """Copy every agent, task, message, event and context entry from SOURCE to an empty
     DESTINATION (paths or URLs; SQLite and PostgreSQL in either direction)."""
-    from podium.store import open_store
-    from podium.store.copy import copy_store
-
-    src = open_store(source)
-    try:
-        dst = open_store(destination)
-        try:
-            counts = copy_store(src, dst)
-        finally:
-            dst.close()
-    finally:
-        src.close()
+    counts = Podium.copy(source, destination)
     _write("copied " + ", ".join(f"{n} {t}" for t, n in counts.items()) + "\n")
 
 
@@ -169,9 +139,8 @@ def up(c: Ctx, n, backend, roles, options, prefix, lease, workdir, in_tmux, sess
         interactive = limits.given(interactive, "--interactive command")
     if interactive and not in_tmux:
         raise InvalidInput("--interactive needs --tmux (an interactive program needs a pane)")
-    if not interactive:
-        backends.load(backend)
-        backends.parse_options(options)
+    if not interactive:  # (its options checked here, before any worker or log is made)
+        backends.load(backend)(backends.parse_options(options), Path(workdir or "."))
     if in_tmux:
         agents = up_tmux(c.podium, n, backend, list(roles), list(options), prefix, lease, workdir,
                          session, interactive)
@@ -237,7 +206,7 @@ def hooks_install(c: Ctx, directory) -> None:
     from podium.hooks import install
 
     path = Path(limits.given(directory, "--dir")).resolve() / ".claude" / "settings.local.json"
-    install(path, c.podium.store.url)
+    install(path, c.podium.url)
     _write(f"wrote hooks to {path}\n")
 
 
@@ -263,11 +232,11 @@ def _agents_out(c: Ctx, as_json: bool) -> None:
         t = now()
         _json([a.to_dict(t) for a in agents])
         return
-    rows = [[a.id, a.state.value, ",".join(a.roles) or "-", a.backend, a.host, str(a.pid or "-"),
-             a.current_task or "-", _age(a.last_heartbeat), str(a.tasks_done),
-             _short(a.note, 30)] for a in agents]
-    _table(rows, ["AGENT", "STATE", "ROLES", "BACKEND", "HOST", "PID", "TASK", "HEARTBEAT",
-                  "DONE", "NOTE"])
+    rows = [[a.id, a.state.value, render.roles(a.roles), a.backend, a.host, str(a.pid or "-"),
+             a.current_task or "-", render.age(a.last_heartbeat), str(a.tasks_done),
+             render.short(a.note, 30)] for a in agents]
+    _write(render.table(rows, ["AGENT", "STATE", "ROLES", "BACKEND", "HOST", "PID", "TASK", "HEARTBEAT",
+                  "DONE", "NOTE"]))
 
 
 @cli.command("agents")
@@ -311,7 +280,9 @@ def agent_run(c: Ctx, name, roles, backend, options, lease, heartbeat, workdir, 
     name, roles = limits.name(name, "agent name"), [limits.name(r, "role") for r in roles]
     cls = backends.load(backend)
     wd = Path(workdir).resolve() if workdir else Path.cwd()
-    worker = Worker(c.podium.store, name, cls(backends.parse_options(options), wd), list(roles),
+    # (made before the store opens: a bad option is refused without touching it)
+    worker_backend = cls(backends.parse_options(options), wd)
+    worker = Worker(c.podium.store, name, worker_backend, list(roles),
                     lease_s=lease, heartbeat_s=heartbeat, workdir=wd, echo_output=echo_output)
     worker.install_signal_handlers()
     sys.exit(worker.run())
@@ -331,6 +302,47 @@ def agent_interactive(c: Ctx, name, roles, lease, command) -> None:
     lease = limits.lease(lease)[0]
     name, roles = limits.name(name, "agent name"), [limits.name(r, "role") for r in roles]
     sys.exit(InteractiveAgent(c.podium.store, name, list(command), roles, lease).run())
+
+
+def _option_type(o: dict[str, Any]) -> str:
+    """An option's type with its bounds: ``float, 0 to 2``."""
+    low, high = o["min"], o["max"]
+    if low is not None and high is not None:
+        return f"{o['type']}, {low} to {high}"
+    if low is not None:
+        return f"{o['type']}, at least {low}"
+    if high is not None:
+        return f"{o['type']}, at most {high}"
+    return o["type"]
+
+
+def _option_default(value: Any) -> str:
+    if value is None or value == []:
+        return "-"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return " ".join(value) if isinstance(value, list) else str(value)
+
+
+@cli.command("backends")
+@click.option("--json", "as_json", is_flag=True)
+def backends_cmd(as_json: bool) -> None:
+    """List the installed backends: their options, and whether each can run here."""
+    from podium.agents import backends
+
+    listing = backends.describe()
+    if as_json:
+        _json(listing)
+        return
+    for i, b in enumerate(listing):
+        state = "available" if b["available"] else f"not available here: {b['reason']}"
+        _write(("\n" if i else "") + f"{b['name']}  {state}\n")
+        if not b["options"]:
+            _write("  (no options)\n")
+            continue
+        _write(render.table(
+            [["  " + o["name"], _option_type(o), _option_default(o["default"]), o["help"]]
+             for o in b["options"]], ["  OPTION", "TYPE", "DEFAULT", "HELP"]))
 
 
 # -- tasks ---------------------------------------------------------------------------------
@@ -423,11 +435,10 @@ def task_list(c: Ctx, state, agent, limit, as_json) -> None:
     if as_json:
         _json([t.to_dict(with_output=False) for t in tasks])
         return
-    rows = [[t.id, t.state.value, t.priority.name.lower(),
-             t.target_agent or (f"role:{t.target_role}" if t.target_role else "*"),
-             t.agent_id or "-", f"{t.attempts}/{t.max_attempts}", _age(t.created_at),
-             _short(t.prompt)] for t in tasks]
-    _table(rows, ["TASK", "STATE", "PRIORITY", "TARGET", "AGENT", "TRIES", "AGE", "PROMPT"])
+    rows = [[t.id, t.state.value, t.priority.name.lower(), render.target(t), t.agent_id or "-",
+             render.tries(t), render.age(t.created_at), render.short(t.prompt)] for t in tasks]
+    _write(render.table(rows, ["TASK", "STATE", "PRIORITY", "TARGET", "AGENT", "TRIES", "AGE",
+                               "PROMPT"]))
 
 
 @task.command("cancel")
@@ -568,8 +579,8 @@ def context_list(c: Ctx, as_json) -> None:
     if as_json:
         _json([e.to_dict() for e in entries])
         return
-    _table([[e.key, f"v{e.version}", _age(e.updated_at), _short(e.value)] for e in entries],
-           ["KEY", "VERSION", "AGE", "VALUE"])
+    _write(render.table([[e.key, f"v{e.version}", render.age(e.updated_at), render.short(e.value)]
+                         for e in entries], ["KEY", "VERSION", "AGE", "VALUE"]))
 
 
 # -- watching ------------------------------------------------------------------------------
@@ -586,13 +597,10 @@ def watch(c: Ctx, after, task_id, idle_timeout, as_json) -> None:
         if as_json:
             _write(json.dumps(ev.to_dict(), ensure_ascii=False) + "\n")
             continue
-        data = {k: v for k, v in ev.data.items() if v is not None}
-        chunk = data.pop("chunk", None)
-        extra = " ".join(f"{k}={v}" for k, v in data.items())
-        _write(f"{iso(ev.ts)[11:]} #{ev.id} {ev.kind:<16} {ev.agent_id or '-':<12} "
-               f"{ev.task_id or '-':<13} {extra}\n")
-        if chunk:
-            _write("  | " + chunk.rstrip("\n").replace("\n", "\n  | ") + "\n")
+        _write(render.event_line(ev) + "\n")
+        output = render.event_output(ev)
+        if output:
+            _write("  | " + output.rstrip("\n").replace("\n", "\n  | ") + "\n")
 
 
 @cli.command()
@@ -628,14 +636,15 @@ def costs(c: Ctx, as_json) -> None:
     def cols(r) -> list[str]:
         return [str(r["tasks"]), str(r["tokens_in"]), str(r["tokens_out"]), f"{r['cost_usd']:.4f}"]
 
-    _table([[r["agent"], r["backend"], ",".join(r["roles"]) or "-", *cols(r)] for r in s["agents"]],
-           ["AGENT", "BACKEND", "ROLES", *nums])
+    _write(render.table([[r["agent"], r["backend"], render.roles(r["roles"]), *cols(r)]
+                         for r in s["agents"]], ["AGENT", "BACKEND", "ROLES", *nums]))
     _write("\n")
-    _table([[r["role"] or "-", str(r["agents"]), *cols(r)] for r in s["roles"]],
-           ["ROLE", "AGENTS", *nums])
+    _write(render.table([[r["role"] or "-", str(r["agents"]), *cols(r)] for r in s["roles"]],
+                        ["ROLE", "AGENTS", *nums]))
     _write("\n")
-    _table([[r["backend"], str(r["agents"]), *cols(r)] for r in s["backends"]] +
-           [["total", str(s["total"]["agents"]), *cols(s["total"])]], ["BACKEND", "AGENTS", *nums])
+    _write(render.table([[r["backend"], str(r["agents"]), *cols(r)] for r in s["backends"]] +
+                        [["total", str(s["total"]["agents"]), *cols(s["total"])]],
+                        ["BACKEND", "AGENTS", *nums]))
 
 
 @cli.command()
@@ -688,7 +697,8 @@ def mcp_install(c: Ctx, scope, directory, name, with_password) -> None:
     from podium.mcp import install
 
     directory = limits.given(directory, "--dir")
-    path, entry, left_out = install(c.podium.store.url, directory, name, scope, with_password)
+    url, left_out = c.podium.shareable_url(with_password)
+    path, entry = install(url, directory, name, scope)
     if left_out:
         click.echo("the store's password was left out of the file (it is usually committed): "
                    "give it to Claude Code's environment as PGPASSWORD, or put it in ~/.pgpass; "
@@ -703,7 +713,7 @@ def mcp_token(c: Ctx) -> None:
     """Print the bearer token of 'podium mcp serve --http' (created on first use, mode 0600)."""
     from podium.mcp import load_token
 
-    _write(load_token(c.podium.store.home) + "\n")
+    _write(load_token(c.podium.home) + "\n")
 
 
 def _utf8_args(argv: list[str]) -> list[str]:

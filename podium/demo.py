@@ -86,7 +86,7 @@ def run_demo(n_agents: int, keep: bool, write: Callable[[str], None], ai_backend
     podium_cmd = f"{py} -m podium"
     started = time.monotonic()
     try:
-        write(f"store: {podium.store.url}\n")
+        write(f"store: {podium.url}\n")
         agents = up(podium, n_agents, "shell", ["shell"], [], workdir=str(home))
         write(f"started {len(agents)} shell agents: {', '.join(a.id for a in agents)}\n")
         podium.set_context("project", "Podium demo: shell agents count the primes below 300,000 "

@@ -1,16 +1,22 @@
-"""The one API every face calls: CLI now, MCP, web and TUI later, and Python users.
+"""The one API every face calls (CLI, MCP, dashboard, tmux, supervisor) and Python users:
+the only door to the store.
 
 It validates input (so a failed call changes nothing; the bounds are in ``podium.limits``),
 turns names into store calls, and adds the few things that span several store calls (waiting,
-following events, broadcast).
+following events, broadcast). It imports no face: typing a message into an agent's pane is
+given to it as a ``PaneDelivery`` (``podium.tmux.TmuxPanes``).
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from typing import Any, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol, Self
 
 from podium import limits
+from podium.agents import registration
 from podium.clock import new_id, now
 from podium.errors import InvalidInput, NotFound, PodiumError, StoreUnavailable
 from podium.models import (
@@ -25,11 +31,17 @@ from podium.models import (
     TaskState,
 )
 from podium.store import Store, open_store
+from podium.store.copy import copy_store
+from podium.store.postgres import without_password
 
 #: The largest prompt, message or context value accepted (bytes of UTF-8).
 MAX_TEXT_BYTES = 64 * 1024 * 1024
 #: How often a waiting call re-checks the store even without a wake-up (a safety net).
 SAFETY_POLL_S = 2.0
+#: The most events one read of a follower returns.
+FOLLOW_BATCH = 1000
+#: How often ``wait_registered`` looks again (and runs its check) while nothing happens.
+REGISTER_POLL_S = 0.2
 
 
 def _text(value: Any, what: str, allow_empty: bool = False) -> str:
@@ -53,20 +65,136 @@ def _text(value: Any, what: str, allow_empty: bool = False) -> str:
     return value
 
 
-class Podium:
-    """Service facade over a store."""
+@dataclass(frozen=True)
+class Delivery:
+    """What became of text typed into a pane: confirmed once all of it showed there."""
 
-    def __init__(self, store: Store):
+    confirmed: bool
+    via: str  # where it was typed, e.g. "tmux pane %3"
+    reason: str | None = None  # why it is not confirmed
+
+
+class PaneDelivery(Protocol):
+    """Types text into an interactive agent's pane (``podium.tmux.TmuxPanes`` does, with tmux)."""
+
+    def deliver(self, pane_id: str, text: str, server: str | None = None) -> Delivery:
+        """Type ``text`` into ``pane_id`` on ``server`` (as the agent registered it; None: the
+        default one); raises ``PodiumError``, having typed nothing, when it cannot."""
+        ...
+
+
+class EventFollower:
+    """The event log read on from a cursor, as events are committed.
+
+    One thread calls ``poll`` and finally ``close``; ``stop``, from any thread, ends a ``poll``
+    waiting now and every one after it.
+    """
+
+    def __init__(self, store: Store, after: int | None = None, task_id: str | None = None):
+        self._store = store
+        self._task_id = task_id
+        self._stopped = threading.Event()
+        self._closing = threading.Lock()  # a poke never reaches a closed waiter's descriptors
+        self._closed = False
+        self._waiter = store.event_waiter()
+        try:
+            #: The id of the last event read (events after it come next).
+            self.cursor = store.last_event_id() if after is None else after
+        except BaseException:
+            self._waiter.close()
+            raise
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped.is_set()
+
+    def poll(self, timeout: float | None = None) -> list[Event]:
+        """The next events (at most ``FOLLOW_BATCH``, oldest first), waiting up to ``timeout``
+        seconds (None: for ever) for one to be committed; [] when none was, or once stopped."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._stopped.is_set():
+            batch = self._store.read_events(self.cursor, FOLLOW_BATCH, self._task_id)
+            if batch:
+                self.cursor = batch[-1].id
+                return batch
+            left = SAFETY_POLL_S if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._waiter.wait(min(left, SAFETY_POLL_S))
+        return []
+
+    def stop(self) -> None:
+        self._stopped.set()
+        with self._closing:
+            if not self._closed:
+                self._waiter.poke()
+
+    def close(self) -> None:
+        with self._closing:
+            if not self._closed:
+                self._closed = True
+                self._waiter.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Podium:
+    """Service facade over a store; ``panes`` types messages into interactive agents' panes
+    (without it, ``send`` puts them in the inbox only, and says so)."""
+
+    def __init__(self, store: Store, panes: PaneDelivery | None = None):
         self.store = store
+        self.panes = panes
 
     @classmethod
-    def open(cls, url: str | None = None, init: bool = False) -> Podium:
+    def open(cls, url: str | None = None, init: bool = False,
+             panes: PaneDelivery | None = None) -> Podium:
         """The service over the store at ``url`` (see ``open_store``; ``init``: ``podium init``,
         which may also make a store in an empty file)."""
-        return cls(open_store(url, init))
+        return cls(open_store(url, init), panes)
 
     def close(self) -> None:
         self.store.close()
+
+    # -- the store itself ---------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        """The store's URL (a PostgreSQL password in it included: see ``shareable_url``)."""
+        return self.store.url
+
+    @property
+    def home(self) -> Path:
+        """The directory for files that belong with the store (worker logs, the MCP token)."""
+        return self.store.home
+
+    def shareable_url(self, with_password: bool = False) -> tuple[str, bool]:
+        """The store's URL to write into a file others may read: a PostgreSQL password left
+        out unless ``with_password``; and whether one was left out."""
+        return (self.url, False) if with_password else without_password(self.url)
+
+    def migrate(self) -> list[str]:
+        """Apply pending schema migrations (opening does it too); returns the names applied."""
+        return self.store.migrate()
+
+    @staticmethod
+    def copy(source_url: str, dest_url: str,
+             progress: Callable[[str, int], None] | None = None) -> dict[str, int]:
+        """Copy every agent, task, message, event and context entry of the store at
+        ``source_url`` into the empty one at ``dest_url`` (SQLite and PostgreSQL either way);
+        returns the rows copied per table (``progress`` hears of each table once copied)."""
+        source = open_store(source_url)
+        try:
+            dest = open_store(dest_url)
+            try:
+                return copy_store(source, dest, progress)
+            finally:
+                dest.close()
+        finally:
+            source.close()
 
     # -- tasks ------------------------------------------------------------------------
     def spec(
@@ -156,16 +284,20 @@ class Podium:
                     break
                 waiter.wait(min(left, SAFETY_POLL_S))
                 if time.monotonic() - last_recover >= SAFETY_POLL_S:
-                    self.store.recover()  # nobody else may be alive to notice a dead agent
+                    self._recover()  # nobody else may be alive to notice a dead agent
                     last_recover = time.monotonic()
         finally:
             waiter.close()
         return self.store.get_task(task_id)
 
     # -- agents -----------------------------------------------------------------------
+    def _recover(self) -> None:
+        """Take tasks back from agents that are gone, and end what they left running here."""
+        registration.end_taken(self.store.url, self.store.recover())
+
     def agents(self) -> list[Agent]:
         try:
-            self.store.recover()
+            self._recover()
         except StoreUnavailable:
             pass  # (a full disk, say: the listing is still worth showing; nothing was changed)
         return self.store.list_agents()
@@ -173,26 +305,61 @@ class Podium:
     def agent(self, agent_id: str) -> Agent:
         return self.store.get_agent(limits.name(agent_id, "agent id"))
 
+    def deregister(self, agent_id: str) -> Agent:
+        """Record that the agent stopped (``podium down`` does, for one that could not)."""
+        agent_id = limits.name(agent_id, "agent id")
+        self.store.deregister(agent_id)
+        return self.store.get_agent(agent_id)
+
+    def wait_registered(self, names: list[str], since: float, timeout_s: float,
+                        pids: dict[str, int] | None = None,
+                        check: Callable[[], None] | None = None) -> list[Agent]:
+        """Block until every agent in ``names`` is live, registered at ``since`` or later (by
+        the process ``pids`` names, when given), or ``timeout_s`` passes; returns those that
+        are, in the order named. ``check`` runs at every look and may raise to stop waiting."""
+        names = [limits.name(nm, "agent name") for nm in names]
+        deadline = time.monotonic() + limits.seconds(timeout_s, "timeout", zero_ok=True)
+        waiter = self.store.event_waiter()
+        try:
+            while True:
+                agents = {a.id: a for a in self.store.list_agents()}
+                ready = [agents[nm] for nm in names if nm in agents
+                         and agents[nm].state.live and agents[nm].registered_at >= since
+                         and (pids is None or agents[nm].pid == pids[nm])]
+                if len(ready) == len(names):
+                    return ready
+                if check is not None:
+                    check()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return ready
+                waiter.wait(min(left, REGISTER_POLL_S))
+        finally:
+            waiter.close()
+
     # -- messages ---------------------------------------------------------------------
     def send(self, agent_id: str, body: Any, sender: str = "orchestrator") -> Message:
-        """Put a message in the agent's inbox; an interactive agent also gets it typed into its
-        pane (a tmux paste, then Enter once the text shows), recorded as ``message.delivered``:
-        confirmed once the whole text showed in the pane, else ``reason`` says why not."""
+        """Put a message in the agent's inbox; an interactive agent in a pane also gets it typed
+        in (by ``panes``: with tmux, a paste, then Enter once the text shows), recorded as
+        ``message.delivered``: confirmed once the whole text showed in the pane, else
+        ``reason`` says why not. Raises ``PodiumError``, the message kept in the inbox, when it
+        could not be typed, or this service has no ``panes`` to type it with."""
         text = _text(body, "message")
         sender = limits.name(sender, "sender")
         agent = self.agent(agent_id)
         msg = self.store.add_message(agent_id, text, "in", "message", sender)
         pane = agent.meta.get("pane") if agent.meta.get("interactive") else None
         if pane and agent.state.live:
-            from podium.tmux import Tmux
-
-            tmux = Tmux(socket_path=agent.meta.get("tmux_socket"))
+            if self.panes is None:
+                raise PodiumError(f"message {msg.id} is in {agent_id}'s inbox but was not typed "
+                                  f"into its pane: this service has no pane delivery (open it "
+                                  f"with panes=podium.tmux.TmuxPanes())")
             try:
-                delivery = tmux.deliver(pane, text)
+                delivery = self.panes.deliver(pane, text, agent.meta.get("tmux_socket"))
             except PodiumError as e:
                 raise PodiumError(f"message {msg.id} is in {agent_id}'s inbox but could not be "
                                   f"typed into its pane: {e}") from None
-            msg = self.store.mark_delivered(msg.id, delivery.confirmed, f"tmux pane {pane}",
+            msg = self.store.mark_delivered(msg.id, delivery.confirmed, delivery.via,
                                             delivery.reason)
         return msg
 
@@ -287,29 +454,15 @@ class Podium:
         Stops when ``idle_timeout`` seconds pass without a new event (None: never).
         """
         idle_timeout = limits.wait_timeout(idle_timeout, "idle timeout")
+        with self.follower(after, task_id) as events:
+            while batch := events.poll(idle_timeout):
+                yield from batch
+
+    def follower(self, after: int | None = None, task_id: str | None = None) -> EventFollower:
+        """An ``EventFollower`` from ``after`` (default: from now on), only the events of
+        ``task_id`` when it is given: ``follow`` for a thread that must stop on request."""
         after = None if after is None else limits.event_id(after)
-        task_id = limits.optional_name(task_id, "task id")
-        waiter = self.store.event_waiter()
-        cursor = self.store.last_event_id() if after is None else after
-        try:
-            quiet_since = time.monotonic()
-            while True:
-                batch = self.store.read_events(cursor, 1000, task_id)
-                for ev in batch:
-                    cursor = ev.id
-                    yield ev
-                if batch:
-                    quiet_since = time.monotonic()
-                    continue
-                if idle_timeout is not None:
-                    left = idle_timeout - (time.monotonic() - quiet_since)
-                    if left <= 0:
-                        return
-                    waiter.wait(min(left, SAFETY_POLL_S))
-                else:
-                    waiter.wait(SAFETY_POLL_S)
-        finally:
-            waiter.close()
+        return EventFollower(self.store, after, limits.optional_name(task_id, "task id"))
 
     def status(self) -> dict[str, Any]:
         agents = self.agents()
@@ -318,7 +471,7 @@ class Podium:
         for a in agents:
             by_state[a.state.value] = by_state.get(a.state.value, 0) + 1
         return {
-            "store": self.store.url,
+            "store": self.url,
             "agents": {"total": len(agents), **by_state},
             "tasks": self.store.counts(),
             "live_agents": [a.to_dict(t) for a in agents if a.state.live],

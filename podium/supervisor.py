@@ -1,7 +1,8 @@
 """Starting and stopping background workers on this machine (``podium up`` / ``podium down``).
 
 Workers are ordinary ``podium agent run`` processes in their own sessions, logging to
-``<store dir>/logs/<name>.log``; the store, not this module, knows which are alive.
+``<store dir>/logs/<name>.log``; the store, not this module, knows which are alive, and this
+module asks it only through the service.
 """
 
 from __future__ import annotations
@@ -15,19 +16,20 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from podium import orphans, pids
 from podium.errors import PodiumError
-from podium.models import Agent
+from podium.models import Agent, AgentState
 from podium.service import Podium
 
 
 def log_dir(podium: Podium) -> Path:
-    return podium.store.home / "logs"
+    return podium.home / "logs"
 
 
 def free_names(podium: Podium, n: int, prefix: str) -> list[str]:
-    taken = {a.id for a in podium.store.list_agents() if a.state.live}
+    taken = {a.id for a in podium.agents() if a.state.live}
     names, i = [], 1
     while len(names) < n:
         name = f"{prefix}-{i}"
@@ -39,7 +41,7 @@ def free_names(podium: Podium, n: int, prefix: str) -> list[str]:
 
 def worker_argv(podium: Podium, name: str, backend: str, roles: list[str],
                 options: list[str], lease_s: float | None, workdir: str | None) -> list[str]:
-    argv = [sys.executable, "-m", "podium", "--store", podium.store.url, "agent", "run",
+    argv = [sys.executable, "-m", "podium", "--store", podium.url, "agent", "run",
             "--name", name, "--backend", backend]
     for r in roles:
         argv += ["--role", r]
@@ -90,24 +92,13 @@ def up(podium: Podium, n: int, backend: str, roles: list[str], options: list[str
 
 
 def wait_registered(podium: Podium, names: list[str], started: float, wait_s: float,
-                    check=lambda: None, hint: str = "", pids: dict | None = None) -> list[Agent]:
+                    check: Callable[[], None] | None = None, hint: str = "",
+                    pids: dict[str, int] | None = None) -> list[Agent]:
     """Wait until every named agent registered after ``started`` (with the given pids)."""
-    waiter = podium.store.event_waiter()
-    try:
-        deadline = time.monotonic() + wait_s
-        while True:
-            agents = {a.id: a for a in podium.store.list_agents()}
-            ready = [agents[nm] for nm in names
-                     if nm in agents and agents[nm].registered_at >= started - 1
-                     and (pids is None or agents[nm].pid == pids[nm]) and agents[nm].state.live]
-            if len(ready) == len(names):
-                return ready
-            check()
-            if time.monotonic() > deadline:
-                raise PodiumError(f"agents did not register within {wait_s:g}s; {hint}".rstrip("; "))
-            waiter.wait(0.2)
-    finally:
-        waiter.close()
+    ready = podium.wait_registered(names, started - 1, wait_s, pids, check)
+    if len(ready) < len(names):
+        raise PodiumError(f"agents did not register within {wait_s:g}s; {hint}".rstrip("; "))
+    return ready
 
 
 def up_tmux(podium: Podium, n: int, backend: str, roles: list[str], options: list[str],
@@ -120,7 +111,7 @@ def up_tmux(podium: Podium, n: int, backend: str, roles: list[str], options: lis
     if n < 1:
         raise PodiumError("the number of agents must be at least 1")
     names = free_names(podium, n, prefix)
-    base = [sys.executable, "-m", "podium", "--store", podium.store.url]
+    base = [sys.executable, "-m", "podium", "--store", podium.url]
     panes = []
     for name in names:
         if interactive:
@@ -155,13 +146,26 @@ def _alive(pid: int) -> bool:
     return pids.exists(pid)
 
 
+def _runs_agent(pid: int, agent_id: str) -> bool:
+    """Whether process ``pid`` is still the worker of ``agent_id`` (not a pid reused since)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return False
+    name = agent_id.encode()
+    return any(a == b"--name" and b == name for a, b in zip(argv, argv[1:]))
+
+
 def down(podium: Podium, timeout_s: float = 15.0, drain: bool = False,
          names: list[str] | None = None) -> list[str]:
     """Stop the live agents of this host: SIGTERM (SIGINT to drain), then SIGKILL at timeout;
     then kill the programs their tasks left running (a killed worker cannot)."""
     host = socket.gethostname()
-    targets = [a for a in podium.store.list_agents()
-               if a.state.live and a.host == host and a.pid and (names is None or a.id in names)]
+    # (a hung worker whose lease ran out is marked dead, yet runs on: it is stopped too)
+    targets = [a for a in podium.agents()
+               if a.host == host and a.pid and (names is None or a.id in names)
+               and (a.state.live or a.state is AgentState.DEAD and _runs_agent(a.pid, a.id))]
     sig = signal.SIGINT if drain else signal.SIGTERM
     for a in targets:
         if _alive(a.pid):
@@ -170,7 +174,7 @@ def down(podium: Podium, timeout_s: float = 15.0, drain: bool = False,
     pending = {a.id: a for a in targets}
     while pending and time.monotonic() < deadline:
         for aid, a in list(pending.items()):
-            if not _alive(a.pid) or not podium.store.get_agent(aid).state.live:
+            if not _alive(a.pid) or not podium.agent(aid).state.live:
                 pending.pop(aid)
         if pending:
             time.sleep(0.05)
@@ -182,10 +186,10 @@ def down(podium: Podium, timeout_s: float = 15.0, drain: bool = False,
         end = time.monotonic() + 2
         while _alive(a.pid) and time.monotonic() < end:
             time.sleep(0.02)
-        if podium.store.get_agent(a.id).state.live:
-            podium.store.deregister(a.id)
+        if podium.agent(a.id).state.live:
+            podium.deregister(a.id)
         # Found by their environment (see podium.orphans): nothing the agent started survives it.
-        orphans.kill(podium.store.url, a.id)
+        orphans.kill(podium.url, a.id)
     sessions = {a.meta.get("tmux_session") for a in targets} - {None}
     if sessions and names is None:
         from podium.tmux import Tmux

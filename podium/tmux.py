@@ -8,7 +8,8 @@ Delivery: text goes into a tmux paste buffer through stdin (``load-buffer -``), 
 shell or ``send-keys`` quoting, is pasted into the pane, and Enter is sent once the pasted text
 shows in the pane. Any bytes arrive as they were: ``$HOME``, quotes, backticks, tabs, newlines,
 and lines longer than a canonical-mode tty holds (handed over in pieces). A delivery is
-confirmed only when the whole text shows in the pane; otherwise it says why not.
+confirmed only when the whole text shows in the pane; otherwise it says why not. ``TmuxPanes``
+is this delivery as the service takes it (``podium.service.PaneDelivery``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import time
 from dataclasses import dataclass
 
 from podium.errors import BackendUnavailable, NotFound, PodiumError
+from podium.service import Delivery
 
 PANES_PER_WINDOW = 4
 SOCKET_ENV = "PODIUM_TMUX_SOCKET"
@@ -42,14 +44,6 @@ def require_tmux() -> str:
         raise BackendUnavailable("tmux is not installed: install it with 'apt-get install tmux' "
                                  "(or your system's package manager)")
     return path
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """What became of text typed into a pane: confirmed once all of it showed there."""
-
-    confirmed: bool
-    reason: str | None = None  # why it is not confirmed
 
 
 @dataclass
@@ -176,7 +170,7 @@ class Tmux:
             reason = None
         if enter:
             self.run("send-keys", "-t", pane_id, "Enter")
-        return Delivery(reason is None, reason)
+        return Delivery(reason is None, f"tmux pane {pane_id}", reason)
 
     def _typable(self, pane_id: str, data: bytes) -> bytes:
         """``data`` as it must be typed for the pane's tty to pass each line on whole."""
@@ -234,6 +228,14 @@ class Tmux:
             return float(out.strip())
         except ValueError:
             return None
+
+
+class TmuxPanes:
+    """The service's pane delivery (``podium.service.PaneDelivery``) through tmux: each pane is
+    typed into on the tmux server its agent registered (None: the default one)."""
+
+    def deliver(self, pane_id: str, text: str, server: str | None = None) -> Delivery:
+        return Tmux(socket_path=server).deliver(pane_id, text)
 
 
 def _pieces(line: bytes) -> list[bytes]:

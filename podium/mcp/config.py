@@ -5,9 +5,10 @@ runs this Python (absolute path) as ``python -m podium --store <absolute store U
 so it works from any directory and without an activated venv. Other servers in the file are
 kept; the file is replaced atomically.
 
-``.mcp.json`` is meant to be committed with the project, so a PostgreSQL store's password is
-left out of it unless asked for (``keep_password``): the server then gets it the way any
-libpq client does, from ``PGPASSWORD`` in Claude Code's environment or from ``~/.pgpass``.
+``.mcp.json`` is meant to be committed with the project, so the URL written is the one the
+service shares (``Podium.shareable_url``): a PostgreSQL store's password is left out unless asked
+for, and the server then gets it the way any libpq client does, from ``PGPASSWORD`` in Claude
+Code's environment or from ``~/.pgpass``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from podium.errors import InvalidInput, StoreError
-from podium.store.postgres import without_password
 
 SCOPES = ("project",)
 
@@ -35,10 +35,9 @@ def server_entry(store_url: str) -> dict[str, Any]:
 
 
 def install(store_url: str, directory: str | os.PathLike = ".", name: str = "podium",
-            scope: str = "project",
-            keep_password: bool = False) -> tuple[Path, dict[str, Any], bool]:
-    """Write or merge ``<directory>/.mcp.json``; returns the path, the entry written and
-    whether a password was left out of it."""
+            scope: str = "project") -> tuple[Path, dict[str, Any]]:
+    """Write or merge ``<directory>/.mcp.json`` with a server on ``store_url`` (written as it is
+    given); returns the path and the entry written."""
     if scope not in SCOPES:
         raise InvalidInput(f"bad scope {scope!r}: expected {', '.join(SCOPES)}")
     if not name.strip():
@@ -60,9 +59,6 @@ def install(store_url: str, directory: str | os.PathLike = ".", name: str = "pod
     servers = data.setdefault("mcpServers", {})
     if not isinstance(servers, dict):
         raise InvalidInput(f"{path}: mcpServers is not an object; fix or remove it first")
-    left_out = False
-    if not keep_password:
-        store_url, left_out = without_password(store_url)
     entry = server_entry(store_url)
     servers[name] = entry
     text = json.dumps(data, ensure_ascii=False, indent=2) + "\n"
@@ -77,4 +73,4 @@ def install(store_url: str, directory: str | os.PathLike = ".", name: str = "pod
         os.replace(tmp, path)
     except OSError as e:
         raise StoreError(f"cannot write {path}: {e.strerror}") from None
-    return path, entry, left_out
+    return path, entry

@@ -314,7 +314,7 @@ def serve(podium: Podium, http: bool = False, host: str = "127.0.0.1", port: int
 
     from podium.mcp.security import LOOPBACK_NAMES, load_token, token_path
 
-    app = http_app(server, load_token(podium.store.home), host)
+    app = http_app(server, load_token(podium.home), host)
     # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted sockets only when it is
     # (without it, Nagle and delayed ACKs add ~40 ms to every response).
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM,
@@ -332,6 +332,6 @@ def serve(podium: Podium, http: bool = False, host: str = "127.0.0.1", port: int
               file=sys.stderr)
     shown = f"[{host}]" if ":" in host else host
     print(f"podium mcp: serving http://{shown}:{port}/mcp (bearer token in "
-          f"{token_path(podium.store.home)}; 'podium mcp token' prints it)", file=sys.stderr,
+          f"{token_path(podium.home)}; 'podium mcp token' prints it)", file=sys.stderr,
           flush=True)
     uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on")).run(sockets=[sock])

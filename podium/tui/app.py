@@ -1,8 +1,9 @@
 """``podium dashboard``: agents, the queue and a live event feed in the terminal (Textual).
 
-It loads the tables once, then follows the event log: each event updates only the rows it names
-(one agent, one task) — no reloading of whole tables. A one-second timer only re-renders
-heartbeat ages from memory.
+It loads the tables once, then follows the event log (the service's ``EventFollower``, on a
+thread of its own): each event updates only the rows it names (one agent, one task) — no
+reloading of whole tables. A one-second timer only re-renders heartbeat ages from memory. Cells
+are written as the CLI writes them (``podium.render``).
 
 Keys: ``a`` add a task, ``c`` cancel the selected task, ``s`` send a message to the selected
 agent, ``o`` open the output of the selected task (or the selected agent's latest task), ``q`` quit.
@@ -11,6 +12,7 @@ agent, ``o`` open the output of the selected task (or the selected agent's lates
 from __future__ import annotations
 
 import threading
+import time
 
 from textual.app import App, ComposeResult
 from textual.binding import Binding
@@ -18,35 +20,26 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Header, Input, Label, RichLog, Static
 
-from podium.clock import iso, now
+from podium import render
 from podium.errors import PodiumError
 from podium.models import Agent, Event, Task
-from podium.service import Podium
+from podium.service import EventFollower, Podium
 
 AGENT_COLS = ("agent", "state", "role", "backend", "task", "heartbeat", "done", "tokens", "cost")
 TASK_COLS = ("task", "state", "prio", "target", "agent", "tries", "prompt")
+#: How long the event thread waits before reading again when the store could not be read.
+RETRY_S = 1.0
 
 
-def _age(ts: float) -> str:
-    s = max(0.0, now() - ts)
-    return f"{s:.0f}s" if s < 120 else f"{s / 60:.0f}m"
-
-
-def _short(text: str | None, n: int = 48) -> str:
-    line = (text or "").replace("\n", " ⏎ ")
-    return line if len(line) <= n else line[: n - 1] + "…"
-
-
-def agent_cells(a: Agent) -> tuple:
-    return (a.id, a.state.value, ",".join(a.roles) or "-", a.backend, a.current_task or "-",
-            _age(a.last_heartbeat), str(a.tasks_done), str(a.tokens_in + a.tokens_out),
+def agent_cells(a: Agent) -> tuple[str, ...]:
+    return (a.id, a.state.value, render.roles(a.roles), a.backend, a.current_task or "-",
+            render.age(a.last_heartbeat), str(a.tasks_done), str(a.tokens_in + a.tokens_out),
             f"${a.cost_usd:.4f}")
 
 
-def task_cells(t: Task) -> tuple:
-    target = t.target_agent or (f"role:{t.target_role}" if t.target_role else "*")
-    return (t.id, t.state.value, t.priority.name.lower(), target, t.agent_id or "-",
-            f"{t.attempts}/{t.max_attempts}", _short(t.prompt))
+def task_cells(t: Task) -> tuple[str, ...]:
+    return (t.id, t.state.value, t.priority.name.lower(), render.target(t), t.agent_id or "-",
+            render.tries(t), render.short(t.prompt))
 
 
 class AskScreen(ModalScreen[dict | None]):
@@ -119,9 +112,7 @@ class Dashboard(App):
         self.podium = podium
         self.task_limit = task_limit
         self.agents: dict[str, Agent] = {}
-        self.cursor = 0
-        self._stop = threading.Event()
-        self._waiter = None
+        self.events: EventFollower | None = None
         self.events_applied = 0
 
     def compose(self) -> ComposeResult:
@@ -141,46 +132,37 @@ class Dashboard(App):
             agents.add_column(col, key=col)
         for col in TASK_COLS:
             tasks.add_column(col, key=col)
-        self.cursor = self.podium.store.last_event_id()
+        self.events = self.podium.follower()  # from now: before the tables load, so none is missed
         for a in self.podium.agents():
             self._put_agent(a)
         for t in self.podium.tasks(limit=self.task_limit):
             self._put_task(t)
         self.set_interval(1.0, self._tick)
-        self._waiter = self.podium.store.event_waiter()
-        threading.Thread(target=self._follow, name="podium-events", daemon=True).start()
+        threading.Thread(target=self._follow, args=(self.events,), name="podium-events",
+                         daemon=True).start()
 
-    def _follow(self) -> None:
-        try:
-            self._follow_loop()
-        finally:
-            self._waiter.close()
-
-    def _follow_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                batch = self.podium.store.read_events(self.cursor, 500)
-            except PodiumError:
-                batch = []
-            if batch:
-                self.cursor = batch[-1].id
+    def _follow(self, events: EventFollower) -> None:
+        """On its own thread: hand each batch of new events to the app until it unmounts."""
+        with events:
+            while not events.stopped:
                 try:
-                    self.call_from_thread(self.apply_events, batch)
-                except RuntimeError:
-                    return  # the app is gone
-                continue
-            self._waiter.wait(1.0)
+                    batch = events.poll()
+                except PodiumError:
+                    time.sleep(RETRY_S)  # the store cannot be read just now
+                    continue
+                if batch:
+                    try:
+                        self.call_from_thread(self.apply_events, batch)
+                    except RuntimeError:
+                        return  # the app is gone
 
     def apply_events(self, events: list[Event]) -> None:
         log = self.query_one("#events", RichLog)
         tasks: set[str] = set()
         agents: set[str] = set()
         for ev in events:
-            data = {k: v for k, v in ev.data.items() if v not in (None, [], "")}
-            chunk = data.pop("chunk", None)
-            extra = " ".join(f"{k}={v}" for k, v in data.items())
-            log.write(f"{iso(ev.ts)[11:23]} {ev.kind:<16} {ev.agent_id or '-':<10} "
-                      f"{ev.task_id or '-':<13} {extra}" + (f" | {_short(chunk, 60)}" if chunk else ""))
+            output = render.event_output(ev)
+            log.write(render.event_line(ev) + (f" | {render.short(output, 60)}" if output else ""))
             if ev.task_id and ev.kind != "task.output":
                 tasks.add(ev.task_id)
             if ev.agent_id and (ev.kind.startswith("agent.") or ev.kind.startswith("task.")):
@@ -220,14 +202,14 @@ class Dashboard(App):
         table = self.query_one("#agents", DataTable)
         for a in self.agents.values():
             if a.id in table.rows:
-                table.update_cell(a.id, "heartbeat", _age(a.last_heartbeat))
+                table.update_cell(a.id, "heartbeat", render.age(a.last_heartbeat))
         counts: dict[str, int] = {}
         tasks = self.query_one("#tasks", DataTable)
         for key in tasks.rows:
             state = tasks.get_cell(key, "state")
             counts[state] = counts.get(state, 0) + 1
         self.query_one("#status", Static).update(
-            f" {self.podium.store.url}   agents {len(self.agents)}   "
+            f" {self.podium.url}   agents {len(self.agents)}   "
             + "  ".join(f"{k} {v}" for k, v in sorted(counts.items())))
 
     # -- selection -------------------------------------------------------------------------
@@ -296,6 +278,5 @@ class Dashboard(App):
         self.push_screen(TextScreen(f"{task_id} — {r['status']}", body or "(no output yet)"))
 
     def on_unmount(self) -> None:
-        self._stop.set()
-        if self._waiter is not None:
-            self._waiter.poke()
+        if self.events is not None:
+            self.events.stop()

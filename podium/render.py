@@ -1,0 +1,62 @@
+"""How the text faces (the CLI and the dashboard) show things: ages, short texts, table cells,
+text tables and event lines, written once so that both show them alike."""
+
+from __future__ import annotations
+
+from podium.clock import iso, now
+from podium.models import Event, Task
+
+
+def age(ts: float | None, at: float | None = None) -> str:
+    """How long before ``at`` (default: now) ``ts`` was, in its largest whole unit: ``3s``,
+    ``2m``, ``5h``, ``2d``; ``-`` when there is no time."""
+    if ts is None:
+        return "-"
+    s = max(0.0, (now() if at is None else at) - ts)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            return f"{int(s // size)}{unit}"
+    return f"{int(s)}s"
+
+
+def short(text: str | None, width: int = 50) -> str:
+    """``text`` on one line (newlines shown as ⏎), cut to ``width`` characters with an …."""
+    line = (text or "").replace("\n", " ⏎ ")
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def roles(names: list[str]) -> str:
+    """An agent's roles, comma-separated; ``-`` for none."""
+    return ",".join(names) or "-"
+
+
+def target(t: Task) -> str:
+    """Who may take a task: an agent's id, ``role:NAME``, or ``*`` (any agent)."""
+    return t.target_agent or (f"role:{t.target_role}" if t.target_role else "*")
+
+
+def tries(t: Task) -> str:
+    """A task's claims so far out of those allowed, e.g. ``1/3``."""
+    return f"{t.attempts}/{t.max_attempts}"
+
+
+def table(rows: list[list[str]], headers: list[str]) -> str:
+    """Rows under their headers in left-aligned columns two spaces apart, one line each."""
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    return "".join("  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip() + "\n"
+                   for r in [headers, *rows])
+
+
+def event_line(ev: Event) -> str:
+    """One event on one line: UTC time, id, kind, agent, task and its data (the output chunk of
+    a ``task.output`` event aside: see ``event_output``)."""
+    data = {k: v for k, v in ev.data.items() if v not in (None, [], "") and k != "chunk"}
+    extra = " ".join(f"{k}={v}" for k, v in data.items())
+    time_of_day = (iso(ev.ts) or "")[11:23]
+    return (f"{time_of_day}Z #{ev.id} {ev.kind:<16} {ev.agent_id or '-':<12} "
+            f"{ev.task_id or '-':<13} {extra}").rstrip()
+
+
+def event_output(ev: Event) -> str | None:
+    """The output a ``task.output`` event carries (None for other events)."""
+    return ev.data.get("chunk") or None
