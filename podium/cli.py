@@ -111,21 +111,25 @@ def store_copy(source, destination) -> None:
 @click.option("--role", "-r", "roles", multiple=True, help="Role of every started agent (repeat).")
 @click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE",
               help="Backend option (repeat).")
-@click.option("--prefix", default="agent", show_default=True, help="Agent names: PREFIX-1, PREFIX-2...")
+@click.option("--prefix", default="agent", show_default=True,
+              help="Agent names: PREFIX-1, PREFIX-2...")
 @click.option("--lease", type=float, help="Lease seconds (an agent silent this long is dead).")
-@click.option("--workdir", type=click.Path(file_okay=False), help="Working directory of the agents.")
+@click.option("--workdir", type=click.Path(file_okay=False),
+              help="Working directory of the agents.")
 @click.option("--tmux", "in_tmux", is_flag=True,
               help="Run the agents in panes of a tmux session, with a dashboard pane.")
 @click.option("--session", default="podium", show_default=True, help="tmux session name.")
 @click.option("--interactive", metavar="CMD",
-              help="With --tmux: each pane runs this interactive program (e.g. claude) as the agent.")
+              help="With --tmux: each pane runs this interactive program (e.g. claude) as the "
+                   "agent.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def up(c: Ctx, n, backend, roles, options, prefix, lease, workdir, in_tmux, session, interactive,
        as_json) -> None:
     """Start N agents in the background (logs next to the store, in logs/) or in tmux panes."""
     from podium.agents import backends
-    from podium.supervisor import log_dir, up as start, up_tmux
+    from podium.supervisor import log_dir, up_tmux
+    from podium.supervisor import up as start
 
     # Checked before the store opens: supervisor and worker take these as they are.
     n, prefix = limits.agent_count(n), limits.agent_prefix(prefix)
@@ -172,7 +176,8 @@ def attach(session) -> None:
 @cli.command()
 @pass_ctx
 def dashboard(c: Ctx) -> None:
-    """The terminal dashboard: agents, queue and live events (keys: a add, c cancel, s send, o output)."""
+    """The terminal dashboard: agents, queue and live events (keys: a add, c cancel, s send,
+    o output)."""
     from podium.tui.app import Dashboard
 
     Dashboard(c.podium).run()
@@ -214,7 +219,8 @@ def hooks_install(c: Ctx, directory) -> None:
 @click.argument("names", nargs=-1)
 @click.option("--timeout", type=float, default=15.0, show_default=True,
               help="Seconds to wait before killing.")
-@click.option("--drain", is_flag=True, help="Let running tasks finish (SIGINT) instead of requeueing them.")
+@click.option("--drain", is_flag=True,
+              help="Let running tasks finish (SIGINT) instead of requeueing them.")
 @pass_ctx
 def down(c: Ctx, names, timeout, drain) -> None:
     """Stop this host's live agents (all, or the NAMES given)."""
@@ -235,8 +241,8 @@ def _agents_out(c: Ctx, as_json: bool) -> None:
     rows = [[a.id, a.state.value, render.roles(a.roles), a.backend, a.host, str(a.pid or "-"),
              a.current_task or "-", render.age(a.last_heartbeat), str(a.tasks_done),
              render.short(a.note, 30)] for a in agents]
-    _write(render.table(rows, ["AGENT", "STATE", "ROLES", "BACKEND", "HOST", "PID", "TASK", "HEARTBEAT",
-                  "DONE", "NOTE"]))
+    _write(render.table(rows, ["AGENT", "STATE", "ROLES", "BACKEND", "HOST", "PID", "TASK",
+                               "HEARTBEAT", "DONE", "NOTE"]))
 
 
 @cli.command("agents")
@@ -271,7 +277,8 @@ def agent_list(c: Ctx, as_json: bool) -> None:
 @click.option("--workdir", type=click.Path(file_okay=False, exists=True))
 @click.option("--echo-output", is_flag=True, help="Also print tasks and their output (for panes).")
 @pass_ctx
-def agent_run(c: Ctx, name, roles, backend, options, lease, heartbeat, workdir, echo_output) -> None:
+def agent_run(c: Ctx, name, roles, backend, options, lease, heartbeat, workdir,
+              echo_output) -> None:
     """Run one agent in the foreground: pull tasks and run them until stopped."""
     from podium.agents import backends
     from podium.agents.worker import Worker
@@ -383,11 +390,12 @@ def task_add(c: Ctx, prompt, agent, role, priority, depends_on, context, timeout
 
 def _task_text(t) -> str:
     r = t.result()
+    target = t.target_agent or (f"role {t.target_role}" if t.target_role else "any agent")
     lines = [
         f"task       {t.id}",
         f"state      {t.state.value}",
         f"priority   {t.priority.name.lower()}",
-        f"target     {t.target_agent or (('role ' + t.target_role) if t.target_role else 'any agent')}",
+        f"target     {target}",
         f"agent      {t.agent_id or '-'}",
         f"attempts   {t.attempts}/{t.max_attempts}",
         f"depends on {', '.join(t.depends_on) or '-'}",
@@ -669,7 +677,8 @@ def mcp_group() -> None:
 @mcp_group.command("serve")
 @click.option("--http", "use_http", is_flag=True,
               help="Streamable HTTP at http://HOST:PORT/mcp (bearer token) instead of stdio.")
-@click.option("--host", default="127.0.0.1", show_default=True, help="With --http: address to bind.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="With --http: address to bind.")
 @click.option("--port", type=int, default=8765, show_default=True,
               help="With --http: port (0: any free one).")
 @pass_ctx

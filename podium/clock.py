@@ -4,7 +4,7 @@ import os
 import secrets
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
 
@@ -18,7 +18,7 @@ def iso(ts: float | None) -> str | None:
     """ISO 8601 UTC with microseconds, e.g. ``2026-11-25T22:00:55.123456Z``."""
     if ts is None:
         return None
-    dt = datetime.fromtimestamp(ts, tz=timezone.utc)
+    dt = datetime.fromtimestamp(ts, tz=UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -29,7 +29,8 @@ def new_id(prefix: str, length: int = 10) -> str:
 
 
 _sortable_lock = threading.Lock()
-_sortable_last = [0, 0, ""]  # the last id's millisecond, counter and encoded millisecond
+# The last id's millisecond, counter and encoded millisecond.
+_sortable_last: tuple[int, int, str] = (0, 0, "")
 _PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]  # 10 bits -> 2 characters
 
 
@@ -44,9 +45,9 @@ def _b32(n: int, length: int) -> str:
 def _forget_last_id() -> None:
     # A forked child must not continue the parent's counter (both would make the same ids),
     # nor inherit the lock held by a thread that does not exist in it.
-    global _sortable_lock
+    global _sortable_lock, _sortable_last
     _sortable_lock = threading.Lock()
-    _sortable_last[:] = 0, 0, ""
+    _sortable_last = (0, 0, "")
 
 
 os.register_at_fork(after_in_child=_forget_last_id)
@@ -62,6 +63,7 @@ def sortable_id(prefix: str) -> str:
     id is unique in the store), it never mixes tasks up. New rows land at the end of the indexes
     keyed by task id instead of on random pages, which keeps the writes per claim small.
     """
+    global _sortable_last
     ms = time.time_ns() // 1_000_000
     with _sortable_lock:
         last_ms, last_n, head = _sortable_last
@@ -73,5 +75,5 @@ def sortable_id(prefix: str) -> str:
         else:
             n = int.from_bytes(secrets.token_bytes(3), "big")
             head = _b32(ms, 9)
-        _sortable_last[:] = ms, n, head
+        _sortable_last = (ms, n, head)
     return f"{prefix}-{head}{_PAIRS[n >> 15]}{_PAIRS[(n >> 5) & 1023]}{_ALPHABET[n & 31]}"

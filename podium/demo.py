@@ -23,16 +23,18 @@ import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from podium.errors import PodiumError
+from podium.models import Task
 from podium.service import Podium
 from podium.supervisor import down, up
 
 PRIMES = (
     "{py} -c 'import sys; lo, hi = int(sys.argv[1]), int(sys.argv[2]); "
-    "print(sum(all(n % d for d in range(2, int(n ** 0.5) + 1)) for n in range(max(lo, 2), hi)))' {lo} {hi}"
+    "print(sum(all(n % d for d in range(2, int(n ** 0.5) + 1)) for n in range(max(lo, 2), hi)))' "
+    "{lo} {hi}"
 )
 SUM = (
     "total=0; for t in {ids}; do "
@@ -66,7 +68,8 @@ for n in range(1000):
         wrong.append(n)
 lines = len(src.strip().splitlines())
 if wrong:
-    print(f"the AI's is_prime ({lines} lines) is wrong for {len(wrong)} of 0..999, first {wrong[:5]}")
+    print(f"the AI's is_prime ({lines} lines) is wrong for {len(wrong)} of 0..999, "
+          f"first {wrong[:5]}")
 else:
     print(f"the AI's is_prime ({lines} lines) is right for all of 0..999")
 '''
@@ -116,8 +119,8 @@ def run_demo(n_agents: int, keep: bool, write: Callable[[str], None], ai_backend
             SUM.format(ids=" ".join(t.id for t in counts), podium=podium_cmd, hi=hi,
                        hi_text=f"{hi:,}"),
             depends_on=[t.id for t in counts], priority="high", role="shell")
-        ai_tasks = []
-        if ai is not None:
+        ai_tasks: list[Task] = []
+        if code is not None:  # (there is an AI agent)
             summary = podium.add_task(SUMMARY_PROMPT, role="writer", depends_on=[total.id],
                                       timeout_s=120)
             (home / "check_is_prime.py").write_text(CHECK)
@@ -149,6 +152,7 @@ def run_demo(n_agents: int, keep: bool, write: Callable[[str], None], ai_backend
         ok = final.state.value == "completed" and podium.task(slow.id).state.value == "failed"
         write("\n" + (final.output or b"").decode())
         if ai_tasks:
+            assert ai is not None  # AI tasks are added only for an AI agent
             code_t, summary_t, check_t = (podium.task(t.id) for t in ai_tasks)
             ok = ok and all(t.state.value == "completed" for t in (code_t, summary_t, check_t))
             code_text = _text(code_t.output)

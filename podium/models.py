@@ -180,7 +180,7 @@ class Task:
         return d
 
     def to_dict(self, with_output: bool = True) -> dict[str, Any]:
-        d = {
+        d: dict[str, Any] = {
             "id": self.id,
             "prompt": self.prompt,
             "context": self.context,

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, Self
+from typing import Any, Protocol, Self
 
 from podium import limits
 from podium.agents import registration
@@ -395,20 +396,23 @@ class Podium:
         """
         msgs = self.outbox(agent_id, limit=1)
         msg = msgs[-1] if msgs else None
-        done = [t for t in self.tasks(agent=agent_id, limit=scan)
-                if t.state.finished and t.completed_at is not None]
-        last = self.task(max(done, key=lambda t: t.completed_at).id) if done else None
-        source = None
-        if msg is not None and (last is None or msg.created_at >= last.completed_at):
-            source = "message"
-        elif last is not None:
-            source = "result"
+        # Its finished tasks' completion times (a finished task is never claimed again: the
+        # time stays as listed here).
+        completed_at = {t.id: t.completed_at for t in self.tasks(agent=agent_id, limit=scan)
+                        if t.state.finished and t.completed_at is not None}
+        last_id = max(completed_at, key=completed_at.__getitem__, default=None)
+        last = self.task(last_id) if last_id is not None else None
         result = last.result() if last is not None else None
+        source: str | None = None
+        response: Any = None
+        if msg is not None and (last_id is None or msg.created_at >= completed_at[last_id]):
+            source, response = "message", msg.body
+        elif result is not None:
+            source, response = "result", result["output"]
         return {
             "agent_id": agent_id,
             "source": source,
-            "response": (msg.body if source == "message"
-                         else result["output"] if result is not None else None),
+            "response": response,
             "message": msg.to_dict() if msg is not None else None,
             "result": result,
         }
@@ -491,13 +495,16 @@ class Podium:
         def zero() -> dict[str, Any]:
             return {"agents": 0, "tasks": 0, "tokens_in": 0, "tokens_out": 0, "cost_usd": 0.0}
 
-        rows, roles, backends, total = [], {}, {}, zero()
+        rows: list[dict[str, Any]] = []
+        roles: dict[str | None, dict[str, Any]] = {}  # (None: agents without a role)
+        backends: dict[str, dict[str, Any]] = {}
+        total = zero()
         for a in self.store.list_agents():
             row = {"agent": a.id, "backend": a.backend, "roles": a.roles, "state": a.state.value,
                    "tasks": a.tasks_done, "tokens_in": a.tokens_in, "tokens_out": a.tokens_out,
                    "cost_usd": a.cost_usd}
             rows.append(row)
-            groups = [roles.setdefault(r, zero()) for r in (a.roles or [None])]
+            groups = [roles.setdefault(r, zero()) for r in (a.roles or (None,))]
             groups += [backends.setdefault(a.backend, zero()), total]
             for g in groups:
                 g["agents"] += 1

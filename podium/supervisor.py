@@ -15,8 +15,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from podium import orphans, pids
 from podium.errors import PodiumError
@@ -30,7 +30,8 @@ def log_dir(podium: Podium) -> Path:
 
 def free_names(podium: Podium, n: int, prefix: str) -> list[str]:
     taken = {a.id for a in podium.agents() if a.state.live}
-    names, i = [], 1
+    names: list[str] = []
+    i = 1
     while len(names) < n:
         name = f"{prefix}-{i}"
         if name not in taken:
@@ -162,39 +163,41 @@ def down(podium: Podium, timeout_s: float = 15.0, drain: bool = False,
     """Stop the live agents of this host: SIGTERM (SIGINT to drain), then SIGKILL at timeout;
     then kill the programs their tasks left running (a killed worker cannot)."""
     host = socket.gethostname()
-    # (a hung worker whose lease ran out is marked dead, yet runs on: it is stopped too)
-    targets = [a for a in podium.agents()
+    # Each with its pid. (A hung worker whose lease ran out is marked dead, yet runs on: it is
+    # stopped too.)
+    targets = [(a, a.pid) for a in podium.agents()
                if a.host == host and a.pid and (names is None or a.id in names)
                and (a.state.live or a.state is AgentState.DEAD and _runs_agent(a.pid, a.id))]
     sig = signal.SIGINT if drain else signal.SIGTERM
-    for a in targets:
-        if _alive(a.pid):
-            os.kill(a.pid, sig)
+    for _, pid in targets:
+        if _alive(pid):
+            os.kill(pid, sig)
     deadline = time.monotonic() + timeout_s
-    pending = {a.id: a for a in targets}
+    pending = {a.id: pid for a, pid in targets}
     while pending and time.monotonic() < deadline:
-        for aid, a in list(pending.items()):
-            if not _alive(a.pid) or not podium.agent(aid).state.live:
+        for aid, pid in list(pending.items()):
+            if not _alive(pid) or not podium.agent(aid).state.live:
                 pending.pop(aid)
         if pending:
             time.sleep(0.05)
-    for aid, a in pending.items():
-        if _alive(a.pid):
-            os.kill(a.pid, signal.SIGKILL)
+    for pid in pending.values():
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
     # Wait for stopped workers to be reaped, and record the ones that could not deregister.
-    for a in targets:
+    for a, pid in targets:
         end = time.monotonic() + 2
-        while _alive(a.pid) and time.monotonic() < end:
+        while _alive(pid) and time.monotonic() < end:
             time.sleep(0.02)
         if podium.agent(a.id).state.live:
             podium.deregister(a.id)
         # Found by their environment (see podium.orphans): nothing the agent started survives it.
         orphans.kill(podium.url, a.id)
-    sessions = {a.meta.get("tmux_session") for a in targets} - {None}
+    sessions = {a.meta["tmux_session"] for a, _ in targets
+                if a.meta.get("tmux_session") is not None}
     if sessions and names is None:
         from podium.tmux import Tmux
 
         for session in sessions:
-            Tmux(socket_path=next(a.meta.get("tmux_socket") for a in targets
+            Tmux(socket_path=next(a.meta.get("tmux_socket") for a, _ in targets
                                   if a.meta.get("tmux_session") == session)).kill_session(session)
-    return [a.id for a in targets]
+    return [a.id for a, _ in targets]

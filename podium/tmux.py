@@ -120,7 +120,7 @@ class Tmux:
                 group_rest = group[1:]
             else:
                 panes, group_rest = [], group
-            for name, cmd in group_rest:
+            for _, cmd in group_rest:
                 panes.append(window.split(shell=cmd, start_directory=cwd, attach=False))
                 window.select_layout("tiled")
             window.select_layout("main-vertical" if number == 1 else "tiled")

@@ -19,6 +19,7 @@ that agent) and ``w.<pid>.<random>.sock`` for watchers that want every event.
 
 from __future__ import annotations
 
+import enum
 import errno
 import functools
 import hashlib
@@ -28,11 +29,22 @@ import select
 import socket
 import stat
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Final
 
 from podium.errors import StoreError
 
-ALL_AGENTS = object()
+
+class AllAgents(enum.Enum):
+    """The type of ``ALL_AGENTS``: a one-member enum, so that type checkers tell it from a set
+    of agent ids after ``is ALL_AGENTS`` (they cannot with a plain ``object()``)."""
+
+    ALL_AGENTS = "all agents"
+
+
+#: In place of agent ids: wake every agent.
+ALL_AGENTS: Final = AllAgents.ALL_AGENTS
 #: The wake-up kinds (one byte each).
 LOOK, HANDED = b".", b"h"
 
@@ -203,7 +215,7 @@ class WakeChannel:
             self._listing = (mtime, names)
         return self._listing[1]
 
-    def notify(self, agents: object = (), watchers: bool = True,
+    def notify(self, agents: Iterable[str] | AllAgents = (), watchers: bool = True,
                handed: set[str] | frozenset[str] = frozenset()) -> None:
         """Wake the given agents (an iterable of ids, or ``ALL_AGENTS``) and all watchers; tell
         the ``handed`` agents that a task was handed to them. Raises StoreError when the
@@ -215,7 +227,7 @@ class WakeChannel:
         if agents is ALL_AGENTS:
             targets = [n for n in names if n.startswith("a.") or (watchers and n.startswith("w."))]
         else:
-            wanted = {_agent_sock_name(a) for a in agents}  # type: ignore[attr-defined]
+            wanted = {_agent_sock_name(a) for a in agents}
             targets = [n for n in names if n in wanted or n in told or
                        (watchers and n.startswith("w."))]
         if not targets:

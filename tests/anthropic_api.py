@@ -42,9 +42,10 @@ import itertools
 import json
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterable, Union
+from typing import Any
 
 __all__ = ["ScriptedAnthropic", "Text", "ToolUse", "Reply", "ApiError", "Hang", "Request",
            "TEST_API_KEY"]
@@ -101,10 +102,10 @@ class Hang:
     """Do not answer for ``seconds`` (or until the server stops); then answer ``then``, if any."""
 
     seconds: float = 3600.0
-    then: "Response | None" = None
+    then: Response | None = None
 
 
-Response = Union[Reply, ApiError, Hang, str]
+Response = Reply | ApiError | Hang | str
 
 
 @dataclass
@@ -210,7 +211,7 @@ class ScriptedAnthropic:
             "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
         }
 
-    def start(self) -> "ScriptedAnthropic":
+    def start(self) -> ScriptedAnthropic:
         handler = type("Handler", (_Handler,), {"api": self})
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
@@ -228,7 +229,7 @@ class ScriptedAnthropic:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    def __enter__(self) -> "ScriptedAnthropic":
+    def __enter__(self) -> ScriptedAnthropic:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -372,9 +373,9 @@ class _Handler(BaseHTTPRequestHandler):
                                                                 "id": block["id"],
                                                                 "name": block["name"],
                                                                 "input": {}}})
-                event("content_block_delta", {"type": "content_block_delta", "index": i,
-                                              "delta": {"type": "input_json_delta",
-                                                        "partial_json": json.dumps(block["input"])}})
+                delta = {"type": "input_json_delta", "partial_json": json.dumps(block["input"])}
+                event("content_block_delta",
+                      {"type": "content_block_delta", "index": i, "delta": delta})
             else:
                 raise AssertionError(f"scripted API cannot stream block {block!r}")
             event("content_block_stop", {"type": "content_block_stop", "index": i})

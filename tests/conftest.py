@@ -122,7 +122,8 @@ class Workers:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 if proc.poll() is not None:
-                    raise AssertionError(f"worker {name} exited {proc.returncode}: {self.log(name)}")
+                    raise AssertionError(
+                        f"worker {name} exited {proc.returncode}: {self.log(name)}")
                 try:
                     a = s.get_agent(name)
                     if a.pid == proc.pid and a.state.live:
@@ -150,10 +151,10 @@ class Workers:
         proc.wait(timeout=10)
 
     def stop_all(self) -> None:
-        for name, proc in self.procs.items():
+        for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        for name, proc in self.procs.items():
+        for proc in self.procs.values():
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:

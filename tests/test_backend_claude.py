@@ -18,8 +18,8 @@ import uuid
 import pytest
 
 from agent_clis import isolate_env, processes_in
-from helpers import wait_for
 from anthropic_api import ApiError, Hang, ScriptedAnthropic, Text, ToolUse
+from helpers import wait_for
 from podium.agents.backends.claude import session_uuid
 from podium.models import TaskState
 

@@ -24,6 +24,7 @@ from podium.models import TaskState
 
 try:
     import llama_cpp  # noqa: F401
+
     from podium.agents.backends.local import packaged_model
     MODEL = packaged_model()
 except Exception as e:  # the test extra and the local extra bring both
@@ -57,7 +58,8 @@ def llm_server(tmp_path_factory):
         deadline = time.monotonic() + 90
         while True:
             if proc.poll() is not None:
-                raise AssertionError(f"server exited {proc.returncode}: {log_path.read_text()[-3000:]}")
+                raise AssertionError(
+                    f"server exited {proc.returncode}: {log_path.read_text()[-3000:]}")
             try:
                 with urllib.request.urlopen(f"{base}/models", timeout=2) as r:
                     if r.status == 200:
@@ -195,7 +197,8 @@ def test_openai_errors_are_clear(podium, workers, llm_server):
     workers.start("ok", backend="openai", options=[f"base_url={llm_server}", "max_tokens=8"])
     t = podium.wait(podium.add_task("hello", agent="down").id, timeout_s=30)
     assert t.state is TaskState.FAILED
-    assert t.error == f"cannot reach {dead}/chat/completions: connection refused (is the server running?)"
+    assert t.error == (f"cannot reach {dead}/chat/completions: "
+                       "connection refused (is the server running?)")
     t = podium.wait(podium.add_task("hello", agent="typo").id, timeout_s=30)
     assert t.state is TaskState.FAILED
     assert "answered HTTP 404" in t.error and "/nothing/chat/completions" in t.error
@@ -244,7 +247,8 @@ def test_local_generates_text_in_a_worker(podium, workers, cli):
     assert row["tokens_out"] == t.tokens_out + t2.tokens_out + t3.tokens_out
     assert row["cost_usd"] == 0.0
     assert costs["roles"][0]["role"] == "writer"
-    assert costs["backends"] == [{"backend": "local", **{k: costs["total"][k] for k in costs["total"]}}]
+    assert costs["backends"] == [{"backend": "local",
+                                  **{k: costs["total"][k] for k in costs["total"]}}]
 
 
 def test_local_stop_text(podium, workers):
@@ -280,7 +284,8 @@ def test_local_cancel_stops_generation(podium, workers):
 
 def test_local_missing_model_or_library(cli, tmp_path):
     missing = tmp_path / "nope.gguf"
-    r = cli("agent", "run", "--name", "x", "--backend", "local", "--option", f"model_path={missing}")
+    r = cli("agent", "run", "--name", "x", "--backend", "local",
+            "--option", f"model_path={missing}")
     assert r.returncode == 1
     assert f"local backend: model file {missing} not found".encode() in r.stderr
     not_a_model = tmp_path / "empty.gguf"

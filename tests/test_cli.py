@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -87,11 +87,11 @@ def wait_done(cli, task_id: str) -> dict:
 
 def parse_iso(s: str) -> datetime:
     assert ISO.match(s), s
-    return datetime.strptime(s, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    return datetime.strptime(s, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
 
 
 def recent(s: str) -> bool:
-    return abs(datetime.now(timezone.utc) - parse_iso(s)) < timedelta(minutes=2)
+    return abs(datetime.now(UTC) - parse_iso(s)) < timedelta(minutes=2)
 
 
 def pid_running(pid: int) -> bool:
@@ -158,7 +158,8 @@ def test_init_default_store_env_and_explicit_url(tmp_path):
     # --store wins over PODIUM_STORE; sqlite:///abs and the bare path are the same store.
     url = f"sqlite://{home}/.podium/podium.db"
     assert [t["id"] for t in js(run_cli("task", "list", "--json", store_url=url, env=env))] == [tid]
-    assert out(run_cli("init", store_url=str(home / ".podium" / "podium.db"), env=env)) == url + "\n"
+    inited = run_cli("init", store_url=str(home / ".podium" / "podium.db"), env=env)
+    assert out(inited) == url + "\n"
 
 
 def test_up_agents_and_down(cli, tmp_path, team):
@@ -181,8 +182,11 @@ def test_up_agents_and_down(cli, tmp_path, team):
     pids = {a["id"]: a["pid"] for a in started} | {"rev-1": int(m.group(1))}
 
     listed = js(cli("agents", "--json"))
-    steady = lambda agents: [{k: v for k, v in a.items() if k not in ("last_heartbeat",
-                              "heartbeat_age_s")} for a in agents]
+
+    def steady(agents):
+        return [{k: v for k, v in a.items() if k not in ("last_heartbeat", "heartbeat_age_s")}
+                for a in agents]
+
     assert steady(js(cli("agent", "list", "--json"))) == steady(listed)
     assert {a["id"]: a["pid"] for a in listed} == pids
     assert {a["id"]: a["state"] for a in listed} == dict.fromkeys(pids, "idle")
@@ -206,8 +210,9 @@ def test_up_agents_and_down(cli, tmp_path, team):
     assert text.startswith("stopped 2 agent(s): ")
     assert sorted(text.strip().split(": ")[1].split(", ")) == ["agent-1", "agent-2"]
     for pid in pids.values():
-        until(lambda: not pid_running(pid), what=f"pid {pid} to exit")
-    assert {a["id"]: a["state"] for a in js(cli("agents", "--json"))} == dict.fromkeys(pids, "stopped")
+        until(lambda pid=pid: not pid_running(pid), what=f"pid {pid} to exit")
+    assert ({a["id"]: a["state"] for a in js(cli("agents", "--json"))}
+            == dict.fromkeys(pids, "stopped"))
     assert "stopped" in (home / "logs" / "agent-1.log").read_text()
     assert out(cli("down")) == "stopped 0 agent(s)\n"
 
@@ -225,7 +230,8 @@ def test_task_add_records_every_option(cli, workers):
     assert (t["target_agent"], t["target_role"], t["priority"]) == ("w1", "builder", "high")
     assert t["depends_on"] == [plain] and t["state"] == "blocked"
     assert (t["timeout_s"], t["max_attempts"], t["retry_on_failure"]) == (2.5, 5, True)
-    assert (t["attempts"], t["agent_id"], t["started_at"], t["completed_at"]) == (0, None, None, None)
+    assert ((t["attempts"], t["agent_id"], t["started_at"], t["completed_at"])
+            == (0, None, None, None))
     assert recent(t["created_at"])
     assert t["result"]["status"] == "blocked" and t["result"]["output"] is None
     shown = js(cli("task", "show", t["id"], "--json"))
@@ -241,7 +247,7 @@ def test_task_add_records_every_option(cli, workers):
 
 def test_task_add_stdin_is_byte_exact(cli, workers):
     workers.start("w1")  # echo: the output is the prompt as received
-    data = "  leading blanks\r\nCRLF line\n\ttab ✓ 日本語 🎉\n\n\n".encode("utf-8")
+    data = "  leading blanks\r\nCRLF line\n\ttab ✓ 日本語 🎉\n\n\n".encode()
     tid = new_task(cli, "-", input=data)
     assert js(cli("task", "show", tid, "--json"))["prompt"] == data.decode("utf-8")
     assert wait_done(cli, tid)["status"] == "completed"
@@ -326,7 +332,8 @@ def test_timeout_retry_and_cancel_running(cli, workers, tmp_path):
     flaky = "if [ -e {f} ]; then echo second try; else touch {f}; exit 1; fi"
     retried = new_task(cli, "--retry", "--max-attempts", "2",
                        flaky.format(f=shlex.quote(str(tmp_path / "flag1"))))
-    once = new_task(cli, "--max-attempts", "2", flaky.format(f=shlex.quote(str(tmp_path / "flag2"))))
+    once = new_task(cli, "--max-attempts", "2",
+                    flaky.format(f=shlex.quote(str(tmp_path / "flag2"))))
     r = wait_done(cli, retried)
     assert (r["status"], r["attempts"], r["output"]) == ("completed", 2, "second try\n")
     r = wait_done(cli, once)
@@ -389,7 +396,10 @@ def test_result_show_and_list(cli, workers):
     every = js(cli("task", "list", "--json"))
     assert [t["id"] for t in every] == [tid, binary, pending, failed]
     assert all(TASK_FIELDS <= set(t) and "result" not in t for t in every)
-    ids = lambda state: [t["id"] for t in js(cli("task", "list", "--state", state, "--json"))]
+
+    def ids(state):
+        return [t["id"] for t in js(cli("task", "list", "--state", state, "--json"))]
+
     assert ids("completed") == [tid, binary]
     assert ids("queued") == [pending]
     assert ids("failed") == [failed]
@@ -455,9 +465,13 @@ def test_send_and_inbox(cli, workers):
     assert [m["sender"] for m in msgs] == ["orchestrator", "lead", "orchestrator"]
     assert all(m["direction"] == "in" and m["kind"] == "message" and m["agent_id"] == "w1"
                and m["read_at"] is None and recent(m["created_at"]) for m in msgs)
-    assert [m["id"] for m in js(cli("inbox", "w1", "--unread", "--json"))] == [m["id"] for m in msgs]
-    marks = lambda: [line[0] for line in out(cli("inbox", "w1")).splitlines()
-                     if re.match(r"[* ] #\d+ \S+Z \S+ \[message\]$", line)]
+    unread = js(cli("inbox", "w1", "--unread", "--json"))
+    assert [m["id"] for m in unread] == [m["id"] for m in msgs]
+
+    def marks():
+        return [line[0] for line in out(cli("inbox", "w1")).splitlines()
+                if re.match(r"[* ] #\d+ \S+Z \S+ \[message\]$", line)]
+
     assert marks() == ["*", "*", "*"]  # unread
 
     acked = js(cli("inbox", "w1", "--unread", "--ack", "--json"))
@@ -511,7 +525,8 @@ def test_context_set_get_list_and_injection(cli, workers):
     assert cli("context", "get", "notes").stdout == value.encode()
     assert out(cli("context", "get", "style")) == "be brief ✓\n"
     e = js(cli("context", "get", "style", "--json"))
-    assert (e["key"], e["value"], e["version"], e["updated_by"]) == ("style", "be brief ✓", 2, "lead")
+    assert ((e["key"], e["value"], e["version"], e["updated_by"])
+            == ("style", "be brief ✓", 2, "lead"))
     assert recent(e["updated_at"])
     listed = js(cli("context", "list", "--json"))
     assert [(x["key"], x["version"]) for x in listed] == [("notes", 1), ("style", 2)]
@@ -584,7 +599,8 @@ def test_status(cli, workers, store_url):
     assert s["agents"] == {"total": 1, "idle": 1}
     assert s["tasks"] == {"blocked": 0, "queued": 1, "running": 0, "completed": 1, "failed": 0,
                           "cancelled": 0}
-    assert [(a["id"], a["state"], a["backend"]) for a in s["live_agents"]] == [("w1", "idle", "echo")]
+    assert ([(a["id"], a["state"], a["backend"]) for a in s["live_agents"]]
+            == [("w1", "idle", "echo")])
     assert isinstance(s["last_event_id"], int) and s["last_event_id"] >= 5
     text = out(cli("status")).splitlines()
     assert text[0] == f"store   {store_url}"
@@ -726,7 +742,8 @@ def test_error_is_one_line_and_changes_nothing(cli, podium, seeded, tmp_path, ar
 
 
 USAGE = [
-    (["task", "add", "--priority", "urgent", "x"], "'urgent' is not one of 'high', 'normal', 'low'"),
+    (["task", "add", "--priority", "urgent", "x"],
+     "'urgent' is not one of 'high', 'normal', 'low'"),
     (["task", "add", "--timeout", "soon", "x"], "'soon' is not a valid float"),
     (["task", "add", "--max-attempts", "two", "x"], "'two' is not a valid integer"),
     (["task", "add"], "Missing argument 'PROMPT'"),
@@ -759,7 +776,8 @@ def test_usage_error_changes_nothing(cli, podium, seeded, args, expected):
 @pytest.mark.parametrize("how", ["--store", "PODIUM_STORE"])
 def test_bad_store_url(tmp_path, url, expected, how):
     home = tmp_path.resolve()
-    (home / "not-a-store.db").write_bytes(b"this is not an SQLite database, just text" * 20)
+    not_a_store = b"this is not an SQLite database, just text" * 20
+    (home / "not-a-store.db").write_bytes(not_a_store)
     url, expected = url.format(tmp=home), expected.format(tmp=home)
     files = files_under(home)
     for args in (["init"], ["task", "add", "hello"], ["agents", "--json"]):
@@ -771,4 +789,4 @@ def test_bad_store_url(tmp_path, url, expected, how):
         assert expected in line, line
         assert "s3cret" not in line
     assert files_under(home) == files  # nothing created, not even ./.podium
-    assert (home / "not-a-store.db").read_bytes() == b"this is not an SQLite database, just text" * 20
+    assert (home / "not-a-store.db").read_bytes() == not_a_store

@@ -18,7 +18,6 @@ import time
 import pytest
 
 from helpers import all_events, wait_for
-
 from podium import orphans
 from podium.models import AgentState, TaskState
 

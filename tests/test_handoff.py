@@ -15,7 +15,7 @@ import pytest
 
 from helpers import all_events, wait_for
 from podium.models import AgentState, Outcome, Priority, TaskSpec, TaskState
-from podium.store import Finish, open_store
+from podium.store import Finish
 
 EXOTIC = "it's \"$HOME\" `id` $(x) \\n\n\ttab é ü 中文 😀 \x01 end"
 
@@ -198,7 +198,8 @@ def test_worker_starts_handed_tasks_exactly_once(podium, workers):
         t = podium.task(task_id)
         assert t.output == prompt.encode() and t.attempts == 1
         assert t.created_at <= t.started_at <= t.completed_at
-        claims = [e for e in all_events(podium.store) if e.task_id == task_id and e.kind == "task.claimed"]
+        claims = [e for e in all_events(podium.store)
+                  if e.task_id == task_id and e.kind == "task.claimed"]
         assert len(claims) == 1 and claims[0].data.get("handed_over") is True, claims
 
 
@@ -228,7 +229,7 @@ def test_worker_killed_while_idle_is_passed_over(podium, workers):
     began = time.monotonic()
     ids = [podium.add_task(f"after the kill {i}").id for i in range(5)]
     for task_id in ids:
-        wait_for(lambda: podium.task(task_id).state is TaskState.COMPLETED, 10,
+        wait_for(lambda task_id=task_id: podium.task(task_id).state is TaskState.COMPLETED, 10,
                  what="the task to complete")
     assert time.monotonic() - began < 10  # the lease is 30 s
     assert {podium.task(i).agent_id for i in ids} == {"steady"}

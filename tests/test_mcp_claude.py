@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 
 from agent_clis import isolate_env, processes_in
-from helpers import wait_for
 from anthropic_api import ApiError, ScriptedAnthropic, Text, ToolUse
+from helpers import wait_for
 from podium.models import TaskState
 
 PREFIXES = ("ANTHROPIC_", "CLAUDE", "DISABLE_", "MCP_")

@@ -34,7 +34,9 @@ def test_old_schema_is_upgraded_in_order(tmp_path, monkeypatch):
     con = sqlite3.connect(path)
     cols = [r[1] for r in con.execute("PRAGMA table_info(context)")]
     assert "note" in cols
-    assert con.execute("SELECT COUNT(*) FROM schema_migrations WHERE name='m999_test_column'").fetchone()[0] == 1
+    applied = con.execute(
+        "SELECT COUNT(*) FROM schema_migrations WHERE name='m999_test_column'").fetchone()[0]
+    assert applied == 1
 
 
 def test_migration_failure_leaves_database_unchanged(tmp_path, monkeypatch):

@@ -15,10 +15,9 @@ import sys
 import pytest
 
 from helpers import wait_for
-from test_tmux import TRICKY
-
 from podium.errors import PodiumError
 from podium.tmux import Tmux
+from test_tmux import TRICKY
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None,
                                 reason="tmux is not installed (scripts/test installs it)")

@@ -51,7 +51,6 @@ from urllib.parse import urlsplit
 import pytest
 
 from helpers import all_events, wait_for
-
 from podium.models import AgentState, TaskSpec, TaskState
 from podium.store import open_store
 
@@ -126,7 +125,8 @@ class PgWorkers:
             # the pid we started is the worker's own.
             return a.pid == proc.pid and a.state.live
         for name in names:
-            wait_for(lambda: registered(name), timeout, what=f"worker {name} to register")
+            wait_for(lambda name=name: registered(name), timeout,
+                     what=f"worker {name} to register")
 
     def log(self, name: str) -> str:
         p = self.tmp_path / f"{name}.log"
@@ -364,7 +364,8 @@ class NetLab:
 
     def up(self) -> None:
         for label, third in zip("abc", self._subnets(3)):
-            ns, vr, vn = f"pdm{self.token}{label}", f"pdm{self.token}{label}r", f"pdm{self.token}{label}n"
+            ns = f"pdm{self.token}{label}"
+            vr, vn = f"{ns}r", f"{ns}n"
             root_ip, ns_ip = f"10.77.{third}.1", f"10.77.{third}.2"
             _sh("ip", "netns", "add", ns)
             self.hosts.append(Host(label, f"podium-host-{label}", ns, vn))
@@ -644,14 +645,14 @@ def test_restart_idle_workers_reconnect_and_take_new_tasks(restartable_pg_url, p
             pg_workers.start(name, local, lease=60, heartbeat=20)
         pg_workers.wait_registered(store, ["w1", "w2"])
         channel = store.channel_wake
-        before = wait_for(lambda: len(l := _listeners(channel)) == 2 and l, 15,
+        before = wait_for(lambda: len(pids := _listeners(channel)) == 2 and pids, 15,
                           what="both workers to listen for wake-ups")
         try:
             _pg_ctlcluster("restart")
         finally:
             _ensure_local_pg_up()
         # Both workers reconnect (new server backends) on their own.
-        after = wait_for(lambda: len(l := _listeners(channel)) == 2 and l, 30,
+        after = wait_for(lambda: len(pids := _listeners(channel)) == 2 and pids, 30,
                          what="both workers to listen again after the restart")
         assert not set(before) & set(after)
 

@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 
 from helpers import wait_for
-
 from podium.models import TaskState
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="looks for processes in /proc")

@@ -13,7 +13,6 @@ import subprocess
 import pytest
 
 from helpers import wait_for
-
 from podium.service import Podium
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None,

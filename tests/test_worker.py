@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from helpers import all_events, wait_for
-
 from podium.models import AgentState, Priority, TaskState
 
 LEASE = 2.0

@@ -16,8 +16,8 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from podium.agents.backends import Backend, Run
 from podium.agents.heartbeat import Heartbeat

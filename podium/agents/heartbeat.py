@@ -10,7 +10,7 @@ beats every ``interval_s``, from its idle loop and from the loop that watches a 
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from podium.agents import registration
 from podium.models import Task

@@ -158,6 +158,7 @@ def _communicate(proc, out: CappedBuffer, err: CappedBuffer, data: bytes | None,
         else:
             stdin.close()
             stdin = None
+    exited: int | None
     try:
         exited = os.pidfd_open(proc.pid)  # readable once the program has exited
     except (AttributeError, OSError):
@@ -193,6 +194,7 @@ def _communicate(proc, out: CappedBuffer, err: CappedBuffer, data: bytes | None,
                     os.close(exited)
                     exited = -1
                 elif stdin is not None and fd == stdin.fileno():
+                    assert view is not None  # stdin stays open only while data is left to write
                     try:
                         view = view[os.write(fd, view[:_CHUNK]):]
                     except BlockingIOError:

@@ -21,7 +21,8 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable, Protocol, TypeVar
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 from podium import orphans
 

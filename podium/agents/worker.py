@@ -22,8 +22,8 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from podium.agents import reaper, registration
 from podium.agents.backends import MAX_OUTPUT_BYTES, Backend
@@ -194,6 +194,7 @@ class Worker:
         self._supervisor.close()
         # Free the wake-up socket first: once deregistered, a new agent of the same name may
         # start and bind it.
+        assert self.waiter is not None  # run() deregisters only what _register set up
         self.waiter.close()
         self.waiter = None
         try:
@@ -211,6 +212,7 @@ class Worker:
 
     def _record_and_claim(self) -> list[Task]:
         """Record the results of what ran and claim what is next: one transaction."""
+        assert self.waiter is not None  # claims happen between _register and _deregister
         handed = self.waiter.handed_over() or self._look
         tasks = self.store.claim_batch(self.name, self.roles, self.lease_s, self._results,
                                        self._batch, handed)
@@ -252,6 +254,7 @@ class Worker:
     def _wait_for_work(self) -> None:
         """Sleep until a wake-up or the next heartbeat; after a wait no wake-up ended, look for
         handed tasks anyway."""
+        assert self.waiter is not None  # waits happen between _register and _deregister
         self._look = not self.waiter.wait(self.heartbeat.seconds_until_due())
 
     def _back_off(self, error: StoreUnavailable) -> bool:

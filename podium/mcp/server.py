@@ -16,7 +16,8 @@ import contextlib
 import json
 import sys
 import threading
-from typing import Annotated, Any, Callable, Iterator, Literal
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any, Literal
 
 import anyio
 import anyio.from_thread

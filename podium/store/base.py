@@ -5,15 +5,15 @@ and the append-only event log, and wakes waiting processes when something they c
 changes. Every state change of a task happens inside one store transaction, together with the
 event that records it, so readers following the event log never see a change without its event.
 
-Implementations: ``SQLiteStore`` (embedded, default) and ``PostgresStore`` (several hosts). One contract test
-suite (``tests/test_store_contract.py``) runs against each.
+Implementations: ``SQLiteStore`` (embedded, default) and ``PostgresStore`` (several hosts). One
+contract test suite (``tests/test_store_contract.py``) runs against each.
 """
 
 from __future__ import annotations
 
 import abc
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from podium.models import (
@@ -111,7 +111,8 @@ class Store(abc.ABC):
         """Mark the agent alive, extend its task's lease and recover expired leases."""
 
     @abc.abstractmethod
-    def set_agent_state(self, agent_id: str, state: AgentState, note: str | None = None) -> Agent: ...
+    def set_agent_state(self, agent_id: str, state: AgentState,
+                        note: str | None = None) -> Agent: ...
 
     @abc.abstractmethod
     def set_agent_session(self, agent_id: str, session_id: str | None) -> Agent:
@@ -223,7 +224,8 @@ class Store(abc.ABC):
         """Append an event on its own (progress output, hooks...)."""
 
     @abc.abstractmethod
-    def read_events(self, after: int = 0, limit: int = 1000, task_id: str | None = None) -> list[Event]:
+    def read_events(self, after: int = 0, limit: int = 1000,
+                    task_id: str | None = None) -> list[Event]:
         """Events with id > ``after``, oldest first."""
 
     @abc.abstractmethod

@@ -6,9 +6,10 @@ must be empty. Export and backup come for free: ``podium store copy postgresql:/
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from podium.errors import Conflict, InvalidInput
+from podium.store.base import Store
 from podium.store.sql import SqlStore
 
 #: Tables in an order that keeps references meaningful while loading.
@@ -16,7 +17,7 @@ TABLES = ["agents", "tasks", "task_deps", "messages", "events", "context"]
 BATCH = 1000
 
 
-def copy_store(src: SqlStore, dst: SqlStore,
+def copy_store(src: Store, dst: Store,
                progress: Callable[[str, int], None] | None = None) -> dict[str, int]:
     if not isinstance(src, SqlStore) or not isinstance(dst, SqlStore):
         raise InvalidInput("store copy works between SQL stores")

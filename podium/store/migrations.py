@@ -7,7 +7,13 @@ are only ever appended; an applied one is never edited.
 
 from __future__ import annotations
 
-MIGRATIONS: list[tuple[str, str | dict[str, str]]] = [
+from typing import TypeAlias
+
+# A migration's SQL: the same for every dialect, or a dict from dialect name to its SQL.
+MigrationSql: TypeAlias = str | dict[str, str]
+Migration: TypeAlias = tuple[str, MigrationSql]  # (name, SQL)
+
+MIGRATIONS: list[Migration] = [
     (
         "m001_initial",
         """
@@ -201,7 +207,7 @@ ALTER TABLE tasks ADD COLUMN workflow_id TEXT;
 ]
 
 
-def statements(sql: str | dict[str, str], types: dict[str, str]) -> list[str]:
+def statements(sql: MigrationSql, types: dict[str, str]) -> list[str]:
     """Fill in the dialect's types and split into single statements.
 
     A migration that only one dialect needs is a dict from dialect name to SQL; the other

@@ -27,14 +27,18 @@ import hashlib
 import os
 import select
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from podium.errors import StoreError, StoreUnavailable
 from podium.store.migrations import MIGRATIONS
 from podium.store.sql import SqlStore, Tx
 from podium.wake import ALL_AGENTS
+
+if TYPE_CHECKING:  # psycopg is optional (the postgres extra): imported where used
+    import psycopg
 
 TYPES = {"id": "BIGSERIAL PRIMARY KEY", "blob": "BYTEA", "float": "DOUBLE PRECISION",
          "dialect": "postgresql"}
@@ -126,7 +130,7 @@ def _check_idle(conn) -> None:
     if conn.closed or conn.broken:
         raise _psycopg().OperationalError("the connection is closed")
     try:
-        ready = select.select([conn.pgconn.socket], [], [], 0)[0]
+        ready = bool(select.select([conn.pgconn.socket], [], [], 0)[0])
     except (OSError, ValueError):
         ready = True
     if ready:
@@ -144,7 +148,7 @@ class PgListener:
         self._r, self._w = os.pipe()
         os.set_blocking(self._r, False)
         os.set_blocking(self._w, False)
-        self.conn = None
+        self.conn: psycopg.Connection[Any] | None = None
         self._handed = False
         if agent_id is not None:
             self._handoff = _HANDED + agent_id
@@ -156,7 +160,8 @@ class PgListener:
             self.conn = psycopg.connect(self.store.url, autocommit=True, connect_timeout=5,
                                         keepalives=1, keepalives_idle=5, keepalives_interval=2,
                                         keepalives_count=3, tcp_user_timeout=15000)
-            channel = self.store.channel_events if self.agent_id is None else self.store.channel_wake
+            channel = (self.store.channel_events if self.agent_id is None
+                       else self.store.channel_wake)
             self.conn.execute(f"LISTEN {channel}")
         except psycopg.Error as e:
             self.conn = None
@@ -310,6 +315,8 @@ class PostgresStore(SqlStore):
                 with contextlib.ExitStack() as tail:
                     with conn.transaction():
                         tx = Tx(cur, _convert)
+                        # PostgreSQL's own attribute on the dialect-neutral Tx (Tx does not
+                        # declare it), read back by _before_commit.
                         tx.pg_tail = (conn, tail)  # type: ignore[attr-defined]
                         yield tx
 
@@ -320,9 +327,12 @@ class PostgresStore(SqlStore):
                 yield Tx(cur, _convert)
 
     def _before_commit(self, tx: Tx) -> None:
-        conn, tail = getattr(tx, "pg_tail", (None, None))
-        if conn is not None and _PIPELINE and (tx.events or tx.wake_agents or tx.deferred or
-                                               tx.handed):
+        # The (connection, exit stack) that _transaction gave the transaction.
+        pg_tail: tuple[psycopg.Connection[Any], contextlib.ExitStack] | None = getattr(
+            tx, "pg_tail", None)
+        if pg_tail is not None and _PIPELINE and (tx.events or tx.wake_agents or tx.deferred or
+                                                  tx.handed):
+            conn, tail = pg_tail
             tail.enter_context(conn.pipeline())
         # One statement for the deferred writes (each a data-modifying WITH clause), the
         # commit's settings, the events lock and the notifications (these are delivered at
@@ -367,7 +377,7 @@ class PostgresStore(SqlStore):
             calls.append("pg_notify(%s, %s)")
             call_params += [self.channel_wake, _ALL]
         else:
-            for agent in tx.wake_agents:  # type: ignore[union-attr]
+            for agent in tx.wake_agents:
                 if agent not in handed:
                     calls.append("pg_notify(%s, %s)")
                     call_params += [self.channel_wake, agent]

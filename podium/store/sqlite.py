@@ -3,9 +3,9 @@
 Writers take a kernel file lock (``flock``) before ``BEGIN IMMEDIATE``: SQLite's own busy
 handler sleeps and retries, so with many writer processes one can starve for seconds; a writer
 blocked in flock is woken as soon as the lock is released and races only the other waiters
-(bench/fairness.py: worst claim wait ~0.2 s instead of ~3 s with 16 writers on 2 cores). Claims are atomic because the whole claim
-runs inside that one immediate transaction. After a commit, waiting processes are woken through
-the store's wake channel (``podium.wake``).
+(bench/fairness.py: worst claim wait ~0.2 s instead of ~3 s with 16 writers on 2 cores). Claims
+are atomic because the whole claim runs inside that one immediate transaction. After a commit,
+waiting processes are woken through the store's wake channel (``podium.wake``).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import sqlite3
 import stat
 import struct
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from podium.errors import StoreError, StoreUnavailable
 from podium.store.migrations import MIGRATIONS
@@ -93,12 +93,14 @@ class SQLiteStore(SqlStore):
         self.path = Path(path).resolve()
         sync = synchronous.upper()
         if sync not in SYNCHRONOUS:
-            raise StoreError(f"bad synchronous={synchronous!r}: expected one of {', '.join(SYNCHRONOUS)}")
+            raise StoreError(f"bad synchronous={synchronous!r}: "
+                             f"expected one of {', '.join(SYNCHRONOUS)}")
         self.synchronous = sync
         self.url = f"sqlite://{self.path}"
         self.home = self.path.parent
         if not self.path.parent.is_dir():
-            raise StoreError(f"cannot create store {self.path}: directory {self.path.parent} does not exist")
+            raise StoreError(f"cannot create store {self.path}: "
+                             f"directory {self.path.parent} does not exist")
         lock_path = str(self.path) + "-writer.lock"
         made_lock = not os.path.exists(lock_path)
         try:
@@ -229,7 +231,8 @@ class SQLiteStore(SqlStore):
         with self._lock:
             try:
                 have = {r[0] for r in self._conn.execute(
-                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'")}
+                    "SELECT name FROM sqlite_master "
+                    "WHERE type = 'table' AND name = 'schema_migrations'")}
                 if have:
                     done = {r[0] for r in self._conn.execute("SELECT name FROM schema_migrations")}
                     if all(name in done for name, _ in MIGRATIONS):

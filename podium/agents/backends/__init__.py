@@ -18,10 +18,11 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from podium.agents.backends.options import Option, Options, invalid_option, parse_options
 from podium.errors import InvalidInput, PodiumError

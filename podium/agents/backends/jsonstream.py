@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from podium.agents.backends import CappedBuffer, Option, Run
 from podium.agents.process import ProcessResult, run_process
@@ -123,6 +124,7 @@ def run_json_cli(argv: list[str], run: Run, stdin: bytes | None,
                  env: dict[str, str] | None = None) -> tuple[ProcessResult, JsonLines]:
     """Run ``argv`` (prompt bytes on stdin), parsing its stdout's JSON lines as they come."""
     lines = JsonLines(on_event)
+    # A _Tap is a Run by delegation (__getattr__), which a type checker cannot see.
     res = run_process(argv, _Tap(run, lines.feed), stdin=stdin, env=env)  # type: ignore[arg-type]
     lines.close()
     return res, lines

@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from podium.agents.backends import Backend, Option, Options, Run
 from podium.errors import BackendUnavailable

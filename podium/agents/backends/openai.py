@@ -33,8 +33,8 @@ import os
 import socket
 import ssl
 import threading
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 from urllib.parse import urlsplit
 
 from podium.agents.backends import Backend, CappedBuffer, Option, Options, Run
@@ -133,7 +133,7 @@ class OpenAIBackend(Backend):
             return self._outcome(stream, TaskState.CANCELLED, run.cancel_reason)
         return self._outcome(stream, TaskState.COMPLETED, None)
 
-    def _outcome(self, stream: "_Stream", status: TaskState, error: str | None) -> Outcome:
+    def _outcome(self, stream: _Stream, status: TaskState, error: str | None) -> Outcome:
         c = self.config
         cost = None
         if c.price_in is not None or c.price_out is not None:
@@ -148,7 +148,7 @@ class OpenAIBackend(Backend):
                        exit_code=None, tokens_in=stream.tokens_in, tokens_out=stream.tokens_out,
                        cost_usd=cost, output_truncated=stream.output.truncated)
 
-    def _request(self, run: Run, body: dict, timeout: float, stream: "_Stream") -> None:
+    def _request(self, run: Run, body: dict, timeout: float, stream: _Stream) -> None:
         parts = urlsplit(self.base_url)
         url = f"{self.base_url}/chat/completions"
         path = (parts.path or "") + "/chat/completions"
@@ -244,7 +244,8 @@ class _Stream:
         if not isinstance(doc, dict):
             return
         if "error" in doc and doc["error"]:
-            raise EndpointError(f"the endpoint reported an error: {_error_text(json.dumps(doc).encode())}")
+            raise EndpointError("the endpoint reported an error: "
+                                f"{_error_text(json.dumps(doc).encode())}")
         for choice in doc.get("choices") or []:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
@@ -290,7 +291,8 @@ class _Stream:
         try:
             doc = json.loads(payload)
         except ValueError:
-            raise EndpointError(f"the endpoint sent data that is not JSON: {payload[:200]!r}") from None
+            raise EndpointError(
+                f"the endpoint sent data that is not JSON: {payload[:200]!r}") from None
         self.chunk(doc)
         return False
 

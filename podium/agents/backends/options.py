@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import math
 import shlex
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 from podium.errors import InvalidInput
 

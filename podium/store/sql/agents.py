@@ -43,13 +43,14 @@ class Agents(Leases):
                 )
             else:
                 tx.execute(
-                    "INSERT INTO agents (id, name, roles, backend, host, pid, state, registered_at, "
-                    "last_heartbeat, lease_s, meta, pushable) "
+                    "INSERT INTO agents (id, name, roles, backend, host, pid, state, "
+                    "registered_at, last_heartbeat, lease_s, meta, pushable) "
                     "VALUES (?, ?, ?, ?, ?, ?, 'idle', ?, ?, ?, ?, ?)",
                     (name, name, json.dumps(roles), backend, host, pid, t, t, lease_s,
                      json.dumps(meta), int(pushable)),
                 )
-            tx.event("agent.registered", name, None, roles=roles, backend=backend, host=host, pid=pid)
+            tx.event("agent.registered", name, None, roles=roles, backend=backend, host=host,
+                     pid=pid)
             return rows.agent(tx.one("SELECT * FROM agents WHERE id = ?", (name,)))
 
     def heartbeat(self, agent_id, lease_s, task_id=None, attempt=0) -> HeartbeatReply:
@@ -138,4 +139,5 @@ class Agents(Leases):
 
     def list_agents(self) -> list[Agent]:
         with self._reader() as tx:
-            return [rows.agent(r) for r in tx.all("SELECT * FROM agents ORDER BY registered_at, id")]
+            return [rows.agent(r)
+                    for r in tx.all("SELECT * FROM agents ORDER BY registered_at, id")]

@@ -178,7 +178,7 @@ class Claims(Queue):
             self._update_agent(tx, agent_id, [finish], None)
             return state
 
-    def _record(self, tx: Tx, agent_id: str, results: "_Results",
+    def _record(self, tx: Tx, agent_id: str, results: _Results,
                 t: float) -> list[TaskState | None]:
         """Record results: the usual ones (our running claim, no retry due) in one statement;
         the others (stale, cancelled meanwhile, a failure to retry) one by one."""
@@ -210,10 +210,13 @@ class Claims(Queue):
                     self._settle_dependents(tx, task_id, state, t)
         return states
 
+    # A classmethod, so that the cache holds the class (the SQL depends only on its dialect's
+    # column types), not every store instance it was ever called on.
+    @classmethod
     @functools.lru_cache(maxsize=128)
-    def _record_sql(self, n: int) -> str:
+    def _record_sql(cls, n: int) -> str:
         """The statement that records ``n`` results at once (see ``_record``)."""
-        types = {"float": self.float_type, "blob": self.blob_type}
+        types = {"float": cls.float_type, "blob": cls.blob_type}
         row = "(" + ", ".join(f"CAST(? AS {types.get(t, t)})" for _, t in _RESULT_ROW) + ")"
         results = ", ".join(f"{name} = {_V[name]}" for name, _ in rows.RESULT_COLUMNS)
         return (

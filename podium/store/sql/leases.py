@@ -65,7 +65,8 @@ class Leases(TaskReads):
             "WHERE state = 'running' AND lease_expires < ?", (t,)
         ):
             n += 1
-            self._lose_task(tx, row, f"lease expired: agent {row['agent_id']} stopped responding", t)
+            self._lose_task(tx, row,
+                            f"lease expired: agent {row['agent_id']} stopped responding", t)
         for row in tx.all(
             "SELECT id FROM agents WHERE state IN ('starting', 'idle', 'busy', 'waiting_input') "
             "AND last_heartbeat + lease_s < ?", (t,)

@@ -62,7 +62,8 @@ class Mailbox(SqlBase):
                 ids = [m.id for m in msgs if m.read_at is None]
                 if ids:
                     tx.execute(
-                        f"UPDATE messages SET read_at = ?, delivered_at = COALESCE(delivered_at, ?) "
+                        "UPDATE messages SET read_at = ?, "
+                        "delivered_at = COALESCE(delivered_at, ?) "
                         f"WHERE id IN ({', '.join('?' * len(ids))})", (t, t, *ids))
                     tx.event("message.read", agent_id, None, message_ids=ids)
         return msgs

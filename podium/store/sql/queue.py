@@ -21,7 +21,6 @@ from podium.store.sql import rows
 from podium.store.sql.leases import Leases
 from podium.store.sql.tx import Tx
 
-
 #: What a new task takes from its spec as it is: every field but its dependencies.
 _FROM_SPEC = attrgetter(*(f.name for f in dataclasses.fields(TaskSpec) if f.name != "depends_on"))
 _FROM_SPEC_NAMES = [f.name for f in dataclasses.fields(TaskSpec) if f.name != "depends_on"]
@@ -130,7 +129,8 @@ class Queue(Leases):
                      for i in queued_at)
         idle = tx.all(
             # (heard from within two heartbeats: a dead agent is offered tasks for less long)
-            "SELECT id, roles, lease_s, host, pid FROM agents WHERE pushable = 1 AND state = 'idle' "
+            "SELECT id, roles, lease_s, host, pid FROM agents "
+            "WHERE pushable = 1 AND state = 'idle' "
             "AND current_task IS NULL AND last_heartbeat + lease_s / 3 > ? "
             f"ORDER BY last_heartbeat DESC LIMIT ?{self.claim_lock_clause}",
             (t, len(queued_at) if anyone else 1_000_000))

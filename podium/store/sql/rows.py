@@ -10,9 +10,10 @@ new task column is one line here, its ``Task``/``TaskSpec`` field and a migratio
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Any, Callable
+from typing import Any
 
 from podium.models import Agent, AgentState, ContextEntry, Message, Priority, Task, TaskState
 

@@ -13,13 +13,14 @@ import contextlib
 import json
 import logging
 import secrets
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from podium.clock import now
 from podium.errors import StoreError
 from podium.store.base import Store
-from podium.store.migrations import statements
-from podium.wake import ALL_AGENTS
+from podium.store.migrations import Migration, statements
+from podium.wake import ALL_AGENTS, AllAgents
 
 _log = logging.getLogger("podium.store")
 
@@ -30,7 +31,7 @@ class Tx:
     def __init__(self, cursor: Any, convert):
         self.cur = cursor
         self._convert = convert
-        self.wake_agents: set[str] | object = set()
+        self.wake_agents: set[str] | AllAgents = set()
         self.wake_watchers = False
         #: Agents that this transaction handed a task to (told so after commit).
         self.handed: set[str] = set()
@@ -72,7 +73,7 @@ class Tx:
         if agent_id is None or self.wake_agents is ALL_AGENTS:
             self.wake_agents = ALL_AGENTS
         else:
-            self.wake_agents.add(agent_id)  # type: ignore[union-attr]
+            self.wake_agents.add(agent_id)
 
     def event(self, kind: str, agent_id: str | None = None, task_id: str | None = None,
               **data: Any) -> None:
@@ -109,7 +110,7 @@ class SqlBase(Store):
         """A consistent read."""
 
     @abc.abstractmethod
-    def _wake(self, agents: set[str] | object, watchers: bool, handed: set[str]) -> None:
+    def _wake(self, agents: set[str] | AllAgents, watchers: bool, handed: set[str]) -> None:
         """Deliver wake-ups after a commit, telling the ``handed`` agents of their hand-off."""
 
     def _before_commit(self, tx: Tx) -> None:
@@ -139,7 +140,7 @@ class SqlBase(Store):
                        [v for row in chunk for v in row])
 
     @staticmethod
-    def _apply_migrations(tx: Tx, migrations: list[tuple[str, str]],
+    def _apply_migrations(tx: Tx, migrations: list[Migration],
                           types: dict[str, str]) -> list[str]:
         """Apply, in order, the migrations not yet recorded; return their names."""
         tx.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
