@@ -18,17 +18,18 @@ from podium.store import Store
 
 
 def register(store: Store, name: str, roles: list[str], backend: str, lease_s: float,
-             meta: dict, pid: int, pushable: bool = False) -> tuple[Agent, int]:
+             meta: dict, pid: int, takes_hand_offs: bool = False) -> tuple[Agent, int]:
     """Register ``name`` for process ``pid`` of this host; returns the agent and how many
     process groups a previous run of it had left running (now killed)."""
     host = socket.gethostname()
     try:
-        agent = store.register_agent(name, roles, backend, host, pid, lease_s, meta, pushable)
+        agent = store.register_agent(name, roles, backend, host, pid, lease_s, meta,
+                                     takes_hand_offs)
     except AgentRunning as e:
         if e.host != host or not e.pid or pids.exists(e.pid):
             raise
-        agent = store.register_agent(name, roles, backend, host, pid, lease_s, meta, pushable,
-                                     replaces_pid=e.pid)
+        agent = store.register_agent(name, roles, backend, host, pid, lease_s, meta,
+                                     takes_hand_offs, replaces_pid=e.pid)
     # A killed previous run of this agent may have left programs behind whose tasks were
     # taken meanwhile: they are not its tasks any more.
     return agent, orphans.kill(store.url, name)

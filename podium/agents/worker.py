@@ -175,7 +175,7 @@ class Worker:
         reaper.adopt_orphans()  # (what its tasks' programs leave behind comes back to it)
         _, killed = registration.register(
             self.store, self.name, self.roles, self.backend.name, self.lease_s,
-            {"workdir": str(self.workdir), **self.meta}, os.getpid(), pushable=True)
+            {"workdir": str(self.workdir), **self.meta}, os.getpid(), takes_hand_offs=True)
         self.backend.attach(self.store, self.name)
         if killed:
             self.log(f"killed {killed} process group(s) left running by a previous run of "

@@ -6,7 +6,7 @@ changes. Every state change of a task happens inside one store transaction, toge
 event that records it, so readers following the event log never see a change without its event.
 
 Implementations: ``SQLiteStore`` (embedded, default) and ``PostgresStore`` (several hosts). One
-contract test suite (``tests/test_store_contract.py``) runs against each.
+contract test suite (``tests/contract/test_store_contract.py``) runs against each.
 """
 
 from __future__ import annotations
@@ -96,9 +96,9 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def register_agent(
         self, name: str, roles: list[str], backend: str, host: str, pid: int | None,
-        lease_s: float, meta: dict, pushable: bool = False, replaces_pid: int | None = None,
+        lease_s: float, meta: dict, takes_hand_offs: bool = False, replaces_pid: int | None = None,
     ) -> Agent:
-        """Register (or take over a dead or stopped agent of the same name). A ``pushable``
+        """Register (or take over a dead or stopped agent of the same name). A ``takes_hand_offs``
         agent (a worker that waits on its ``agent_waiter``) may be handed tasks as they are
         added, while it is idle: see ``claim_batch``. A live agent of that name raises
         ``AgentRunning``, unless it is the one whose process ``replaces_pid`` on ``host`` the

@@ -204,6 +204,15 @@ CREATE TABLE store_key (
 ALTER TABLE tasks ADD COLUMN workflow_id TEXT;
 """,
     ),
+    (
+        # One word for one thing: an agent that is handed tasks as they are added.
+        "m007_hand_off_names",
+        """
+ALTER TABLE agents RENAME COLUMN pushable TO takes_hand_offs;
+DROP INDEX tasks_pushed;
+CREATE INDEX tasks_handed ON tasks (agent_id) WHERE state = 'running' AND started_at IS NULL;
+""",
+    ),
 ]
 
 

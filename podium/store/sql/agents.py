@@ -16,7 +16,7 @@ _LIVE = ("starting", "idle", "busy", "waiting_input")
 
 class Agents(Leases):
     def register_agent(self, name, roles, backend, host, pid, lease_s, meta,
-                       pushable=False, replaces_pid=None) -> Agent:
+                       takes_hand_offs=False, replaces_pid=None) -> Agent:
         if not name or len(name) > 200:
             raise InvalidInput("agent name must be 1-200 characters")
         t = now()
@@ -37,17 +37,17 @@ class Agents(Leases):
                 tx.execute(
                     "UPDATE agents SET roles = ?, backend = ?, host = ?, pid = ?, state = 'idle', "
                     "current_task = NULL, registered_at = ?, last_heartbeat = ?, lease_s = ?, "
-                    "note = NULL, meta = ?, pushable = ? WHERE id = ?",
+                    "note = NULL, meta = ?, takes_hand_offs = ? WHERE id = ?",
                     (json.dumps(roles), backend, host, pid, t, t, lease_s, json.dumps(meta),
-                     int(pushable), name),
+                     int(takes_hand_offs), name),
                 )
             else:
                 tx.execute(
                     "INSERT INTO agents (id, name, roles, backend, host, pid, state, "
-                    "registered_at, last_heartbeat, lease_s, meta, pushable) "
+                    "registered_at, last_heartbeat, lease_s, meta, takes_hand_offs) "
                     "VALUES (?, ?, ?, ?, ?, ?, 'idle', ?, ?, ?, ?, ?)",
                     (name, name, json.dumps(roles), backend, host, pid, t, t, lease_s,
-                     json.dumps(meta), int(pushable)),
+                     json.dumps(meta), int(takes_hand_offs)),
                 )
             tx.event("agent.registered", name, None, roles=roles, backend=backend, host=host,
                      pid=pid)

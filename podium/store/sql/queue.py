@@ -7,11 +7,9 @@ commit; the agent reads what was handed to it and starts without a claim of its 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import socket
-from operator import attrgetter
 
 from podium import pids
 from podium.clock import now, sortable_id
@@ -21,16 +19,16 @@ from podium.store.sql import rows
 from podium.store.sql.leases import Leases
 from podium.store.sql.tx import Tx
 
-#: What a new task takes from its spec as it is: every field but its dependencies.
-_FROM_SPEC = attrgetter(*(f.name for f in dataclasses.fields(TaskSpec) if f.name != "depends_on"))
-_FROM_SPEC_NAMES = [f.name for f in dataclasses.fields(TaskSpec) if f.name != "depends_on"]
-
 
 def _new_task(spec: TaskSpec, t: float, state: TaskState, depends_on: list[str],
               error: str | None) -> Task:
+    """The task a spec asks for: every field of the spec (but its dependencies, given checked)
+    as it is, and the rest as a new task has them."""
+    fields = dict(vars(spec))
+    del fields["depends_on"]
     return Task(id=sortable_id("t"), depends_on=depends_on, state=state, attempts=0,
-                created_at=t, completed_at=t if state.finished else None, error=error,
-                **dict(zip(_FROM_SPEC_NAMES, _FROM_SPEC(spec))))
+                created_at=t, completed_at=t if state is TaskState.CANCELLED else None,
+                error=error, **fields)
 
 
 @functools.lru_cache(maxsize=256)
@@ -130,7 +128,7 @@ class Queue(Leases):
         idle = tx.all(
             # (heard from within two heartbeats: a dead agent is offered tasks for less long)
             "SELECT id, roles, lease_s, host, pid FROM agents "
-            "WHERE pushable = 1 AND state = 'idle' "
+            "WHERE takes_hand_offs = 1 AND state = 'idle' "
             "AND current_task IS NULL AND last_heartbeat + lease_s / 3 > ? "
             f"ORDER BY last_heartbeat DESC LIMIT ?{self.claim_lock_clause}",
             (t, len(queued_at) if anyone else 1_000_000))

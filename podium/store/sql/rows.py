@@ -61,7 +61,7 @@ TASK_COLUMNS: tuple[Column, ...] = (
     Column("priority", _priority, PRIORITY_OF.__getitem__),
     Column("target_agent"),
     Column("target_role"),
-    Column("state", _state, TaskState),
+    Column("state", _state, {s.value: s for s in TaskState}.__getitem__),
     Column("attempts"),
     Column("max_attempts"),
     Column("retry_on_failure", _flag, bool),
@@ -104,16 +104,28 @@ def insert_row(task: Task) -> tuple:
     return tuple(values)
 
 
+def _task_reader(columns: list[Column]) -> Callable[[Any, list[str]], Task]:
+    """A function that makes the ``Task`` of a row holding ``columns``."""
+    names = [c.name for c in columns]
+    loads = [(c.name, c.load) for c in columns if c.load is not None]
+
+    def read(row: Any, depends_on: list[str]) -> Task:
+        fields = {name: row[name] for name in names}
+        for name, load in loads:
+            if fields[name] is not None:
+                fields[name] = load(fields[name])
+        return Task(depends_on=depends_on, **fields)
+    return read
+
+
+_read_task = _task_reader(list(TASK_COLUMNS))
+_read_summary = _task_reader([c for c in TASK_COLUMNS if not c.large])
+
+
 def task(row: Any, depends_on: list[str], with_output: bool = True) -> Task:
     """The ``Task`` of a row (a SELECT of ``TASK_SQL``, or ``TASK_SUMMARY_SQL`` without its
     output)."""
-    fields = {}
-    for c in TASK_COLUMNS:
-        if c.large and not with_output:
-            continue
-        value = row[c.name]
-        fields[c.name] = value if c.load is None or value is None else c.load(value)
-    return Task(depends_on=depends_on, **fields)
+    return (_read_task if with_output else _read_summary)(row, depends_on)
 
 
 # -- what a recorded run writes --------------------------------------------------------------

@@ -135,7 +135,7 @@ except socket.timeout:
         assert squatter.stdout.readline() == b"ready\n", squatter.stderr.read()
         assert os.stat(runtime).st_uid != os.getuid()
         p.store.register_agent("w1", [], "shell", socket.gethostname(), os.getpid(), 30, {},
-                               pushable=True)
+                               takes_hand_offs=True)
         t = p.add_task("echo SECRET_API_KEY=hunter2")
         out, err = squatter.communicate(timeout=15)
         assert out == b"nothing\n", (out, err)

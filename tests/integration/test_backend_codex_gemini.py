@@ -25,7 +25,7 @@ from helpers import wait_for
 from podium.agents.backends import codex, gemini
 from podium.models import TaskState
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 PREFIXES = ("OPENAI_", "CODEX_", "GEMINI_", "GOOGLE_", "ANTHROPIC_", "CLAUDE")
 
 

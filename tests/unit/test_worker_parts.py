@@ -3,7 +3,7 @@ that signals set, the backoff while the store is unavailable, and the run superv
 ending a run (timeout, cancel, lost lease, the worker stopping now).
 
 A real SQLite store and its real wake-up channel; the backends are small ones defined here, so
-that no program runs (tests/test_worker.py runs the whole worker, with real processes).
+that no program runs (tests/integration/test_worker.py runs the whole worker, with real processes).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def sqlite(store_url):
 
 
 def claimed_task(store, prompt="p", **spec):
-    """A task claimed by agent a1 (registered, not pushable: no hand-off)."""
+    """A task claimed by agent a1 (registered, not takes_hand_offs: no hand-off)."""
     store.register_agent("a1", [], "test", socket.gethostname(), os.getpid(), 30, {})
     store.add_tasks([TaskSpec(prompt, **spec)])
     return store.claim("a1", [], 30)

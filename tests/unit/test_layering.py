@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-PODIUM = Path(__file__).resolve().parent.parent / "podium"
+PODIUM = Path(__file__).resolve().parents[2] / "podium"
 #: The faces and process management: they import the service and models, never the store.
 FACES = sorted([PODIUM / "cli.py", PODIUM / "tmux.py", PODIUM / "supervisor.py",
                 PODIUM / "demo.py", PODIUM / "render.py",

@@ -13,11 +13,11 @@ import subprocess
 import sys
 
 import pytest
+from test_tmux import TRICKY
 
 from helpers import wait_for
 from podium.errors import PodiumError
 from podium.tmux import Tmux
-from test_tmux import TRICKY
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None,
                                 reason="tmux is not installed (scripts/test installs it)")

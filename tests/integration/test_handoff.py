@@ -20,9 +20,9 @@ from podium.store import Finish
 EXOTIC = "it's \"$HOME\" `id` $(x) \\n\n\ttab é ü 中文 😀 \x01 end"
 
 
-def reg(store, name="a1", roles=(), lease=30.0, pushable=True, host="host", pid=123):
+def reg(store, name="a1", roles=(), lease=30.0, takes_hand_offs=True, host="host", pid=123):
     return store.register_agent(name, list(roles), "echo", host, pid, lease, {},
-                                pushable=pushable)
+                                takes_hand_offs=takes_hand_offs)
 
 
 def add(store, *prompts, **kw):
@@ -34,7 +34,7 @@ def handed_now(waiter) -> bool:
     return waiter.handed_over()
 
 
-def test_idle_pushable_agent_is_handed_a_new_task(store):
+def test_idle_takes_hand_offs_agent_is_handed_a_new_task(store):
     reg(store)
     w = store.agent_waiter("a1")
     try:
@@ -75,17 +75,17 @@ def test_idle_pushable_agent_is_handed_a_new_task(store):
 
 def test_hand_off_keeps_the_claim_rules(store):
     reg(store, "coder", roles=["coder"])
-    reg(store, "other", pushable=False)
+    reg(store, "other", takes_hand_offs=False)
     review = add(store, "review", target_role="reviewer")[0]
     mine = add(store, "for other", target_agent="other")[0]
     assert review.state is mine.state is TaskState.QUEUED
     coding = add(store, "code", target_role="coder")[0]
     assert coding.agent_id == "coder"
-    # Busy now: nothing more is handed to it, and an agent not pushable gets nothing.
+    # Busy now: nothing more is handed to it, and an agent not takes_hand_offs gets nothing.
     later = add(store, "later")[0]
     assert later.state is TaskState.QUEUED and later.agent_id is None
     # A blocked task waits for its dependency, hand-off or not.
-    store.register_agent("free", [], "echo", "host", 1, 30, {}, pushable=True)
+    store.register_agent("free", [], "echo", "host", 1, 30, {}, takes_hand_offs=True)
     blocked = add(store, "after", depends_on=[later.id])[0]
     assert blocked.state is TaskState.BLOCKED
     assert store.get_agent("free").state is AgentState.IDLE
@@ -151,7 +151,7 @@ def test_handed_task_of_an_agent_that_stops_goes_back_to_the_queue(store):
     back = store.get_task(t.id)
     assert (back.state, back.agent_id, back.attempts) == (TaskState.QUEUED, None, 0)
     assert "task.requeued" in [e.kind for e in store.read_events(0, 100, task_id=t.id)]
-    reg(store, "a2", pushable=False)
+    reg(store, "a2", takes_hand_offs=False)
     claimed = store.claim("a2", [], 30)
     assert claimed.id == t.id and claimed.attempts == 1
 
