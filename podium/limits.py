@@ -27,6 +27,8 @@ MAX_AGENTS = 256
 MAX_EVENT_ID = 2**63 - 1
 #: TCP ports; 0 asks the system for any free one where that is allowed.
 MAX_PORT = 65535
+#: The largest prompt, message or context value accepted (bytes of UTF-8).
+MAX_TEXT_BYTES = 64 * 1024 * 1024
 #: The longest name (agent id, role, prefix, sender, session, context key, task id), in bytes
 #: of UTF-8: agent names become log file names, which most file systems cap at 255 bytes.
 MAX_NAME_BYTES = 200
@@ -148,4 +150,27 @@ def given(value: Any, what: str) -> str:
         raise InvalidInput(f"{what} is empty")
     if "\0" in value:
         raise InvalidInput(f"{what} contains a NUL character")
+    return value
+
+
+def text(value: Any, what: str, allow_empty: bool = False) -> str:
+    """``value`` as text (UTF-8 bytes decoded): valid Unicode, not empty unless
+    ``allow_empty``, at most MAX_TEXT_BYTES, no NUL."""
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InvalidInput(f"{what} is not valid UTF-8 (byte {e.start})") from None
+    if not isinstance(value, str):
+        raise InvalidInput(f"{what} must be text, got {type(value).__name__}")
+    if not allow_empty and not value.strip():
+        raise InvalidInput(f"{what} is empty")
+    if len(value) > MAX_TEXT_BYTES // 4 and len(value.encode("utf-8")) > MAX_TEXT_BYTES:
+        raise InvalidInput(f"{what} is larger than {MAX_TEXT_BYTES // (1024 * 1024)} MiB")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{what} contains characters that are not valid Unicode") from None
+    if "\0" in value:  # SQLite would keep it, PostgreSQL refuses it: neither store may take it
+        raise InvalidInput(f"{what} contains a NUL character, which PostgreSQL cannot store")
     return value

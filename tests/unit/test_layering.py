@@ -58,10 +58,11 @@ def test_face_does_not_import_the_store(path):
     assert not reached, f"{_module_name(path)} imports {reached}: go through podium.service"
 
 
-def test_service_imports_no_face():
-    reached = sorted(m for m in imported_modules(PODIUM / "service.py")
+@pytest.mark.parametrize("path", sorted((PODIUM / "service").glob("*.py")), ids=_module_name)
+def test_service_imports_no_face(path):
+    reached = sorted(m for m in imported_modules(path)
                      if any(_within(m, face) for face in SERVICE_MUST_NOT_IMPORT))
-    assert not reached, f"podium.service imports {reached}: a face must be given to it"
+    assert not reached, f"{_module_name(path)} imports {reached}: a face must be given to it"
 
 
 def test_the_check_sees_every_kind_of_import(tmp_path):

@@ -17,17 +17,11 @@ from typing import Any
 
 from podium.models import Agent, AgentState, ContextEntry, Message, Priority, Task, TaskState
 
-
-def _priority(value: Priority) -> int:
-    return int(value)  # (psycopg would write an Enum by name)
-
-
-def _state(value: TaskState) -> str:
-    return value.value
-
-
-def _flag(value: bool) -> int:
-    return int(value)  # (stored as INTEGER 0/1 on both dialects)
+# How values are stored, where they differ from the Python value (C callables: a batch of adds
+# runs them for every task): a priority and a flag as INTEGER (psycopg would write an Enum by
+# name, and bools as BOOLEAN), a state by its value.
+_as_int: Callable[[Any], Any] = int
+_state_value: Callable[[Any], Any] = attrgetter("value")
 
 
 def _blob(value: Any) -> bytes | None:
@@ -58,13 +52,13 @@ TASK_COLUMNS: tuple[Column, ...] = (
     Column("id"),
     Column("prompt"),
     Column("context"),
-    Column("priority", _priority, PRIORITY_OF.__getitem__),
+    Column("priority", _as_int, PRIORITY_OF.__getitem__),
     Column("target_agent"),
     Column("target_role"),
-    Column("state", _state, {s.value: s for s in TaskState}.__getitem__),
+    Column("state", _state_value, {s.value: s for s in TaskState}.__getitem__),
     Column("attempts"),
     Column("max_attempts"),
-    Column("retry_on_failure", _flag, bool),
+    Column("retry_on_failure", _as_int, bool),
     Column("timeout_s"),
     Column("created_at"),
     Column("agent_id"),
@@ -73,7 +67,7 @@ TASK_COLUMNS: tuple[Column, ...] = (
     Column("completed_at"),
     Column("output", load=_blob, inserted=False, large=True),
     Column("stderr", load=_blob, inserted=False, large=True),
-    Column("output_truncated", _flag, bool, inserted=False),
+    Column("output_truncated", _as_int, bool, inserted=False),
     Column("error"),
     Column("exit_code", inserted=False),
     Column("tokens_in", inserted=False),

@@ -1,0 +1,68 @@
+"""The one API every face calls (CLI, MCP, dashboard, tmux, supervisor) and Python users:
+the only door to the store.
+
+It validates input (so a failed call changes nothing; the bounds are in ``podium.limits``),
+turns names into store calls, and adds the few things that span several store calls (waiting,
+following events, broadcast). It imports no face: typing a message into an agent's pane is
+given to it as a ``PaneDelivery`` (``podium.tmux.TmuxPanes``).
+
+Its parts: ``tasks``, ``team`` (agents and their mailboxes), ``context``, ``events`` (one
+follower of the event log), ``reports`` (status, costs); ``delivery`` is the interface for
+typing into panes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from podium.service.base import SAFETY_POLL_S
+from podium.service.context import ContextCalls
+from podium.service.delivery import Delivery, PaneDelivery
+from podium.service.events import EventCalls, EventFollower
+from podium.service.reports import ReportCalls
+from podium.store import open_store
+from podium.store.copy import copy_store
+from podium.store.postgres import without_password
+
+__all__ = ["Podium", "Delivery", "PaneDelivery", "EventFollower", "SAFETY_POLL_S"]
+
+
+class Podium(ReportCalls, EventCalls, ContextCalls):
+    """Service facade over a store; ``panes`` types messages into interactive agents' panes
+    (without it, ``send`` puts them in the inbox only, and says so)."""
+
+    @classmethod
+    def open(cls, url: str | None = None, init: bool = False,
+             panes: PaneDelivery | None = None) -> Podium:
+        """The service over the store at ``url`` (see ``open_store``; ``init``: ``podium init``,
+        which may also make a store in an empty file)."""
+        return cls(open_store(url, init), panes)
+
+    def close(self) -> None:
+        self.store.close()
+
+    # -- the store itself ---------------------------------------------------------------
+    def shareable_url(self, with_password: bool = False) -> tuple[str, bool]:
+        """The store's URL to write into a file others may read: a PostgreSQL password left
+        out unless ``with_password``; and whether one was left out."""
+        return (self.url, False) if with_password else without_password(self.url)
+
+    def migrate(self) -> list[str]:
+        """Apply pending schema migrations (opening does it too); returns the names applied."""
+        return self.store.migrate()
+
+    @staticmethod
+    def copy(source_url: str, dest_url: str,
+             progress: Callable[[str, int], None] | None = None) -> dict[str, int]:
+        """Copy every agent, task, message, event and context entry of the store at
+        ``source_url`` into the empty one at ``dest_url`` (SQLite and PostgreSQL either way);
+        returns the rows copied per table (``progress`` hears of each table once copied)."""
+        source = open_store(source_url)
+        try:
+            dest = open_store(dest_url)
+            try:
+                return copy_store(source, dest, progress)
+            finally:
+                dest.close()
+        finally:
+            source.close()

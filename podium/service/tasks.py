@@ -1,0 +1,97 @@
+"""Tasks: adding (checked first, so a failed call changes nothing), reading, cancelling,
+waiting for them."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from podium import limits
+from podium.errors import InvalidInput
+from podium.models import Priority, Task, TaskSpec, TaskState
+from podium.service.base import SAFETY_POLL_S, ServiceBase
+
+
+class TaskCalls(ServiceBase):
+    def spec(
+        self, prompt: Any, agent: str | None = None, role: str | None = None,
+        priority: str | Priority | None = None, depends_on: list[str] | tuple[str, ...] = (),
+        context: str | None = None, timeout_s: float | None = None, max_attempts: int = 3,
+        retry: bool = False, session: str | None = None,
+    ) -> TaskSpec:
+        """Validate a task request; raises ``InvalidInput`` without touching the store."""
+        if depends_on is None:
+            depends_on = ()
+        if not isinstance(depends_on, (list, tuple)):
+            raise InvalidInput(f"depends_on must be a list of task ids, got "
+                               f"{type(depends_on).__name__}")
+        if len(depends_on) > limits.MAX_LIST:
+            raise InvalidInput(f"depends_on has {len(depends_on)} task ids: at most "
+                               f"{limits.MAX_LIST} allowed")
+        if not isinstance(retry, bool):
+            raise InvalidInput(f"retry must be true or false, got {type(retry).__name__}")
+        return TaskSpec(
+            prompt=limits.text(prompt, "prompt"),
+            context=(None if context is None
+                     else limits.text(context, "context", allow_empty=True)),
+            priority=Priority.parse(priority),
+            target_agent=limits.optional_name(agent, "agent id"),
+            target_role=limits.optional_name(role, "role"),
+            depends_on=[limits.name(d, "task id in depends_on") for d in depends_on],
+            timeout_s=limits.timeout(timeout_s),
+            max_attempts=limits.max_attempts(max_attempts),
+            retry_on_failure=retry,
+            session_id=limits.optional_name(session, "session"),
+        )
+
+    def add_task(self, prompt: Any, **kwargs: Any) -> Task:
+        return self.store.add_tasks([self.spec(prompt, **kwargs)])[0]
+
+    def add_tasks(self, specs: list[TaskSpec]) -> list[Task]:
+        return self.store.add_tasks(specs)
+
+    def task(self, task_id: str) -> Task:
+        return self.store.get_task(limits.name(task_id, "task id"))
+
+    def tasks(self, state: str | None = None, agent: str | None = None, limit: int = 100,
+              with_output: bool = False) -> list[Task]:
+        st = None
+        if state is not None:
+            try:
+                st = TaskState(state)
+            except ValueError:
+                names = ", ".join(s.value for s in TaskState)
+                raise InvalidInput(f"bad state {state!r}: expected one of {names}") from None
+        limit = limits.list_limit(limit)
+        if agent is not None:
+            self.store.get_agent(limits.name(agent, "agent id"))
+        return self.store.list_tasks(st, agent, limit, with_output)
+
+    def cancel(self, task_id: str, reason: str = "cancelled by user") -> Task:
+        return self.store.cancel(limits.name(task_id, "task id"), limits.text(reason, "reason"))
+
+    def result(self, task_id: str) -> dict[str, Any]:
+        return self.task(task_id).result()
+
+    def wait(self, task_id: str, timeout_s: float | None = None) -> Task:
+        """Block until the task is finished (or ``timeout_s`` passes); returns it either way."""
+        timeout_s = limits.wait_timeout(timeout_s)
+        task_id = limits.name(task_id, "task id")
+        self.store.task_state(task_id)  # NotFound before we start waiting
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        waiter = self.store.event_waiter()
+        last_recover = time.monotonic()
+        try:
+            while True:
+                if self.store.task_state(task_id).finished:
+                    break
+                left = SAFETY_POLL_S if deadline is None else deadline - time.monotonic()
+                if left <= 0:
+                    break
+                waiter.wait(min(left, SAFETY_POLL_S))
+                if time.monotonic() - last_recover >= SAFETY_POLL_S:
+                    self._recover()  # nobody else may be alive to notice a dead agent
+                    last_recover = time.monotonic()
+        finally:
+            waiter.close()
+        return self.store.get_task(task_id)
