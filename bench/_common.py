@@ -151,7 +151,7 @@ def _cleanup() -> None:
         stop(list(_children), signal.SIGTERM, timeout=5.0)
     for d in _tempdirs:
         shutil.rmtree(d, ignore_errors=True)
-        # The store's wake-up socket directory lives under /tmp/podium-<uid>/<hash>.
+        # The store's wake-up socket directory: $XDG_RUNTIME_DIR/podium/<hash> or /tmp/podium-<uid>/<hash>.
     _tempdirs.clear()
 
 
