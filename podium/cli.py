@@ -281,7 +281,6 @@ def agent_run(c: Ctx, name, roles, backend, options, lease, heartbeat, workdir,
               echo_output) -> None:
     """Run one agent in the foreground: pull tasks and run them until stopped."""
     from podium.agents import backends
-    from podium.agents.worker import Worker
 
     lease, heartbeat = limits.lease(lease, heartbeat)
     name, roles = limits.name(name, "agent name"), [limits.name(r, "role") for r in roles]
@@ -289,8 +288,8 @@ def agent_run(c: Ctx, name, roles, backend, options, lease, heartbeat, workdir,
     wd = Path(workdir).resolve() if workdir else Path.cwd()
     # (made before the store opens: a bad option is refused without touching it)
     worker_backend = cls(backends.parse_options(options), wd)
-    worker = Worker(c.podium.store, name, worker_backend, list(roles),
-                    lease_s=lease, heartbeat_s=heartbeat, workdir=wd, echo_output=echo_output)
+    worker = c.podium.worker(name, worker_backend, list(roles), lease, heartbeat, wd,
+                             echo_output)
     worker.install_signal_handlers()
     sys.exit(worker.run())
 
@@ -304,11 +303,9 @@ def agent_run(c: Ctx, name, roles, backend, options, lease, heartbeat, workdir,
 def agent_interactive(c: Ctx, name, roles, lease, command) -> None:
     """Run an interactive program (e.g. claude) as agent NAME in this terminal: podium agent
     interactive --name N -- CMD ARGS..."""
-    from podium.agents.interactive import InteractiveAgent
-
     lease = limits.lease(lease)[0]
     name, roles = limits.name(name, "agent name"), [limits.name(r, "role") for r in roles]
-    sys.exit(InteractiveAgent(c.podium.store, name, list(command), roles, lease).run())
+    sys.exit(c.podium.interactive_agent(name, list(command), roles, lease).run())
 
 
 def _option_type(o: dict[str, Any]) -> str:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from podium import limits
 from podium.clock import new_id
@@ -13,11 +14,33 @@ from podium.errors import NotFound, PodiumError, StoreUnavailable
 from podium.models import Agent, AgentState, Message, Task, TaskSpec
 from podium.service.tasks import TaskCalls
 
+if TYPE_CHECKING:
+    from podium.agents.backends import Backend
+    from podium.agents.interactive import InteractiveAgent
+    from podium.agents.worker import Worker
+
 #: How often ``wait_registered`` looks again (and runs its check) while nothing happens.
 REGISTER_POLL_S = 0.2
 
 
 class TeamCalls(TaskCalls):
+    def worker(self, name: str, backend: Backend, roles: list[str], lease_s: float,
+               heartbeat_s: float | None, workdir: Path, echo_output: bool = False) -> Worker:
+        """This process as agent ``name``, a worker over this service's store (``run()``)."""
+        from podium.agents.worker import Worker
+
+        return Worker(self.store, limits.name(name, "agent name"), backend,
+                      [limits.name(r, "role") for r in roles], lease_s=lease_s,
+                      heartbeat_s=heartbeat_s, workdir=workdir, echo_output=echo_output)
+
+    def interactive_agent(self, name: str, command: list[str], roles: list[str],
+                          lease_s: float) -> InteractiveAgent:
+        """This process as agent ``name`` running ``command`` in its terminal (``run()``)."""
+        from podium.agents.interactive import InteractiveAgent
+
+        return InteractiveAgent(self.store, limits.name(name, "agent name"), command,
+                                [limits.name(r, "role") for r in roles], lease_s)
+
     def broadcast(self, prompt: Any, context: str | None = None, **kwargs: Any) -> list[Task]:
         """One task per live agent, grouped by a broadcast id."""
         base = self.spec(prompt, context=context, **kwargs)

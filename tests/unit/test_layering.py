@@ -78,3 +78,12 @@ def test_the_check_sees_every_kind_of_import(tmp_path):
     found = imported_modules(probe, tmp_path)
     assert {"podium.store.sqlite", "podium.store", "podium.store.copy",
             "podium.tui.app"} <= found
+
+
+@pytest.mark.parametrize("path", FACES, ids=_module_name)
+def test_face_does_not_reach_through_the_service_to_its_store(path):
+    """``podium.store`` stays behind the service: a face asks the service, not its store."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    reached = [node.lineno for node in ast.walk(tree)
+               if isinstance(node, ast.Attribute) and node.attr == "store"]
+    assert not reached, f"{_module_name(path)} uses .store at lines {reached}"
