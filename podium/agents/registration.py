@@ -9,6 +9,7 @@ at this host's processes is done here.
 
 from __future__ import annotations
 
+import functools
 import socket
 
 from podium import orphans, pids
@@ -42,3 +43,15 @@ def end_taken(store_url: str, taken: list[tuple[str, str]]) -> None:
         by_agent.setdefault(agent_id, set()).add(task_id)
     for agent_id, task_ids in by_agent.items():
         orphans.kill(store_url, agent_id, task_ids)
+
+
+@functools.lru_cache(maxsize=1)
+def _this_host() -> str:
+    return socket.gethostname()
+
+
+def may_run(host: str, pid: int | None) -> bool:
+    """Whether an agent's process may still be running: False only for one of this host
+    that is gone (one system call; an exited process nobody reaped yet still looks present,
+    and its lease finds it)."""
+    return host != _this_host() or not pid or pids.present(pid)

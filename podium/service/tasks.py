@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from podium import limits
+from podium.agents import registration
 from podium.errors import InvalidInput
 from podium.models import Priority, Task, TaskSpec, TaskState
 from podium.service.base import SAFETY_POLL_S, ServiceBase
@@ -45,10 +46,10 @@ class TaskCalls(ServiceBase):
         )
 
     def add_task(self, prompt: Any, **kwargs: Any) -> Task:
-        return self.store.add_tasks([self.spec(prompt, **kwargs)])[0]
+        return self.store.add_tasks([self.spec(prompt, **kwargs)], registration.may_run)[0]
 
     def add_tasks(self, specs: list[TaskSpec]) -> list[Task]:
-        return self.store.add_tasks(specs)
+        return self.store.add_tasks(specs, registration.may_run)
 
     def task(self, task_id: str) -> Task:
         return self.store.get_task(limits.name(task_id, "task id"))

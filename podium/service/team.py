@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from podium import limits
+from podium.agents import registration
 from podium.clock import new_id
 from podium.errors import NotFound, PodiumError, StoreUnavailable
 from podium.models import Agent, AgentState, Message, Task, TaskSpec
@@ -50,7 +51,7 @@ class TeamCalls(TaskCalls):
         group = new_id("b")
         specs = [TaskSpec(**{**base.__dict__, "target_agent": a.id, "broadcast_id": group})
                  for a in live]
-        return self.store.add_tasks(specs)
+        return self.store.add_tasks(specs, registration.may_run)
 
     def agents(self) -> list[Agent]:
         try:

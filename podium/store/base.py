@@ -12,6 +12,7 @@ contract test suite (``tests/contract/test_store_contract.py``) runs against eac
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -131,8 +132,12 @@ class Store(abc.ABC):
 
     # -- tasks ------------------------------------------------------------------
     @abc.abstractmethod
-    def add_tasks(self, specs: list[TaskSpec]) -> list[Task]:
-        """Add tasks atomically (all or none). Dependencies must exist."""
+    def add_tasks(self, specs: list[TaskSpec],
+                  may_run: Callable[[str, int | None], bool] | None = None) -> list[Task]:
+        """Add tasks atomically (all or none). Dependencies must exist. An idle agent may be
+        handed a task in the same transaction (see ``claim_batch``) unless ``may_run(host,
+        pid)`` says its process cannot be running (the caller knows its host's processes:
+        ``podium.agents.registration.may_run``; None: every agent heard from lately may)."""
 
     @abc.abstractmethod
     def claim(

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from helpers import all_events, wait_for
+from podium.agents import registration
 from podium.models import AgentState, Outcome, Priority, TaskSpec, TaskState
 from podium.store import Finish
 
@@ -177,7 +178,7 @@ def test_agent_whose_process_is_gone_from_this_host_is_not_handed_tasks(store):
     reg(store, "elsewhere", host="another-host", pid=gone.pid)  # (not ours to look up)
     reg(store, "alive", host=socket.gethostname(), pid=os.getpid())
     store.heartbeat("dead", 30)  # the freshest heartbeat of the three
-    tasks = add(store, "x", "y", "z")
+    tasks = store.add_tasks([TaskSpec(p) for p in ("x", "y", "z")], registration.may_run)
     assert sorted(t.agent_id or "-" for t in tasks) == ["-", "alive", "elsewhere"]
     assert store.get_agent("dead").state is AgentState.IDLE
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import functools
 import json
-import socket
+from collections.abc import Callable
 
-from podium import pids
 from podium.clock import now, sortable_id
 from podium.errors import NotFound
 from podium.models import Priority, Task, TaskSpec, TaskState
@@ -38,17 +37,13 @@ def _queued_data(priority: Priority, role: str | None) -> str:
                        "depends_on": [], "error": None}, ensure_ascii=False)
 
 
-@functools.lru_cache(maxsize=1)
-def _hostname() -> str:
-    return socket.gethostname()
-
-
 def _roles(stored: str) -> set[str]:
     return set(json.loads(stored))
 
 
 class Queue(Leases):
-    def add_tasks(self, specs: list[TaskSpec]) -> list[Task]:
+    def add_tasks(self, specs: list[TaskSpec],
+                  may_run: Callable[[str, int | None], bool] | None = None) -> list[Task]:
         t = now()
         added: list[Task] = []
         dep_rows: list[tuple[str, str]] = []
@@ -83,7 +78,7 @@ class Queue(Leases):
                 tx.event(f"task.{state.value}", spec.target_agent, task.id,
                          priority=spec.priority.name.lower(), target_role=spec.target_role,
                          depends_on=depends_on, error=error)
-            all_handed = bool(queued_at) and self._hand_off(tx, t, added, queued_at)
+            all_handed = bool(queued_at) and self._hand_off(tx, t, added, queued_at, may_run)
             if any_plain:
                 tx.wake_watchers = True
                 if not all_handed:
@@ -118,7 +113,8 @@ class Queue(Leases):
                 state = TaskState.BLOCKED
         return [d for d, _ in dep_states], state, error
 
-    def _hand_off(self, tx: Tx, t: float, added: list[Task], queued_at: list[int]) -> bool:
+    def _hand_off(self, tx: Tx, t: float, added: list[Task], queued_at: list[int],
+                  may_run: Callable[[str, int | None], bool] | None) -> bool:
         """Hand queued tasks of this add to idle agents that take hand-offs (workers waiting on
         their wake-up channel), best tasks first: the task is claimed for the agent in this
         transaction, so the agent starts it without a claim transaction of its own (it reads its
@@ -134,12 +130,9 @@ class Queue(Leases):
             (t, len(queued_at) if anyone else 1_000_000))
         if not idle:
             return False
-        here = _hostname()
-        # An agent killed while idle on this very host is not a taker. (One system call: a
-        # /proc read costs 0.17 ms on an idle machine here. An exited process nobody reaped
-        # yet still looks present: its lease finds it.)
+        # An agent killed while idle is not a taker, where the caller can tell.
         free = [(r["id"], _roles(r["roles"]), r["lease_s"]) for r in idle
-                if r["host"] != here or not r["pid"] or pids.present(r["pid"])]
+                if may_run is None or may_run(r["host"], r["pid"])]
         if len({added[i].priority for i in queued_at}) > 1:
             queued_at = sorted(queued_at, key=lambda i: (added[i].priority, i))
         left = len(queued_at)
