@@ -21,6 +21,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from helpers import error_line
 from podium.agents.backends import Backend, CappedBuffer, Option, Options, Run
 from podium.agents.backends import openai as openai_backend
 from podium.agents.backends.local import LocalBackend
@@ -51,15 +52,9 @@ class Weather(Backend):
                        output_truncated=output.truncated)
 
 
-def error_line(p: subprocess.CompletedProcess) -> str:
-    """The one ``podium: error:`` line of a run that failed with exit 1 (nothing on stdout)."""
-    assert b"Traceback" not in p.stdout + p.stderr, p.stderr.decode("utf-8", "replace")
-    assert p.returncode == 1, f"exit {p.returncode}: {p.stderr!r}"
-    lines = p.stderr.decode("utf-8").splitlines()
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("podium: error: "), lines
-    assert p.stdout == b""
-    return lines[0].removeprefix("podium: error: ")
+def error_message(p: subprocess.CompletedProcess) -> str:
+    """The message of the one ``podium: error:`` line of a failed run."""
+    return error_line(p).removeprefix("podium: error: ")
 
 
 @pytest.fixture
@@ -71,7 +66,7 @@ def plugin_path(tmp_path) -> str:
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: podium-weather\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text(
         "[podium.backends]\nweather = test_backend_options:Weather\n")
-    return os.pathsep.join([str(site), str(TESTS)])
+    return os.pathsep.join([str(site), str(TESTS), str(TESTS.parent)])  # (+ its helpers)
 
 
 def podium_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -136,7 +131,7 @@ BAD = [
                          ids=[f"{b} {o}" for b, o, _ in BAD])
 def test_a_bad_option_is_one_clear_error(cli, tmp_path, backend, option, expected):
     r = cli("agent", "run", "--name", "x", "--backend", backend, "--option", option)
-    assert error_line(r) == expected
+    assert error_message(r) == expected
     assert not (tmp_path / "podium.db").exists()  # refused before the store was opened
 
 
@@ -204,7 +199,7 @@ def test_a_plugin_backend_through_the_real_cli_and_worker(plugin_path, store_url
     env = bare_env(PYTHONPATH=plugin_path)
     r = podium_cli("--store", store_url, "agent", "run", "--name", "w", "--backend", "weather",
                    "--option", "days=30", env=env)
-    assert error_line(r) == "backend weather: option days='30' must be an integer from 1 to 14"
+    assert error_message(r) == "backend weather: option days='30' must be an integer from 1 to 14"
 
     [weather] = [b for b in json.loads(podium_cli("backends", "--json", env=env).stdout)
                  if b["name"] == "weather"]

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
+from helpers import error_line, files_under, snapshot
 
 ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
 TASK_ID = re.compile(r"^t-[0-9a-z]{14}$")
@@ -48,17 +49,6 @@ def out(p: subprocess.CompletedProcess) -> str:
 
 def js(p: subprocess.CompletedProcess):
     return json.loads(out(p))
-
-
-def error_line(p: subprocess.CompletedProcess, code: int = 1) -> str:
-    """The one ``podium: error:`` line of a failed run (and nothing on stdout)."""
-    assert b"Traceback" not in p.stdout + p.stderr, p.stderr.decode("utf-8", "replace")
-    assert p.returncode == code, f"exit {p.returncode}: {p.stderr!r}"
-    lines = p.stderr.decode("utf-8").splitlines()
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("podium: error: "), lines
-    assert p.stdout == b""
-    return lines[0]
 
 
 def usage_error(p: subprocess.CompletedProcess) -> str:
@@ -111,25 +101,6 @@ def until(cond, timeout: float = 15.0, what: str = "condition"):
             return v
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-def snapshot(podium) -> dict:
-    """Everything a command could change in the store (heartbeat times aside)."""
-    s = podium.store
-    agents = s.list_agents()
-    return {
-        "tasks": [t.to_dict() for t in s.list_tasks(limit=100_000, with_output=True)],
-        "agents": [{k: v for k, v in a.to_dict().items() if k != "last_heartbeat"}
-                   for a in agents],
-        "messages": {a.id: [m.to_dict() for m in s.list_messages(a.id, limit=100_000)]
-                     for a in agents},
-        "context": [e.to_dict() for e in s.list_context()],
-        "events": s.last_event_id(),
-    }
-
-
-def files_under(path: Path) -> set[str]:
-    return {str(p.relative_to(path)) for p in path.rglob("*")}
 
 
 @pytest.fixture

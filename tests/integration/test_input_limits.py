@@ -14,9 +14,7 @@ import json
 import math
 import os
 import socket
-import subprocess
 import sys
-from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
@@ -26,40 +24,11 @@ from hypothesis import strategies as st
 from mcp import Client, StdioServerParameters
 
 from conftest import run_cli
+from helpers import error_line, files_under, snapshot
 from podium import limits
 from podium.errors import InvalidInput, NotFound
 from podium.service import Podium
 from podium.store import open_store
-
-
-def error_line(p: subprocess.CompletedProcess) -> str:
-    """The one ``podium: error:`` line of a run that failed with exit 1 (nothing on stdout)."""
-    assert b"Traceback" not in p.stdout + p.stderr, p.stderr.decode("utf-8", "replace")
-    assert p.returncode == 1, f"exit {p.returncode}: {p.stderr!r}"
-    lines = p.stderr.decode("utf-8").splitlines()
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("podium: error: "), lines
-    assert p.stdout == b""
-    return lines[0]
-
-
-def snapshot(podium: Podium) -> dict:
-    """Everything a command could change in the store (heartbeat times aside)."""
-    s = podium.store
-    agents = s.list_agents()
-    return {
-        "tasks": [t.to_dict() for t in s.list_tasks(limit=limits.MAX_LIST, with_output=True)],
-        "agents": [{k: v for k, v in a.to_dict().items() if k != "last_heartbeat"}
-                   for a in agents],
-        "messages": {a.id: [m.to_dict() for m in s.list_messages(a.id, limit=limits.MAX_LIST)]
-                     for a in agents},
-        "context": [e.to_dict() for e in s.list_context()],
-        "events": s.last_event_id(),
-    }
-
-
-def files_under(path: Path) -> set[str]:
-    return {str(p.relative_to(path)) for p in path.rglob("*")}
 
 
 @pytest.fixture

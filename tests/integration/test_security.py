@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import run_cli
-from helpers import wait_for
+from helpers import error_line, wait_for
 from podium.errors import StoreUnavailable
 from podium.models import AgentState, TaskState
 from podium.service import Podium
@@ -34,14 +34,6 @@ from podium.wake import WakeChannel, channel_dir
 AS_ROOT = os.geteuid() == 0
 SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin")
 
-
-def one_error_line(p: subprocess.CompletedProcess) -> str:
-    err = p.stderr.decode()
-    assert p.returncode == 1, (p.returncode, err)
-    assert "Traceback" not in err, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("podium: error: "), err
-    return lines[0]
 
 
 @pytest.fixture
@@ -247,7 +239,7 @@ def test_empty_file_is_not_a_store(tmp_path):
     db = tmp_path / "podium.db"
     db.touch()
     for args in (["task", "list"], ["task", "add", "echo hi"], ["agents"]):
-        line = one_error_line(run_cli(*args, store_url=str(db)))
+        line = error_line(run_cli(*args, store_url=str(db)))
         assert "empty file" in line and "podium init" in line
     assert db.stat().st_size == 0
     p = run_cli("init", store_url=str(db))
@@ -263,7 +255,7 @@ def test_foreign_sqlite_database_is_not_a_store(tmp_path):
     conn.close()
     before = db.read_bytes()
     for args in (["init"], ["task", "add", "echo hi"]):
-        line = one_error_line(run_cli(*args, store_url=str(db)))
+        line = error_line(run_cli(*args, store_url=str(db)))
         assert "not a Podium store" in line and "invoices" in line
     assert db.read_bytes() == before
 
