@@ -10,7 +10,7 @@ import pytest
 
 PODIUM = Path(__file__).resolve().parents[2] / "podium"
 #: The faces and process management: they import the service and models, never the store.
-FACES = sorted([PODIUM / "cli.py", PODIUM / "tmux.py", PODIUM / "supervisor.py",
+FACES = sorted([*(PODIUM / "cli").rglob("*.py"), PODIUM / "tmux.py", PODIUM / "supervisor.py",
                 PODIUM / "demo.py", PODIUM / "render.py",
                 *(PODIUM / "mcp").rglob("*.py"), *(PODIUM / "tui").rglob("*.py")])
 #: What the service must not import: the faces that sit on top of it.

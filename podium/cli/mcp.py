@@ -1,0 +1,70 @@
+"""The MCP face's commands: ``mcp serve``, ``mcp install`` and ``mcp token``."""
+
+from __future__ import annotations
+
+import click
+
+from podium import limits
+from podium.cli.base import (
+    Ctx,
+    cli,
+    pass_ctx,
+    write,
+    write_json,
+)
+
+
+@cli.group("mcp")
+def mcp_group() -> None:
+    """MCP server: let an AI orchestrator (Claude Code, any MCP client) drive the team."""
+
+
+@mcp_group.command("serve")
+@click.option("--http", "use_http", is_flag=True,
+              help="Streamable HTTP at http://HOST:PORT/mcp (bearer token) instead of stdio.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="With --http: address to bind.")
+@click.option("--port", type=int, default=8765, show_default=True,
+              help="With --http: port (0: any free one).")
+@pass_ctx
+def mcp_serve(c: Ctx, use_http, host, port) -> None:
+    """Serve Podium's tools and resources over MCP (stdio by default)."""
+    from podium.mcp import serve
+
+    # Before the store opens; an empty host would bind every interface.
+    host, port = limits.name(host, "host"), limits.port(port, any_free=True)
+    serve(c.podium, http=use_http, host=host, port=port)
+
+
+@mcp_group.command("install")
+@click.option("--scope", type=click.Choice(["project"]), default="project", show_default=True,
+              help="project: DIR/.mcp.json, which Claude Code reads in that project.")
+@click.option("--dir", "directory", type=click.Path(file_okay=False), default=".",
+              show_default=True, help="Project directory.")
+@click.option("--name", default="podium", show_default=True, help="Server name in the file.")
+@click.option("--with-password", is_flag=True,
+              help="Write a PostgreSQL store's password into the file too (by default it is "
+                   "left out: .mcp.json is usually committed).")
+@pass_ctx
+def mcp_install(c: Ctx, scope, directory, name, with_password) -> None:
+    """Write or merge .mcp.json so that Claude Code starts 'podium mcp serve' on this store."""
+    from podium.mcp import install
+
+    directory = limits.given(directory, "--dir")
+    url, left_out = c.podium.shareable_url(with_password)
+    path, entry = install(url, directory, name, scope)
+    if left_out:
+        click.echo("the store's password was left out of the file (it is usually committed): "
+                   "give it to Claude Code's environment as PGPASSWORD, or put it in ~/.pgpass; "
+                   "--with-password writes it", err=True)
+    write(f"wrote server {name!r} to {path}:\n")
+    write_json(entry)
+
+
+@mcp_group.command("token")
+@pass_ctx
+def mcp_token(c: Ctx) -> None:
+    """Print the bearer token of 'podium mcp serve --http' (created on first use, mode 0600)."""
+    from podium.mcp import load_token
+
+    write(load_token(c.podium.home) + "\n")

@@ -1,0 +1,172 @@
+"""Tasks: ``task add/show/list/cancel/wait``, ``result`` and ``broadcast``."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from podium import render
+from podium.cli.base import (
+    EXIT_CANCELLED,
+    EXIT_FAILED,
+    EXIT_TIMEOUT,
+    Ctx,
+    cli,
+    pass_ctx,
+    read_arg,
+    write,
+    write_json,
+)
+from podium.clock import iso
+
+
+@cli.group()
+def task() -> None:
+    """Add, list, show, cancel and wait for tasks."""
+
+
+@task.command("add")
+@click.argument("prompt")
+@click.option("--agent", "-a", help="Only this agent may take it.")
+@click.option("--role", "-r", help="Only agents with this role may take it.")
+@click.option("--priority", "-p", type=click.Choice(["high", "normal", "low"]), default="normal",
+              show_default=True)
+@click.option("--depends-on", "-d", "depends_on", multiple=True, metavar="ID",
+              help="Run only after this task completed (repeat).")
+@click.option("--context", "-c", help="Context handed to the agent with the prompt.")
+@click.option("--timeout", type=float, help="Seconds before the run is killed.")
+@click.option("--max-attempts", type=int, default=3, show_default=True,
+              help="Claims allowed (a crashed agent's task is retried until then).")
+@click.option("--retry", is_flag=True, help="Also retry when the run fails (up to --max-attempts).")
+@click.option("--session", metavar="NAME",
+              help="Run in this named agent session (continued by every task naming it).")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def task_add(c: Ctx, prompt, agent, role, priority, depends_on, context, timeout, max_attempts,
+             retry, session, as_json) -> None:
+    """Queue a task; PROMPT '-' reads it from stdin. Prints the task id."""
+    t = c.podium.add_task(read_arg(prompt, "prompt"), agent=agent, role=role, priority=priority,
+                          depends_on=list(depends_on), context=context, timeout_s=timeout,
+                          max_attempts=max_attempts, retry=retry, session=session)
+    if as_json:
+        write_json(t.to_dict())
+    else:
+        write(t.id + "\n")
+
+
+def _task_text(t) -> str:
+    r = t.result()
+    target = t.target_agent or (f"role {t.target_role}" if t.target_role else "any agent")
+    lines = [
+        f"task       {t.id}",
+        f"state      {t.state.value}",
+        f"priority   {t.priority.name.lower()}",
+        f"target     {target}",
+        f"agent      {t.agent_id or '-'}",
+        f"attempts   {t.attempts}/{t.max_attempts}",
+        f"depends on {', '.join(t.depends_on) or '-'}",
+        f"created    {iso(t.created_at)}",
+        f"started    {iso(t.started_at) or '-'}",
+        f"completed  {iso(t.completed_at) or '-'}",
+        f"duration   {r['duration_ms'] if r['duration_ms'] is not None else '-'} ms",
+    ]
+    if t.exit_code is not None:
+        lines.append(f"exit code  {t.exit_code}")
+    if t.error:
+        lines.append(f"error      {t.error}")
+    if t.tokens_in is not None or t.cost_usd is not None:
+        lines.append(f"tokens     {t.tokens_in} in / {t.tokens_out} out, cost ${t.cost_usd}")
+    lines.append("prompt:")
+    lines.append(t.prompt)
+    if r["output"] is not None:
+        lines.append("output" + (" (base64):" if r.get("output_encoding") else ":"))
+        lines.append(r["output"])
+    return "\n".join(lines) + "\n"
+
+
+@task.command("show")
+@click.argument("task_id")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def task_show(c: Ctx, task_id, as_json) -> None:
+    """Show one task with its result."""
+    t = c.podium.task(task_id)
+    if as_json:
+        write_json(t.to_dict())
+    else:
+        write(_task_text(t))
+
+
+@task.command("list")
+@click.option("--state", "-s", help="blocked, queued, running, completed, failed or cancelled.")
+@click.option("--agent", "-a")
+@click.option("--limit", "-n", type=int, default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def task_list(c: Ctx, state, agent, limit, as_json) -> None:
+    """List tasks, oldest first (the last LIMIT)."""
+    tasks = c.podium.tasks(state, agent, limit)
+    if as_json:
+        write_json([t.to_dict(with_output=False) for t in tasks])
+        return
+    rows = [[t.id, t.state.value, t.priority.name.lower(), render.target(t), t.agent_id or "-",
+             render.tries(t), render.age(t.created_at), render.short(t.prompt)] for t in tasks]
+    write(render.table(rows, ["TASK", "STATE", "PRIORITY", "TARGET", "AGENT", "TRIES", "AGE",
+                               "PROMPT"]))
+
+
+@task.command("cancel")
+@click.argument("task_id")
+@click.option("--reason", default="cancelled by user", show_default=True)
+@pass_ctx
+def task_cancel(c: Ctx, task_id, reason) -> None:
+    """Cancel a blocked, queued or running task (a running one is killed)."""
+    t = c.podium.cancel(task_id, reason)
+    write(f"{t.id} {t.state.value}\n")
+
+
+@task.command("wait")
+@click.argument("task_id")
+@click.option("--timeout", type=float, help="Give up after this many seconds.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result JSON when done.")
+@pass_ctx
+def task_wait(c: Ctx, task_id, timeout, as_json) -> None:
+    """Wait for a task; exit 0 completed, 3 failed, 4 cancelled, 5 timed out waiting."""
+    t = c.podium.wait(task_id, timeout)
+    if as_json:
+        write_json(t.result())
+    else:
+        write(f"{t.id} {t.state.value}\n")
+    code = {"completed": 0, "failed": EXIT_FAILED, "cancelled": EXIT_CANCELLED}
+    sys.exit(code.get(t.state.value, EXIT_TIMEOUT))
+
+
+@cli.command()
+@click.argument("task_id")
+@click.option("--raw", is_flag=True, help="Write the output bytes only, exactly as produced.")
+@pass_ctx
+def result(c: Ctx, task_id, raw) -> None:
+    """Print a task's result JSON."""
+    if raw:
+        t = c.podium.task(task_id)
+        sys.stdout.buffer.write(t.output or b"")
+        sys.stdout.buffer.flush()
+        return
+    write_json(c.podium.result(task_id))
+
+
+@cli.command()
+@click.argument("prompt")
+@click.option("--context", "-c")
+@click.option("--timeout", type=float)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def broadcast(c: Ctx, prompt, context, timeout, as_json) -> None:
+    """Give every live agent its own copy of a task; prints one task id per agent."""
+    tasks = c.podium.broadcast(read_arg(prompt, "prompt"), context=context, timeout_s=timeout)
+    if as_json:
+        write_json([t.to_dict() for t in tasks])
+        return
+    for t in tasks:
+        write(f"{t.id} {t.target_agent}\n")

@@ -1,0 +1,255 @@
+"""Starting, stopping and listing agents, their backends and hooks."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from podium import limits, render
+from podium.cli.base import (
+    Ctx,
+    cli,
+    pass_ctx,
+    write,
+    write_json,
+)
+from podium.clock import now
+from podium.errors import InvalidInput
+
+
+@cli.command()
+@click.argument("n", type=int)
+@click.option("--backend", "-b", default="shell", show_default=True)
+@click.option("--role", "-r", "roles", multiple=True, help="Role of every started agent (repeat).")
+@click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE",
+              help="Backend option (repeat).")
+@click.option("--prefix", default="agent", show_default=True,
+              help="Agent names: PREFIX-1, PREFIX-2...")
+@click.option("--lease", type=float, help="Lease seconds (an agent silent this long is dead).")
+@click.option("--workdir", type=click.Path(file_okay=False),
+              help="Working directory of the agents.")
+@click.option("--tmux", "in_tmux", is_flag=True,
+              help="Run the agents in panes of a tmux session, with a dashboard pane.")
+@click.option("--session", default="podium", show_default=True, help="tmux session name.")
+@click.option("--interactive", metavar="CMD",
+              help="With --tmux: each pane runs this interactive program (e.g. claude) as the "
+                   "agent.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def up(c: Ctx, n, backend, roles, options, prefix, lease, workdir, in_tmux, session, interactive,
+       as_json) -> None:
+    """Start N agents in the background (logs next to the store, in logs/) or in tmux panes."""
+    from podium.agents import backends
+    from podium.supervisor import log_dir, up_tmux
+    from podium.supervisor import up as start
+
+    # Checked before the store opens: supervisor and worker take these as they are.
+    n, prefix = limits.agent_count(n), limits.agent_prefix(prefix)
+    roles = [limits.name(r, "role") for r in roles]
+    if lease is not None:
+        lease = limits.lease(lease)[0]
+    if workdir is not None:
+        workdir = limits.given(workdir, "--workdir")
+    session = limits.name(session, "tmux session")
+    if interactive is not None:
+        interactive = limits.given(interactive, "--interactive command")
+    if interactive and not in_tmux:
+        raise InvalidInput("--interactive needs --tmux (an interactive program needs a pane)")
+    if not interactive:  # (its options checked here, before any worker or log is made)
+        backends.load(backend)(backends.parse_options(options), Path(workdir or "."))
+    if in_tmux:
+        agents = up_tmux(c.podium, n, backend, list(roles), list(options), prefix, lease, workdir,
+                         session, interactive)
+    else:
+        agents = start(c.podium, n, backend, list(roles), list(options), prefix, lease, workdir)
+    if as_json:
+        write_json([a.to_dict(now()) for a in agents])
+        return
+    for a in agents:
+        write(f"{a.id}  pid {a.pid}  backend {a.backend}\n")
+    if in_tmux:
+        write(f"tmux session {session}: podium attach --session {session}\n")
+    else:
+        write(f"logs: {log_dir(c.podium)}\n")
+
+
+@cli.command()
+@click.argument("names", nargs=-1)
+@click.option("--timeout", type=float, default=15.0, show_default=True,
+              help="Seconds to wait before killing.")
+@click.option("--drain", is_flag=True,
+              help="Let running tasks finish (SIGINT) instead of requeueing them.")
+@pass_ctx
+def down(c: Ctx, names, timeout, drain) -> None:
+    """Stop this host's live agents (all, or the NAMES given)."""
+    from podium.supervisor import down as stop
+
+    timeout = limits.wait_timeout(timeout)
+    names = [limits.name(nm, "agent name") for nm in names]
+    stopped = stop(c.podium, timeout, drain, names or None)
+    write(f"stopped {len(stopped)} agent(s){': ' + ', '.join(stopped) if stopped else ''}\n")
+
+
+@cli.command()
+@click.option("--session", default="podium", show_default=True)
+def attach(session) -> None:
+    """Attach this terminal to the team's tmux session."""
+    from podium.tmux import Tmux, require_tmux
+
+    tmux = Tmux.from_env()
+    if not tmux.has_session(session):
+        raise InvalidInput(f"no tmux session {session!r}; start one with 'podium up N --tmux'")
+    os.execvp(require_tmux(), [require_tmux(), *tmux.args(), "attach-session", "-t", f"={session}"])
+
+
+def _agents_out(c: Ctx, as_json: bool) -> None:
+    agents = c.podium.agents()
+    if as_json:
+        t = now()
+        write_json([a.to_dict(t) for a in agents])
+        return
+    rows = [[a.id, a.state.value, render.roles(a.roles), a.backend, a.host, str(a.pid or "-"),
+             a.current_task or "-", render.age(a.last_heartbeat), str(a.tasks_done),
+             render.short(a.note, 30)] for a in agents]
+    write(render.table(rows, ["AGENT", "STATE", "ROLES", "BACKEND", "HOST", "PID", "TASK",
+                               "HEARTBEAT", "DONE", "NOTE"]))
+
+
+@cli.command("agents")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def agents_cmd(c: Ctx, as_json: bool) -> None:
+    """List agents with state, current task and last heartbeat."""
+    _agents_out(c, as_json)
+
+
+@cli.group()
+def agent() -> None:
+    """Run or list agents."""
+
+
+@agent.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def agent_list(c: Ctx, as_json: bool) -> None:
+    """List agents (same as 'podium agents')."""
+    _agents_out(c, as_json)
+
+
+@agent.command("run")
+@click.option("--name", "-n", required=True)
+@click.option("--role", "-r", "roles", multiple=True)
+@click.option("--backend", "-b", default="shell", show_default=True)
+@click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE")
+@click.option("--lease", type=float, default=30.0, show_default=True,
+              help="Seconds a claim lives without a heartbeat.")
+@click.option("--heartbeat", type=float, help="Heartbeat interval (default lease/6).")
+@click.option("--workdir", type=click.Path(file_okay=False, exists=True))
+@click.option("--echo-output", is_flag=True, help="Also print tasks and their output (for panes).")
+@pass_ctx
+def agent_run(c: Ctx, name, roles, backend, options, lease, heartbeat, workdir,
+              echo_output) -> None:
+    """Run one agent in the foreground: pull tasks and run them until stopped."""
+    from podium.agents import backends
+
+    lease, heartbeat = limits.lease(lease, heartbeat)
+    name, roles = limits.name(name, "agent name"), [limits.name(r, "role") for r in roles]
+    cls = backends.load(backend)
+    wd = Path(workdir).resolve() if workdir else Path.cwd()
+    # (made before the store opens: a bad option is refused without touching it)
+    worker_backend = cls(backends.parse_options(options), wd)
+    worker = c.podium.worker(name, worker_backend, list(roles), lease, heartbeat, wd,
+                             echo_output)
+    worker.install_signal_handlers()
+    sys.exit(worker.run())
+
+
+@agent.command("interactive", context_settings={"ignore_unknown_options": True})
+@click.option("--name", "-n", required=True)
+@click.option("--role", "-r", "roles", multiple=True)
+@click.option("--lease", type=float, default=30.0, show_default=True)
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@pass_ctx
+def agent_interactive(c: Ctx, name, roles, lease, command) -> None:
+    """Run an interactive program (e.g. claude) as agent NAME in this terminal: podium agent
+    interactive --name N -- CMD ARGS..."""
+    lease = limits.lease(lease)[0]
+    name, roles = limits.name(name, "agent name"), [limits.name(r, "role") for r in roles]
+    sys.exit(c.podium.interactive_agent(name, list(command), roles, lease).run())
+
+
+def _option_type(o: dict[str, Any]) -> str:
+    """An option's type with its bounds: ``float, 0 to 2``."""
+    low, high = o["min"], o["max"]
+    if low is not None and high is not None:
+        return f"{o['type']}, {low} to {high}"
+    if low is not None:
+        return f"{o['type']}, at least {low}"
+    if high is not None:
+        return f"{o['type']}, at most {high}"
+    return o["type"]
+
+
+def _option_default(value: Any) -> str:
+    if value is None or value == []:
+        return "-"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return " ".join(value) if isinstance(value, list) else str(value)
+
+
+@cli.command("backends")
+@click.option("--json", "as_json", is_flag=True)
+def backends_cmd(as_json: bool) -> None:
+    """List the installed backends: their options, and whether each can run here."""
+    from podium.agents import backends
+
+    listing = backends.describe()
+    if as_json:
+        write_json(listing)
+        return
+    for i, b in enumerate(listing):
+        state = "available" if b["available"] else f"not available here: {b['reason']}"
+        write(("\n" if i else "") + f"{b['name']}  {state}\n")
+        if not b["options"]:
+            write("  (no options)\n")
+            continue
+        write(render.table(
+            [["  " + o["name"], _option_type(o), _option_default(o["default"]), o["help"]]
+             for o in b["options"]], ["  OPTION", "TYPE", "DEFAULT", "HELP"]))
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--agent", envvar="PODIUM_AGENT_ID", required=True,
+              help="The agent (default $PODIUM_AGENT_ID, set for interactive agents).")
+@pass_ctx
+def hook(c: Ctx, name, agent) -> None:
+    """Record a Claude Code hook event (JSON on stdin) as the agent's state."""
+    from podium.hooks import parse_payload
+
+    payload = parse_payload(b"" if sys.stdin.isatty() else sys.stdin.buffer.read())
+    a = c.podium.hook(agent, name, payload)
+    write(f"{a.id} {a.state.value}\n")
+
+
+@cli.group()
+def hooks() -> None:
+    """Claude Code hooks that report interactive agents' state."""
+
+
+@hooks.command("install")
+@click.option("--dir", "directory", type=click.Path(file_okay=False), default=".",
+              show_default=True, help="Project directory of the agent (its .claude/ is used).")
+@pass_ctx
+def hooks_install(c: Ctx, directory) -> None:
+    """Write Podium's hooks into DIR/.claude/settings.local.json (merged with what is there)."""
+    from podium.hooks import install
+
+    path = Path(limits.given(directory, "--dir")).resolve() / ".claude" / "settings.local.json"
+    install(path, c.podium.url)
+    write(f"wrote hooks to {path}\n")
