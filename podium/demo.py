@@ -164,11 +164,10 @@ def run_demo(n_agents: int, keep: bool, write: Callable[[str], None], ai_backend
             write(f"\n{ai.id} summarised (prompt: {SUMMARY_PROMPT!r}, after the shared "
                   f"context):\n{_indent(summary_t.output)}\n")
             write("\ntokens and cost per agent (podium costs):\n")
-            for row in podium.costs()["agents"]:
-                if row["tokens_in"] or row["tokens_out"]:
-                    write(f"    {row['agent']:<8} {row['backend']:<6} {row['tasks']} tasks, "
-                          f"{row['tokens_in']} tokens in, {row['tokens_out']} out, "
-                          f"${row['cost_usd']:.2f}\n")
+            for a in podium.costs().agents:
+                if a.tokens_in or a.tokens_out:
+                    write(f"    {a.id:<8} {a.backend:<6} {a.tasks_done} tasks, "
+                          f"{a.tokens_in} tokens in, {a.tokens_out} out, ${a.cost_usd:.2f}\n")
         write(f"\n{len(everything)} tasks in {time.monotonic() - started:.2f}s; "
               f"timeout killed as expected: {podium.task(slow.id).error}\n")
         return 0 if ok else 1

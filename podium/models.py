@@ -306,3 +306,127 @@ class ContextEntry:
             "updated_at": iso(self.updated_at),
             "updated_by": self.updated_by,
         }
+
+
+# -- reports: what the service sums up for every face ------------------------------------------
+
+@dataclass
+class TeamStatus:
+    """The team at a glance (``podium status``): agents and tasks by state, and the live agents."""
+
+    store_url: str
+    agents_by_state: dict[str, int]
+    tasks_by_state: dict[str, int]
+    live_agents: list[Agent]
+    last_event_id: int
+    #: What is exposed about the store itself (e.g. readable by other users).
+    warnings: list[str]
+    #: When it was read (heartbeat ages are relative to it).
+    at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "store": self.store_url,
+            "agents": {"total": sum(self.agents_by_state.values()), **self.agents_by_state},
+            "tasks": self.tasks_by_state,
+            "live_agents": [a.to_dict(self.at) for a in self.live_agents],
+            "last_event_id": self.last_event_id,
+            "warnings": self.warnings,
+        }
+
+
+@dataclass
+class Spend:
+    """Tasks, tokens and cost summed over a group of agents."""
+
+    agents: int = 0
+    tasks: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+
+    def add(self, agent: Agent) -> None:
+        self.agents += 1
+        self.tasks += agent.tasks_done
+        self.tokens_in += agent.tokens_in
+        self.tokens_out += agent.tokens_out
+        self.cost_usd += agent.cost_usd
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"agents": self.agents, "tasks": self.tasks, "tokens_in": self.tokens_in,
+                "tokens_out": self.tokens_out, "cost_usd": round(self.cost_usd, 6)}
+
+
+@dataclass
+class CostReport:
+    """Tokens and cost per agent, per role, per backend and overall (``podium costs``).
+
+    From each agent's counters, which add up every run it finished (retries and runs cut off
+    included) and survive its restarts. An agent with several roles counts under each of them;
+    one with none under the role ``None``.
+    """
+
+    agents: list[Agent]
+    roles: dict[str | None, Spend]
+    backends: dict[str, Spend]
+    total: Spend
+
+    @classmethod
+    def of(cls, agents: list[Agent]) -> CostReport:
+        roles: dict[str | None, Spend] = {}
+        backends: dict[str, Spend] = {}
+        total = Spend()
+        for a in agents:
+            for group in [*(roles.setdefault(r, Spend()) for r in (a.roles or (None,))),
+                          backends.setdefault(a.backend, Spend()), total]:
+                group.add(a)
+        return cls(agents, dict(sorted(roles.items(), key=lambda kv: (kv[0] is None, kv[0] or ""))),
+                   dict(sorted(backends.items())), total)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "agents": [{"agent": a.id, "backend": a.backend, "roles": a.roles,
+                        "state": a.state.value, "tasks": a.tasks_done, "tokens_in": a.tokens_in,
+                        "tokens_out": a.tokens_out, "cost_usd": a.cost_usd}
+                       for a in self.agents],
+            "roles": [{"role": r, **s.to_dict()} for r, s in self.roles.items()],
+            "backends": [{"backend": b, **s.to_dict()} for b, s in self.backends.items()],
+            "total": self.total.to_dict(),
+        }
+
+
+@dataclass
+class AgentResponse:
+    """An agent's latest response: the newer of its latest outbound message (a report) and the
+    result of the task it finished last."""
+
+    agent_id: str
+    #: The latest outbound message, and the task it finished last (either may be missing).
+    message: Message | None
+    last_task: Task | None
+
+    @property
+    def source(self) -> str | None:
+        """``"message"``, ``"result"``, or None (neither yet)."""
+        last = self.last_task
+        if self.message is not None and (last is None or last.completed_at is None
+                                         or self.message.created_at >= last.completed_at):
+            return "message"
+        return "result" if last is not None else None
+
+    def to_dict(self) -> dict[str, Any]:
+        result = self.last_task.result() if self.last_task is not None else None
+        source = self.source
+        response: Any = None
+        if source == "message":
+            assert self.message is not None
+            response = self.message.body
+        elif result is not None:
+            response = result["output"]
+        return {
+            "agent_id": self.agent_id,
+            "source": source,
+            "response": response,
+            "message": self.message.to_dict() if self.message is not None else None,
+            "result": result,
+        }

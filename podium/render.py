@@ -25,6 +25,11 @@ def short(text: str | None, width: int = 50) -> str:
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
+def output_text(data: bytes | None) -> str:
+    """Output bytes for a person to read: UTF-8, with bytes that are not shown as \ufffd."""
+    return (data or b"").decode("utf-8", errors="replace")
+
+
 def roles(names: list[str]) -> str:
     """An agent's roles, comma-separated; ``-`` for none."""
     return ",".join(names) or "-"

@@ -153,7 +153,7 @@ def result(c: Ctx, task_id, raw) -> None:
         sys.stdout.buffer.write(t.output or b"")
         sys.stdout.buffer.flush()
         return
-    write_json(c.podium.result(task_id))
+    write_json(c.podium.task(task_id).result())
 
 
 @cli.command()

@@ -41,17 +41,17 @@ def watch(c: Ctx, after, task_id, idle_timeout, as_json) -> None:
 def status(c: Ctx, as_json) -> None:
     """Summary of agents and queue."""
     s = c.podium.status()
-    for warning in s["warnings"]:
+    for warning in s.warnings:
         click.echo(f"podium: warning: {warning}", err=True)
+    d = s.to_dict()
     if as_json:
-        write_json(s)
+        write_json(d)
         return
-    a, t = s["agents"], s["tasks"]
-    write(f"store   {s['store']}\n")
-    write("agents  " + ", ".join(f"{v} {k}" for k, v in a.items()) + "\n")
-    write("tasks   " + ", ".join(f"{v} {k}" for k, v in t.items()) + "\n")
-    for ag in s["live_agents"]:
-        write(f"  {ag['id']:<14} {ag['state']:<8} {ag['current_task'] or '-'}\n")
+    write(f"store   {s.store_url}\n")
+    write("agents  " + ", ".join(f"{v} {k}" for k, v in d["agents"].items()) + "\n")
+    write("tasks   " + ", ".join(f"{v} {k}" for k, v in s.tasks_by_state.items()) + "\n")
+    for ag in s.live_agents:
+        write(f"  {ag.id:<14} {ag.state.value:<8} {ag.current_task or '-'}\n")
 
 
 @cli.command()
@@ -59,7 +59,7 @@ def status(c: Ctx, as_json) -> None:
 @pass_ctx
 def costs(c: Ctx, as_json) -> None:
     """Tokens and cost per agent, per role, per backend and overall."""
-    s = c.podium.costs()
+    s = c.podium.costs().to_dict()
     if as_json:
         write_json(s)
         return

@@ -100,7 +100,7 @@ def build_server(podium: Podium, name: str = "podium") -> MCPServer:
         """Podium at a glance: the store, agents by state, tasks by state (blocked, queued,
         running, completed, failed, cancelled), the live agents, and the last event id."""
         with _errors():
-            return podium.status()
+            return podium.status().to_dict()
 
     # -- tasks ----------------------------------------------------------------------------
     @mcp.tool(annotations=WRITE)
@@ -144,7 +144,7 @@ def build_server(podium: Podium, name: str = "podium") -> MCPServer:
         """A task's result now, finished or not: status (its state), output, error, exit_code,
         agent_id, attempts, duration_ms, times, tokens and cost. output is null until it ran."""
         with _errors():
-            return podium.result(task_id)
+            return podium.task(task_id).result()
 
     @mcp.tool(annotations=READ)
     async def wait_for_task(
@@ -203,7 +203,7 @@ def build_server(podium: Podium, name: str = "podium") -> MCPServer:
         source says which ("message", "result", or null when neither exists); response is that
         message's body or that result's output; message and result hold both candidates."""
         with _errors():
-            return podium.response(agent_id)
+            return podium.response(agent_id).to_dict()
 
     # -- shared context -------------------------------------------------------------------
     @mcp.tool(annotations=WRITE)
@@ -239,7 +239,7 @@ def build_server(podium: Podium, name: str = "podium") -> MCPServer:
                   description="Agents and tasks by state (JSON), as get_system_status.")
     def status_resource() -> str:
         with _resource_errors():
-            return _dumps(podium.status())
+            return _dumps(podium.status().to_dict())
 
     @mcp.resource("podium://tasks/{task_id}", name="task", mime_type="application/json",
                   description="One task with its result (JSON).")

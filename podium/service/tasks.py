@@ -71,9 +71,6 @@ class TaskCalls(ServiceBase):
     def cancel(self, task_id: str, reason: str = "cancelled by user") -> Task:
         return self.store.cancel(limits.name(task_id, "task id"), limits.text(reason, "reason"))
 
-    def result(self, task_id: str) -> dict[str, Any]:
-        return self.task(task_id).result()
-
     def wait(self, task_id: str, timeout_s: float | None = None) -> Task:
         """Block until the task is finished (or ``timeout_s`` passes); returns it either way."""
         timeout_s = limits.wait_timeout(timeout_s)

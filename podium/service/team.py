@@ -12,7 +12,7 @@ from podium import limits
 from podium.agents import registration
 from podium.clock import new_id
 from podium.errors import NotFound, PodiumError, StoreUnavailable
-from podium.models import Agent, AgentState, Message, Task, TaskSpec
+from podium.models import Agent, AgentResponse, AgentState, Message, Task, TaskSpec
 from podium.service.tasks import TaskCalls
 
 if TYPE_CHECKING:
@@ -143,35 +143,16 @@ class TeamCalls(TaskCalls):
         return self.store.list_messages(limits.name(agent_id, "agent id"), "out", False,
                                         limits.list_limit(limit))
 
-    def response(self, agent_id: str, scan: int = 100) -> dict[str, Any]:
+    def response(self, agent_id: str, scan: int = 100) -> AgentResponse:
         """The agent's latest response: the newer of its latest outbound message (a report) and
-        the result of the task it finished last (among its last ``scan`` tasks).
-
-        ``source`` is ``"message"``, ``"result"`` or None (neither yet); ``response`` is that
-        message's body or that result's output; both candidates are included.
-        """
+        the result of the task it finished last (among its last ``scan`` tasks)."""
         msgs = self.outbox(agent_id, limit=1)
-        msg = msgs[-1] if msgs else None
-        # Its finished tasks' completion times (a finished task is never claimed again: the
-        # time stays as listed here).
-        completed_at = {t.id: t.completed_at for t in self.tasks(agent=agent_id, limit=scan)
-                        if t.state.finished and t.completed_at is not None}
-        last_id = max(completed_at, key=completed_at.__getitem__, default=None)
-        last = self.task(last_id) if last_id is not None else None
-        result = last.result() if last is not None else None
-        source: str | None = None
-        response: Any = None
-        if msg is not None and (last_id is None or msg.created_at >= completed_at[last_id]):
-            source, response = "message", msg.body
-        elif result is not None:
-            source, response = "result", result["output"]
-        return {
-            "agent_id": agent_id,
-            "source": source,
-            "response": response,
-            "message": msg.to_dict() if msg is not None else None,
-            "result": result,
-        }
+        # A finished task is never claimed again: its completion time stays as listed here.
+        finished = [t for t in self.tasks(agent=agent_id, limit=scan)
+                    if t.state.finished and t.completed_at is not None]
+        last = max(finished, key=lambda t: t.completed_at or 0.0, default=None)
+        return AgentResponse(agent_id, msgs[-1] if msgs else None,
+                             self.task(last.id) if last is not None else None)
 
     def report(self, agent_id: str, status: str, note: str | None = None,
                task_id: str | None = None) -> Message:

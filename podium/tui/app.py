@@ -271,11 +271,11 @@ class Dashboard(App):
         if task_id is None:
             self.notify("no task to show")
             return
-        r = self.podium.result(task_id)
-        body = r["output"] or ""
-        if r.get("error"):
-            body += f"\n[error] {r['error']}"
-        self.push_screen(TextScreen(f"{task_id} — {r['status']}", body or "(no output yet)"))
+        task = self.podium.task(task_id)
+        body = render.output_text(task.output)
+        if task.error:
+            body += f"\n[error] {task.error}"
+        self.push_screen(TextScreen(f"{task_id} — {task.state.value}", body or "(no output yet)"))
 
     def on_unmount(self) -> None:
         if self.events is not None:

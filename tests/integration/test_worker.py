@@ -113,7 +113,7 @@ def test_echo_round_trip(podium, workers, store):
     assert done.started_at is not None and done.completed_at >= done.started_at
     ks = kinds(store, t.id)
     assert ks == ["task.queued", "task.claimed", "task.completed"], ks
-    r = podium.result(t.id)
+    r = podium.task(t.id).result()
     assert r["status"] == "completed" and r["output"] == "hello, podium"
     assert "output_encoding" not in r
     assert podium.agent("e1").tasks_done == 1
@@ -129,7 +129,7 @@ def test_shell_completed_keeps_stdout_and_stderr_apart(podium, workers):
     assert done.output == b"to-stdout\nno newline"
     assert done.stderr == b"to-stderr\n"
     assert done.error is None
-    r = podium.result(t.id)
+    r = podium.task(t.id).result()
     assert r["output"] == "to-stdout\nno newline" and r["stderr"] == "to-stderr\n"
 
 
