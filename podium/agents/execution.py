@@ -1,11 +1,12 @@
 """Running one claimed task: its backend on the worker's runner thread, watched until it ends.
 
-``RunSupervisor.execute`` hands the backend a ``Run`` (the prompt, the task's environment, a
-stream for its output) and, while the backend works, waits on the worker's wake-up channel,
-heartbeats, and stops the run when it must: on timeout, when the store says the task was
-cancelled, when a heartbeat finds the lease lost, or when the worker stops now (the task then
-goes back to the queue without counting the attempt). An inline backend with no timeout is
-called on the worker's own thread: there is nothing to watch.
+``RunSupervisor.execute`` asks the worker's workspace where the run happens, hands the backend
+a ``Run`` (the prompt, that directory, the task's environment, a stream for its output) and,
+while the backend works, waits on the worker's wake-up channel, heartbeats, and stops the run
+when it must: on timeout, when the store says the task was cancelled, when a heartbeat finds
+the lease lost, or when the worker stops now (the task then goes back to the queue without
+counting the attempt). An inline backend with no timeout is called on the worker's own
+thread: there is nothing to watch.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from podium.agents.backends import Backend, Run
 from podium.agents.heartbeat import Heartbeat
+from podium.agents.workspaces import SharedWorkspace, Workspace
 from podium.errors import StoreUnavailable
 from podium.models import Outcome, Task, TaskState
 from podium.store import Store
@@ -39,18 +41,17 @@ class RunSupervisor:
     def __init__(self, store: Store, agent_id: str, backend: Backend, waiter: Waiter,
                  heartbeat: Heartbeat, *, workdir: Path, max_output: int,
                  log: Callable[[str], None], echo_output: bool,
-                 stopping_now: Callable[[], bool]):
+                 stopping_now: Callable[[], bool], workspace: Workspace | None = None):
         self.store, self.agent_id, self.backend = store, agent_id, backend
         self.waiter = waiter
         self.heartbeat = heartbeat
-        self.workdir, self.max_output = workdir, max_output
+        self.workspace = workspace or SharedWorkspace(workdir)
+        self.max_output = max_output
         self.log, self.echo_output = log, echo_output
         self.stopping_now = stopping_now
         self.env = _TaskEnvironment(agent_id, store.url)
-        if not backend.inline:
-            self.env.prepare()
         self._runner: _Runner | None = None  # (started by the first run that needs it)
-        self._done = threading.Event()  # (one per worker: making one costs ~20 µs on a cold CPU)
+        self._done = threading.Event()  # set when the backend's run returns
         self._outcome: Outcome | None = None
         self._closed = False
 
@@ -59,17 +60,22 @@ class RunSupervisor:
         because the worker is stopping."""
         if self.echo_output:  # a worker in a tmux pane shows its tasks live
             self.log(f"▶ {task.id}: {task.prompt[:200]}")
+        workdir = self.workspace.enter(task)
         stream = _OutputStream(self.store, self.agent_id, task.id)
-        run = Run(task=task, prompt=prompt, workdir=self.workdir, env=self.env.for_task(task),
+        run = Run(task=task, prompt=prompt, workdir=workdir, env=self.env.for_task(task),
                   emit=_tee_to_stderr(stream.emit) if self.echo_output else stream.emit,
                   max_output=self.max_output)
         began = time.time()
-        outcome = self._run_to_end(run)
-        stream.close()
-        if not self.backend.inline:
-            self.env.prepare()  # (the next program's environment, made while none waits for it)
-        outcome.started_at = began
-        return self._settle(run, outcome)
+        try:
+            outcome = self._run_to_end(run)
+            stream.close()
+            outcome.started_at = began
+            settled = self._settle(run, outcome)
+        except BaseException:
+            self.workspace.leave(task, None)
+            raise
+        self.workspace.leave(task, settled)
+        return settled
 
     def close(self) -> None:
         """The worker stops: the runner thread ends (after the run it has, if any) and pokes
@@ -190,25 +196,16 @@ class _Runner:
 
 
 class _TaskEnvironment:
-    """The environment of a task's program: the worker's own, with ``PODIUM_AGENT_ID``,
-    ``PODIUM_STORE``, ``PODIUM_TASK_ID`` and (when short enough) ``PODIUM_TASK_CONTEXT``.
-
-    ``os.environ`` is read once. The copy a task gets is made beforehand (``prepare``, after
-    the task before): copying costs ~0.1 ms on the cold CPU a task wakes up to, ~2 µs once the
-    worker is running.
-    """
+    """The environment of a task's program: the worker's own (read once), with
+    ``PODIUM_AGENT_ID``, ``PODIUM_STORE``, ``PODIUM_TASK_ID`` and (when short enough)
+    ``PODIUM_TASK_CONTEXT``."""
 
     def __init__(self, agent_id: str, store_url: str):
         self._base = dict(os.environ, PODIUM_AGENT_ID=agent_id, PODIUM_STORE=store_url)
         self._base.pop("PODIUM_TASK_CONTEXT", None)
-        self._spare: dict[str, str] | None = None
-
-    def prepare(self) -> None:
-        self._spare = dict(self._base)
 
     def for_task(self, task: Task) -> dict[str, str]:
-        env, self._spare = self._spare or dict(self._base), None
-        env["PODIUM_TASK_ID"] = task.id
+        env = dict(self._base, PODIUM_TASK_ID=task.id)
         if task.context and len(task.context) < 25_000:  # well under one argument's limit
             env["PODIUM_TASK_CONTEXT"] = task.context
         return env

@@ -20,10 +20,10 @@ import signal
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+from podium import plugins
 from podium.agents.backends.options import Option, Options, invalid_option, parse_options
 from podium.errors import InvalidInput, PodiumError
 from podium.models import Outcome, Task
@@ -162,20 +162,12 @@ class Backend:
 
 
 def available() -> list[str]:
-    return sorted({ep.name for ep in entry_points(group=GROUP)})
+    return plugins.names(GROUP)
 
 
 def load(name: str) -> type[Backend]:
     """The backend class registered under ``name``."""
-    for ep in entry_points(group=GROUP):
-        if ep.name == name:
-            cls = ep.load()
-            if not (isinstance(cls, type) and issubclass(cls, Backend)):
-                raise InvalidInput(f"backend {name!r} ({ep.value}) is not a podium Backend class")
-            cls.name = name
-            return cls
-    names = ", ".join(available()) or "none (is podium installed with pip?)"
-    raise InvalidInput(f"unknown backend {name!r}: available backends are {names}")
+    return plugins.load(GROUP, name, Backend, "backend")
 
 
 def describe() -> list[dict[str, Any]]:

@@ -96,17 +96,17 @@ class Option:
             return f"{what}, at most {_bound_text(self.max)}"
         return what
 
-    def parse(self, backend: str, raw: str) -> Any:
+    def parse(self, backend: str, raw: str, kind: str = "backend") -> Any:
         """The typed value of ``raw``; an empty string leaves the default (as it always did)."""
         if raw == "":
             return self.default
         try:
             value = _TYPES[self.kind].parse(raw)
         except ValueError:
-            raise invalid_option(backend, self.name, raw, self.expected()) from None
+            raise invalid_option(backend, self.name, raw, self.expected(), kind) from None
         if (self.min is not None and value < self.min) or \
                 (self.max is not None and value > self.max):
-            raise invalid_option(backend, self.name, raw, self.expected())
+            raise invalid_option(backend, self.name, raw, self.expected(), kind)
         return value
 
     def describe(self) -> dict[str, Any]:
@@ -118,9 +118,11 @@ class Option:
                 "help": self.help, "min": self.min, "max": self.max}
 
 
-def invalid_option(backend: str, option: str, raw: str, expected: str) -> InvalidInput:
-    """The error for a value the backend refuses, worded the same for every check."""
-    return InvalidInput(f"backend {backend}: option {option}={raw!r} must be {expected}")
+def invalid_option(backend: str, option: str, raw: str, expected: str,
+                   kind: str = "backend") -> InvalidInput:
+    """The error for a value the backend (or another ``kind`` of plugin) refuses, worded the
+    same for every check."""
+    return InvalidInput(f"{kind} {backend}: option {option}={raw!r} must be {expected}")
 
 
 class Options:
@@ -132,16 +134,18 @@ class Options:
     def __iter__(self) -> Iterator[Option]:
         return iter(self._by_name.values())
 
-    def parse(self, backend: str, given: Mapping[str, str]) -> SimpleNamespace:
-        """Every option's value: the typed one given, else its default."""
+    def parse(self, backend: str, given: Mapping[str, str],
+              kind: str = "backend") -> SimpleNamespace:
+        """Every option's value: the typed one given, else its default (``kind``: the sort of
+        plugin that takes them, for the errors)."""
         unknown = ", ".join(repr(key) for key in given if key not in self._by_name)
         if unknown:
             known = ", ".join(self._by_name)
             expected = f"its options are {known}" if known else "it takes no options"
-            raise InvalidInput(f"backend {backend}: unknown option {unknown}; {expected}")
+            raise InvalidInput(f"{kind} {backend}: unknown option {unknown}; {expected}")
         values = {o.name: o.default for o in self}
         for key, raw in given.items():
-            values[key] = self._by_name[key].parse(backend, raw)
+            values[key] = self._by_name[key].parse(backend, raw, kind)
         return SimpleNamespace(**values)
 
     def describe(self) -> list[dict[str, Any]]:
