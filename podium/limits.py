@@ -29,6 +29,10 @@ MAX_EVENT_ID = 2**63 - 1
 MAX_PORT = 65535
 #: The largest prompt, message or context value accepted (bytes of UTF-8).
 MAX_TEXT_BYTES = 64 * 1024 * 1024
+#: The longest age a prune or the retention setting takes (``--older-than``): 100 years.
+MAX_AGE_SECONDS = 36500 * 86400
+#: The units of an age: seconds, minutes, hours, days.
+AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 #: The longest name (agent id, role, prefix, sender, session, context key, task id), in bytes
 #: of UTF-8: agent names become log file names, which most file systems cap at 255 bytes.
 MAX_NAME_BYTES = 200
@@ -63,6 +67,37 @@ def seconds(value: Any, what: str, zero_ok: bool = False) -> float:
         raise InvalidInput(f"bad {what} {_shown(value)}: must be {low} {MAX_SECONDS} seconds "
                            f"(30 days)")
     return float(value)
+
+
+def age(value: Any, what: str = "--older-than") -> float:
+    """An age written as a whole number and a unit (``30d``, ``12h``, ``90m``, ``3600s``), or
+    a number of seconds, in seconds: from 0 to 100 years."""
+    if _number(value):
+        if not 0 <= value <= MAX_AGE_SECONDS:  # (nan fails too)
+            raise InvalidInput(f"bad {what} {_shown(value)}: must be from 0 to "
+                               f"{MAX_AGE_SECONDS} seconds (100 years)")
+        return float(value)
+    text = value.strip() if isinstance(value, str) else ""
+    digits, unit = text[:-1], text[-1:]
+    if not (digits.isascii() and digits.isdigit() and unit in AGE_UNITS):
+        raise InvalidInput(f"bad {what} {_shown(value)}: expected a whole number and a unit "
+                           "(s, m, h or d), e.g. 30d, 12h, 90m or 3600s")
+    if len(digits) > 12 or int(digits) * AGE_UNITS[unit] > MAX_AGE_SECONDS:
+        raise InvalidInput(f"bad {what} {_shown(value)}: at most {MAX_AGE_SECONDS // 86400}d "
+                           "(100 years)")
+    return float(int(digits) * AGE_UNITS[unit])
+
+
+def retention(value: Any) -> tuple[float, bool]:
+    """The automatic pruning setting (``PODIUM_RETENTION``): an age, optionally followed by
+    ``,keep-results``; returns (seconds, keep results)."""
+    what = "PODIUM_RETENTION"
+    text = value if isinstance(value, str) else ""
+    head, _, tail = text.partition(",")
+    if tail.strip() not in ("", "keep-results"):
+        raise InvalidInput(f"bad {what} {_shown(value)}: expected an age such as 30d, "
+                           "optionally followed by ,keep-results")
+    return age(head, what), tail.strip() == "keep-results"
 
 
 def max_attempts(value: Any) -> int:

@@ -133,6 +133,8 @@ class Task:
     output: bytes | None = None
     stderr: bytes | None = None
     output_truncated: bool = False
+    #: The output (and stderr) was removed by ``podium store prune --keep-results``.
+    output_pruned: bool = False
     error: str | None = None
     exit_code: int | None = None
     tokens_in: int | None = None
@@ -171,6 +173,8 @@ class Task:
             "session_id": self.session_id,
             "output_truncated": self.output_truncated,
         }
+        if self.output_pruned:
+            d["output_pruned"] = True
         if encoding != "utf-8":
             d["output_encoding"] = encoding
         if self.stderr:
@@ -182,6 +186,7 @@ class Task:
     def to_dict(self, with_output: bool = True) -> dict[str, Any]:
         d: dict[str, Any] = {
             "id": self.id,
+            "seq": self.seq,
             "prompt": self.prompt,
             "context": self.context,
             "priority": self.priority.name.lower(),

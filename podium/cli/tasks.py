@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import sys
 
 import click
@@ -79,7 +80,9 @@ def _task_text(t) -> str:
         lines.append(f"tokens     {t.tokens_in} in / {t.tokens_out} out, cost ${t.cost_usd}")
     lines.append("prompt:")
     lines.append(t.prompt)
-    if r["output"] is not None:
+    if t.output_pruned:
+        lines.append("output     (pruned)")
+    elif r["output"] is not None:
         lines.append("output" + (" (base64):" if r.get("output_encoding") else ":"))
         lines.append(r["output"])
     return "\n".join(lines) + "\n"
@@ -102,11 +105,13 @@ def task_show(c: Ctx, task_id, as_json) -> None:
 @click.option("--state", "-s", help="blocked, queued, running, completed, failed or cancelled.")
 @click.option("--agent", "-a")
 @click.option("--limit", "-n", type=int, default=100, show_default=True)
+@click.option("--before", type=int, metavar="SEQ",
+              help="Only tasks older than this seq (the next page: the first seq listed).")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-def task_list(c: Ctx, state, agent, limit, as_json) -> None:
+def task_list(c: Ctx, state, agent, limit, before, as_json) -> None:
     """List tasks, oldest first (the last LIMIT)."""
-    tasks = c.podium.tasks(state, agent, limit)
+    tasks = c.podium.tasks(state, agent, limit, before=before)
     if as_json:
         write_json([t.to_dict(with_output=False) for t in tasks])
         return
@@ -142,18 +147,26 @@ def task_wait(c: Ctx, task_id, timeout, as_json) -> None:
     sys.exit(code.get(t.state.value, EXIT_TIMEOUT))
 
 
-@cli.command()
+@task.command("result")
 @click.argument("task_id")
 @click.option("--raw", is_flag=True, help="Write the output bytes only, exactly as produced.")
 @pass_ctx
-def result(c: Ctx, task_id, raw) -> None:
+def task_result(c: Ctx, task_id, raw) -> None:
     """Print a task's result JSON."""
     if raw:
         t = c.podium.task(task_id)
+        if t.output_pruned:
+            click.echo(f"podium: {t.id}'s output was pruned (podium store prune)", err=True)
         sys.stdout.buffer.write(t.output or b"")
         sys.stdout.buffer.flush()
         return
     write_json(c.podium.task(task_id).result())
+
+
+# ``podium result``: the first spelling, kept working (not listed).
+_result_alias = copy.copy(task_result)
+_result_alias.hidden = True
+cli.add_command(_result_alias, "result")
 
 
 @cli.command()

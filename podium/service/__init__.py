@@ -7,8 +7,8 @@ following events, broadcast). It imports no face: typing a message into an agent
 given to it as a ``PaneDelivery`` (``podium.tmux.TmuxPanes``).
 
 Its parts: ``tasks``, ``team`` (agents and their mailboxes), ``context``, ``events`` (one
-follower of the event log), ``reports`` (status, costs); ``delivery`` is the interface for
-typing into panes.
+follower of the event log), ``reports`` (status, costs), ``history`` (pruning);
+``delivery`` is the interface for typing into panes.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from podium.service.base import SAFETY_POLL_S
 from podium.service.context import ContextCalls
 from podium.service.delivery import Delivery, PaneDelivery
 from podium.service.events import EventCalls, EventFollower
+from podium.service.history import HistoryCalls
 from podium.service.reports import ReportCalls
 from podium.store import open_store
 from podium.store.copy import copy_store
@@ -27,7 +28,7 @@ from podium.store.postgres import without_password
 __all__ = ["Podium", "Delivery", "PaneDelivery", "EventFollower", "SAFETY_POLL_S"]
 
 
-class Podium(ReportCalls, EventCalls, ContextCalls):
+class Podium(ReportCalls, EventCalls, ContextCalls, HistoryCalls):
     """Service facade over a store; ``panes`` types messages into interactive agents' panes
     (without it, ``send`` puts them in the inbox only, and says so)."""
 

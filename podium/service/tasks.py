@@ -55,7 +55,9 @@ class TaskCalls(ServiceBase):
         return self.store.get_task(limits.name(task_id, "task id"))
 
     def tasks(self, state: str | None = None, agent: str | None = None, limit: int = 100,
-              with_output: bool = False) -> list[Task]:
+              with_output: bool = False, before: int | None = None) -> list[Task]:
+        """The newest ``limit`` tasks (oldest first); with ``before``, those older than the
+        task of that ``seq`` (the next page back: ``before=`` the first one's ``seq``)."""
         st = None
         if state is not None:
             try:
@@ -66,7 +68,9 @@ class TaskCalls(ServiceBase):
         limit = limits.list_limit(limit)
         if agent is not None:
             self.store.get_agent(limits.name(agent, "agent id"))
-        return self.store.list_tasks(st, agent, limit, with_output)
+        if before is not None:
+            before = limits.integer(before, "before", 1, limits.MAX_EVENT_ID)
+        return self.store.list_tasks(st, agent, limit, with_output, before)
 
     def cancel(self, task_id: str, reason: str = "cancelled by user") -> Task:
         return self.store.cancel(limits.name(task_id, "task id"), limits.text(reason, "reason"))

@@ -65,6 +65,18 @@ class HeartbeatReply:
     taken: list[tuple[str, str]] = field(default_factory=list)
 
 
+@dataclass
+class Pruned:
+    """What a prune removed (or, in a dry run, would remove): rows per table, and the tasks
+    whose output and stderr were cleared (``keep_results``)."""
+
+    events: int = 0
+    tasks: int = 0
+    task_deps: int = 0
+    messages: int = 0
+    outputs: int = 0
+
+
 class Store(abc.ABC):
     """Abstract store. Methods raise ``NotFound``, ``Conflict`` or ``StoreError``."""
 
@@ -186,8 +198,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def list_tasks(
         self, state: TaskState | None = None, agent_id: str | None = None, limit: int = 100,
-        with_output: bool = False,
-    ) -> list[Task]: ...
+        with_output: bool = False, before: int | None = None,
+    ) -> list[Task]:
+        """The newest ``limit`` tasks (oldest first), only those with ``seq`` below ``before``
+        when it is given: the next page of a listing is ``before=`` its first task's ``seq``."""
 
     @abc.abstractmethod
     def counts(self) -> dict[str, int]:
@@ -235,3 +249,19 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def last_event_id(self) -> int: ...
+
+    # -- history ----------------------------------------------------------------
+    @abc.abstractmethod
+    def prune(self, before: float, keep_results: bool = False,
+              dry_run: bool = False) -> Pruned:
+        """Remove the history older than the time ``before``: the events up to the first one
+        stamped at or after it (the newest event always stays, so ids keep growing), and the
+        finished tasks that finished before it, with their own dependency rows and messages;
+        ``keep_results`` keeps those tasks and their results but clears their output and
+        stderr (``output_pruned``). Unfinished tasks, agents and shared context are never
+        touched. Done in short transactions; ``dry_run`` only counts."""
+
+    def compact(self) -> tuple[int, int] | None:
+        """Give the space that pruning freed back to the file system; returns the store's
+        size in bytes (before, after), or None when it cannot tell (the server's own)."""
+        return None

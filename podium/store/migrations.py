@@ -213,6 +213,36 @@ DROP INDEX tasks_pushed;
 CREATE INDEX tasks_handed ON tasks (agent_id) WHERE state = 'running' AND started_at IS NULL;
 """,
     ),
+    (
+        # A history that stays fast, and can be pruned (podium.store.sql.history).
+        # task_counts: finished tasks by state, kept by every transaction that finishes or
+        # removes tasks (the other states are counted through tasks_state: they are few).
+        # output_pruned: 1 once a prune with keep-results cleared the output and stderr.
+        # tasks_finished finds finished tasks by age; messages_task a task's messages.
+        # housekeeping: when a periodic job (the automatic prune) last ran, for all processes.
+        "m008_history",
+        """
+CREATE TABLE task_counts (
+    state TEXT PRIMARY KEY,
+    n BIGINT NOT NULL
+);
+INSERT INTO task_counts (state, n)
+    SELECT 'completed', COUNT(*) FROM tasks WHERE state = 'completed';
+INSERT INTO task_counts (state, n)
+    SELECT 'failed', COUNT(*) FROM tasks WHERE state = 'failed';
+INSERT INTO task_counts (state, n)
+    SELECT 'cancelled', COUNT(*) FROM tasks WHERE state = 'cancelled';
+ALTER TABLE tasks ADD COLUMN output_pruned INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX tasks_finished ON tasks (output_pruned, completed_at)
+    WHERE state IN ('completed', 'failed', 'cancelled');
+CREATE INDEX messages_task ON messages (task_id) WHERE task_id IS NOT NULL;
+CREATE TABLE housekeeping (
+    name TEXT PRIMARY KEY,
+    done_at {float} NOT NULL
+);
+INSERT INTO housekeeping (name, done_at) VALUES ('prune', 0);
+""",
+    ),
 ]
 
 

@@ -191,6 +191,7 @@ class SQLiteStore(SqlStore):
                 # (a forked child has the object but not the thread)
                 self._checkpointer = _Checkpointer(self.path, self.synchronous)
             self._checkpointer.request()
+        super()._after_commit()  # (the automatic prune's look: podium.store.sql.history)
 
     def _unchecked_pages(self) -> int:
         """Pages in the write-ahead log that no checkpoint has copied yet (see above)."""
@@ -242,6 +243,29 @@ class SQLiteStore(SqlStore):
             with self._transaction() as tx:
                 return self._apply_migrations(tx, MIGRATIONS, TYPES)
 
+    def compact(self) -> tuple[int, int]:
+        """``VACUUM`` (the file is rewritten without its free pages) under the writer lock,
+        then a checkpoint that truncates the write-ahead log: the file shrinks."""
+        before = self._size()
+        with self._lock:
+            fcntl.flock(self._lockfile, fcntl.LOCK_EX)
+            try:
+                self._conn.execute("VACUUM")
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as e:
+                raise _store_error(e, self.path) from None
+            finally:
+                fcntl.flock(self._lockfile, fcntl.LOCK_UN)
+        return before, self._size()
+
+    def _size(self) -> int:
+        """Bytes of the database file and its write-ahead log."""
+        total = 0
+        for path in (self.path, Path(f"{self.path}-wal")):
+            with contextlib.suppress(OSError):
+                total += path.stat().st_size
+        return total
+
     def exposure(self) -> list[str]:
         """Files of an older store, or chmod'ed since, that other users may read or write."""
         found = []
@@ -260,6 +284,7 @@ class SQLiteStore(SqlStore):
         return found
 
     def close(self) -> None:
+        self._stop_pruning()
         if self._checkpointer is not None:
             self._checkpointer.stop()
         if self._shm is not None:

@@ -29,8 +29,9 @@ def test_a_new_task_row_round_trips():
     values = dict(zip((c.name for c in rows.TASK_COLUMNS if c.inserted), rows.insert_row(task)))
     assert values["priority"] == 0 and values["state"] == "queued"
     assert values["retry_on_failure"] == 1 and values["workflow_id"] == "w-1"
-    stored = {c.name: None for c in rows.TASK_COLUMNS} | values | {"seq": 7,
-                                                                    "output_truncated": 0}
+    # (what the database fills in: the seq, and the flags' NOT NULL defaults)
+    stored = {c.name: None for c in rows.TASK_COLUMNS} | values | {
+        "seq": 7, "output_truncated": 0, "output_pruned": 0}
     back = rows.task(stored, [])
     assert back == dataclasses.replace(task, seq=7)
 

@@ -16,6 +16,7 @@ from podium.clock import now
 from podium.models import Outcome, Task, TaskState
 from podium.store.base import Finish
 from podium.store.sql import rows
+from podium.store.sql.history import count_finished
 from podium.store.sql.queue import Queue
 from podium.store.sql.tx import Tx
 
@@ -196,6 +197,7 @@ class Claims(Queue):
             if data is None:  # the worker did not say when it started: the claim's time
                 data = _finish_event(o, t - done[f.task_id])
             tx.events.append((t, f"task.{o.status.value}", agent_id, f.task_id, data))
+            count_finished(tx, o.status)
             states.append(o.status)
             settle.append((f.task_id, o.status))
         tx.wake_watchers = True
@@ -263,6 +265,7 @@ class Claims(Queue):
             f"UPDATE tasks SET state = ?, started_at = ?, completed_at = ?, lease_expires = NULL, "
             f"{result_cols}, error = ? WHERE id = ?",
             (state.value, started, t, *result_params, o.error, finish.task_id))
+        count_finished(tx, state)
         tx.event(f"task.{state.value}", agent_id, finish.task_id, exit_code=o.exit_code,
                  error=o.error, duration_ms=round((t - started) * 1000, 3),
                  tokens_in=o.tokens_in, tokens_out=o.tokens_out, cost_usd=o.cost_usd)

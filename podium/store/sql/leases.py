@@ -14,6 +14,7 @@ from typing import Any
 from podium.clock import now
 from podium.errors import Conflict, NotFound
 from podium.models import Task, TaskState
+from podium.store.sql.history import count_finished
 from podium.store.sql.tasks import TaskReads
 from podium.store.sql.tx import Tx
 
@@ -42,6 +43,7 @@ class Leases(TaskReads):
             tx.execute(
                 "UPDATE tasks SET state = 'cancelled', completed_at = ?, error = ? WHERE id = ?",
                 (t, reason, task_id))
+            count_finished(tx, TaskState.CANCELLED)
             tx.event("task.cancelled", row["agent_id"], task_id, reason=reason,
                      was=row["state"])
             if row["state"] == "running" and row["agent_id"]:
@@ -100,6 +102,7 @@ class Leases(TaskReads):
             tx.execute(
                 "UPDATE tasks SET state = 'failed', completed_at = ?, lease_expires = NULL, "
                 "error = ? WHERE id = ?", (t, error, row["id"]))
+            count_finished(tx, TaskState.FAILED)
             tx.event("task.failed", row["agent_id"], row["id"], error=error)
             self._settle_dependents(tx, row["id"], TaskState.FAILED, t)
         tx.execute("UPDATE agents SET current_task = NULL WHERE id = ? AND current_task = ?",
@@ -128,5 +131,6 @@ class Leases(TaskReads):
                     tx.execute(
                         "UPDATE tasks SET state = 'cancelled', completed_at = ?, error = ? "
                         "WHERE id = ?", (t, reason, row["id"]))
+                    count_finished(tx, TaskState.CANCELLED)
                     tx.event("task.cancelled", row["target_agent"], row["id"], reason=reason)
                     pending.append((row["id"], TaskState.CANCELLED))

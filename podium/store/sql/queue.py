@@ -15,6 +15,7 @@ from podium.clock import now, sortable_id
 from podium.errors import NotFound
 from podium.models import Priority, Task, TaskSpec, TaskState
 from podium.store.sql import rows
+from podium.store.sql.history import count_finished
 from podium.store.sql.leases import Leases
 from podium.store.sql.tx import Tx
 
@@ -69,6 +70,8 @@ class Queue(Leases):
                     agents_seen.add(spec.target_agent)
                 depends_on, state, error = self._dependencies(tx, spec, known)
                 task = _new_task(spec, t, state, depends_on, error)
+                if state is TaskState.CANCELLED:  # (a dependency failed or was cancelled)
+                    count_finished(tx, state)
                 if state is TaskState.QUEUED:
                     queued_at.append(len(added))
                     tx.wake(spec.target_agent)

@@ -68,6 +68,7 @@ TASK_COLUMNS: tuple[Column, ...] = (
     Column("output", load=_blob, inserted=False, large=True),
     Column("stderr", load=_blob, inserted=False, large=True),
     Column("output_truncated", _as_int, bool, inserted=False),
+    Column("output_pruned", _as_int, bool, inserted=False),
     Column("error"),
     Column("exit_code", inserted=False),
     Column("tokens_in", inserted=False),

@@ -1,4 +1,4 @@
-"""Reading tasks: one, a listing, their counts by state."""
+"""Reading tasks: one, a listing (newest first, by cursor), their counts by state."""
 
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ class TaskReads(SqlBase):
             raise NotFound(f"unknown task {task_id!r}")
         return TaskState(row["state"])
 
-    def list_tasks(self, state=None, agent_id=None, limit=100, with_output=False) -> list[Task]:
+    def list_tasks(self, state=None, agent_id=None, limit=100, with_output=False,
+                   before=None) -> list[Task]:
         cols = rows.TASK_SQL if with_output else rows.TASK_SUMMARY_SQL
         where, params = [], []
         if state is not None:
@@ -42,6 +43,9 @@ class TaskReads(SqlBase):
         if agent_id is not None:
             where.append("agent_id = ?")
             params.append(agent_id)
+        if before is not None:
+            where.append("seq < ?")
+            params.append(before)
         sql = f"SELECT {cols} FROM tasks"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -61,8 +65,13 @@ class TaskReads(SqlBase):
         return [rows.task(r, deps.get(r["id"], []), with_output) for r in reversed(found)]
 
     def counts(self) -> dict[str, int]:
+        # Unfinished tasks are few: counted through tasks_state. Finished ones are counted as
+        # they finish (podium.store.sql.history). One statement: one snapshot.
         with self._reader() as tx:
-            by_state = tx.all("SELECT state, COUNT(*) AS n FROM tasks GROUP BY state")
+            by_state = tx.all(
+                "SELECT state, COUNT(*) AS n FROM tasks "
+                "WHERE state IN ('blocked', 'queued', 'running') GROUP BY state "
+                "UNION ALL SELECT state, n FROM task_counts")
         out = {s.value: 0 for s in TaskState}
         out.update({r["state"]: r["n"] for r in by_state})
         return out
