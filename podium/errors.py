@@ -13,6 +13,10 @@ class NotFound(PodiumError):
     """An agent, task, message or context key that does not exist."""
 
 
+class StoreNotFound(NotFound):
+    """No store where one was looked for, and the command may not create one."""
+
+
 class InvalidInput(PodiumError):
     """Input that Podium refuses: bad priority, malformed JSON, bad store URL..."""
 

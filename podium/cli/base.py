@@ -39,6 +39,23 @@ def read_arg(value: str, what: str) -> str:
         raise InvalidInput(f"{what} on stdin is not valid UTF-8 (byte {e.start})") from None
 
 
+#: The commands that may create the store when there is none: ``init``, and those that start
+#: agents or add work (tasks, shared context for them). Any other finds no store and says so
+#: (a mistyped path, or a command run outside the project, must not silently start an empty
+#: store).
+CREATES_STORE = frozenset({"init", "up", "agent run", "agent interactive", "task add",
+                           "broadcast", "context set", "mcp serve"})
+
+
+def _command(ctx: click.Context) -> str:
+    """The command being run, as typed after ``podium``: ``task add``."""
+    names = []
+    while ctx.parent is not None:
+        names.append(ctx.info_name or "")
+        ctx = ctx.parent
+    return " ".join(reversed(names))
+
+
 class Ctx:
     """What every command shares: the store URL given, and the service over it (opened on first
     use, typing messages into tmux panes)."""
@@ -48,7 +65,8 @@ class Ctx:
         self._podium: Podium | None = None
 
     def open(self, init: bool = False) -> Podium:
-        self._podium = Podium.open(self.store_url, init=init, panes=TmuxPanes())
+        create = _command(click.get_current_context()) in CREATES_STORE
+        self._podium = Podium.open(self.store_url, init=init, panes=TmuxPanes(), create=create)
         return self._podium
 
     @property
@@ -59,10 +77,31 @@ class Ctx:
 pass_ctx = click.make_pass_decorator(Ctx)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--store", envvar="PODIUM_STORE", metavar="URL",
-              help="Store: a path, sqlite:///path or postgresql://host/dbname (default "
-                   "./.podium/podium.db; env PODIUM_STORE).")
+STORE_HELP = ("Store: a path, sqlite:///path or postgresql://host/dbname (default "
+              "./.podium/podium.db; env PODIUM_STORE).")
+
+
+def _store_given(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.ensure_object(Ctx).store_url = value
+
+
+class PodiumGroup(click.Group):
+    """A group whose every command (and subgroup) also takes ``--store`` after its name, as
+    ``podium status --store X``: the same option as ``podium --store X status``."""
+
+    group_class = type  # (its subgroups are PodiumGroups too)
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        if not any(p.name == "store_after" for p in cmd.params):
+            cmd.params.append(click.Option(["--store", "store_after"], metavar="URL",
+                                           expose_value=False, callback=_store_given,
+                                           help=STORE_HELP))
+        super().add_command(cmd, name)
+
+
+@click.group(cls=PodiumGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--store", envvar="PODIUM_STORE", metavar="URL", help=STORE_HELP)
 @click.version_option(__version__, prog_name="podium")
 @click.pass_context
 def cli(ctx: click.Context, store: str | None) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from podium import limits
@@ -12,6 +14,8 @@ from podium.cli.base import (
     write,
     write_json,
 )
+from podium.errors import InvalidInput
+from podium.service import Podium
 
 
 @cli.group("mcp")
@@ -48,11 +52,17 @@ def mcp_serve(c: Ctx, use_http, host, port) -> None:
 @pass_ctx
 def mcp_install(c: Ctx, scope, directory, name, with_password) -> None:
     """Write or merge .mcp.json so that Claude Code starts 'podium mcp serve' on this store."""
-    from podium.mcp import install
+    from podium.mcp import install, server_entry
 
     directory = limits.given(directory, "--dir")
-    url, left_out = c.podium.shareable_url(with_password)
-    path, entry = install(url, directory, name, scope)
+    project = Path(directory).resolve()
+    if not project.is_dir():
+        raise InvalidInput(f"{project} is not a directory")
+    store, left_out, store_note = Podium.store_for_project(c.store_url, project, with_password)
+    entry, notes = server_entry(project, store)
+    path = install(entry, project, name, scope)
+    for note in [*notes, *([store_note] if store_note else [])]:
+        click.echo(f"podium: note: {note}", err=True)
     if left_out:
         click.echo("the store's password was left out of the file (it is usually committed): "
                    "give it to Claude Code's environment as PGPASSWORD, or put it in ~/.pgpass; "

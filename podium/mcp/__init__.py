@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 _NAMES = {"build_server": "server", "serve": "server", "http_app": "server",
-          "install": "config", "load_token": "security"}
+          "install": "config", "server_entry": "config", "load_token": "security"}
 
 __all__ = sorted(_NAMES)
 

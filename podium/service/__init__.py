@@ -13,7 +13,9 @@ follower of the event log), ``reports`` (status, costs), ``history`` (pruning);
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 from podium.service.base import SAFETY_POLL_S
 from podium.service.context import ContextCalls
@@ -21,7 +23,7 @@ from podium.service.delivery import Delivery, PaneDelivery
 from podium.service.events import EventCalls, EventFollower
 from podium.service.history import HistoryCalls
 from podium.service.reports import ReportCalls
-from podium.store import open_store
+from podium.store import find_default, open_store, resolve_url, sqlite_path
 from podium.store.copy import copy_store
 from podium.store.postgres import without_password
 
@@ -34,10 +36,11 @@ class Podium(ReportCalls, EventCalls, ContextCalls, HistoryCalls):
 
     @classmethod
     def open(cls, url: str | None = None, init: bool = False,
-             panes: PaneDelivery | None = None) -> Podium:
-        """The service over the store at ``url`` (see ``open_store``; ``init``: ``podium init``,
-        which may also make a store in an empty file)."""
-        return cls(open_store(url, init), panes)
+             panes: PaneDelivery | None = None, create: bool = True) -> Podium:
+        """The service over the store at ``url`` (see ``open_store``: a store that does not
+        exist is made unless ``create`` is false; ``init``: ``podium init``, which may also make
+        a store in an empty file)."""
+        return cls(open_store(url, init, create), panes)
 
     def close(self) -> None:
         self.store.close()
@@ -47,6 +50,31 @@ class Podium(ReportCalls, EventCalls, ContextCalls, HistoryCalls):
         """The store's URL to write into a file others may read: a PostgreSQL password left
         out unless ``with_password``; and whether one was left out."""
         return (self.url, False) if with_password else without_password(self.url)
+
+    @staticmethod
+    def store_for_project(url: str | None, project: Path,
+                          with_password: bool = False) -> tuple[str | None, bool, str | None]:
+        """How a file committed in ``project`` (``.mcp.json``) names the store at ``url``,
+        without opening it: None for the project's own default store (found from the project
+        when the server starts there), a path relative to the project for a SQLite file in it,
+        else the URL (a PostgreSQL password left out unless ``with_password``). Also: whether
+        a password was left out, and a note when what is written holds this machine's paths."""
+        found = sqlite_path(url)
+        if found is None:
+            given = resolve_url(url)
+            shared, left_out = (given, False) if with_password else without_password(given)
+            return shared, left_out, None
+        path = found[0].absolute()
+        project = project.resolve()
+        explicit = url is not None or bool(os.environ.get("PODIUM_STORE"))
+        if path.resolve() == find_default(project).resolve() or \
+                not explicit and not path.exists():  # (no store yet: the project's own, then)
+            return None, False, None
+        try:
+            return str(path.resolve().relative_to(project)), False, None
+        except ValueError:
+            return str(path.resolve()), False, (f"the store {path} is outside {project}: the "
+                                                "file names it by this machine's path")
 
     def migrate(self) -> list[str]:
         """Apply pending schema migrations (opening does it too); returns the names applied."""
@@ -58,7 +86,7 @@ class Podium(ReportCalls, EventCalls, ContextCalls, HistoryCalls):
         """Copy every agent, task, message, event and context entry of the store at
         ``source_url`` into the empty one at ``dest_url`` (SQLite and PostgreSQL either way);
         returns the rows copied per table (``progress`` hears of each table once copied)."""
-        source = open_store(source_url)
+        source = open_store(source_url, create=False)
         try:
             dest = open_store(dest_url)
             try:

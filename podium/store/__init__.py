@@ -4,6 +4,12 @@ A URL that cannot be right is refused here, with one clear message, before anyth
 created or connected to: an empty one, a malformed one, a port out of range, a PostgreSQL URL
 that names no database (libpq would quietly pick a default one and Podium create its schema
 there).
+
+Without a URL (no ``--store``, no ``PODIUM_STORE``), the store is found the way git finds its
+repository: ``.podium/podium.db`` in the current directory or the nearest parent that has a
+``.podium`` directory, else ``./.podium/podium.db``. A SQLite store is created only when the
+caller says so (``create``: ``init`` and the commands that start agents or add work); anything
+else finds no store and says so, rather than silently starting an empty one somewhere else.
 """
 
 from __future__ import annotations
@@ -12,22 +18,34 @@ import os
 from pathlib import Path
 from urllib.parse import parse_qs, parse_qsl, unquote, urlsplit
 
-from podium.errors import InvalidInput
+from podium.errors import InvalidInput, StoreNotFound
 from podium.store.base import Finish, HeartbeatReply, Store
 
-DEFAULT_PATH = Path(".podium") / "podium.db"
+HOME_DIR = ".podium"
+DEFAULT_PATH = Path(HOME_DIR) / "podium.db"
 
-__all__ = ["Store", "Finish", "HeartbeatReply", "open_store", "resolve_url", "DEFAULT_PATH"]
+__all__ = ["Store", "Finish", "HeartbeatReply", "open_store", "resolve_url", "sqlite_path",
+           "DEFAULT_PATH"]
+
+
+def find_default(start: Path | None = None) -> Path:
+    """``.podium/podium.db`` of the nearest directory, from ``start`` (default: the current
+    one) up to the root, that has a ``.podium`` directory; ``./.podium/podium.db`` if none."""
+    here = (start or Path.cwd()).resolve()
+    for d in (here, *here.parents):
+        if (d / HOME_DIR).is_dir():
+            return d / DEFAULT_PATH
+    return here / DEFAULT_PATH
 
 
 def resolve_url(url: str | None) -> str:
-    """The store URL to use: the argument, ``PODIUM_STORE``, or ``./.podium/podium.db``.
+    """The store URL to use: the argument, ``PODIUM_STORE``, or the default (``find_default``).
 
     An empty argument is refused rather than taken for the default; an empty ``PODIUM_STORE``
     counts as unset, as an empty environment variable usually does.
     """
     if url is None:
-        return os.environ.get("PODIUM_STORE") or str(DEFAULT_PATH)
+        return os.environ.get("PODIUM_STORE") or str(find_default())
     if not isinstance(url, str):
         raise InvalidInput(f"store URL must be text, got {type(url).__name__}")
     if not url.strip():
@@ -87,10 +105,9 @@ def _check_postgres(url: str, parts) -> None:
             f"database")
 
 
-def open_store(url: str | None = None, init: bool = False) -> Store:
-    """Open (and migrate) the store named by ``url``; see ``resolve_url`` for the default.
-    ``init`` (``podium init``) may also make a store in an existing empty file."""
-    explicit = url is not None or bool(os.environ.get("PODIUM_STORE"))
+def sqlite_path(url: str | None) -> tuple[Path, dict[str, str]] | None:
+    """The file and options of the SQLite store ``url`` names (see ``resolve_url`` for the
+    default), without opening it; None for a PostgreSQL URL (checked, not connected to)."""
     url = resolve_url(url)
     if "://" not in url:
         path, query = url, {}
@@ -99,43 +116,81 @@ def open_store(url: str | None = None, init: bool = False) -> Store:
             parts = urlsplit(url)
         except ValueError as e:  # e.g. an unclosed [ of an IPv6 address
             raise InvalidInput(f"bad store URL {_shown(url)!r}: {e}") from None
-        if parts.scheme == "sqlite":
-            # As in file URLs: sqlite:///tmp/x.db is /tmp/x.db (sqlite:////tmp/x.db too);
-            # sqlite:///./x.db is x.db in the current directory.
-            path = url.split("://", 1)[1].split("?", 1)[0]
-            if parts.netloc:
-                raise InvalidInput(f"bad store URL {url!r}: use sqlite:///path/to/file.db")
-            if path.startswith("/./") or path.startswith("/../"):
-                path = path[1:]
-            elif path.startswith("//"):
-                path = "/" + path.lstrip("/")
-            query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        elif parts.scheme in ("postgres", "postgresql"):
+        if parts.scheme in ("postgres", "postgresql"):
             try:  # libpq takes UTF-8 text, not the file-name bytes a path may be
                 url.encode("utf-8")
             except UnicodeEncodeError:
                 raise InvalidInput(f"bad store URL {_shown(url)!r}: not valid UTF-8") from None
             _check_postgres(url, parts)
-            from podium.store.postgres import PostgresStore
-
-            return PostgresStore(url)
-        else:
+            return None
+        if parts.scheme != "sqlite":
             raise InvalidInput(
                 f"bad store URL {_shown(url)!r}: expected a file path, sqlite:///path or "
                 f"postgresql://host/dbname")
+        # As in file URLs: sqlite:///tmp/x.db is /tmp/x.db (sqlite:////tmp/x.db too);
+        # sqlite:///./x.db is x.db in the current directory.
+        path = url.split("://", 1)[1].split("?", 1)[0]
+        if parts.netloc:
+            raise InvalidInput(f"bad store URL {url!r}: use sqlite:///path/to/file.db")
+        if path.startswith("/./") or path.startswith("/../"):
+            path = path[1:]
+        elif path.startswith("//"):
+            path = "/" + path.lstrip("/")
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
     if not path:
         raise InvalidInput(f"bad store URL {url!r}: no file path")
-    try:
-        p = Path(path).expanduser()
-    except RuntimeError:  # ~name of no such user
-        raise InvalidInput(f"bad store URL {url!r}: no home directory for "
-                           f"{path.split('/', 1)[0]}") from None
-    if not explicit:
-        p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # (its files hold prompts)
     unknown = set(query) - {"synchronous"}
     if unknown:
         raise InvalidInput(f"bad store URL {url!r}: unknown option(s) {', '.join(sorted(unknown))}")
-    from podium.store.sqlite import SQLiteStore
+    try:
+        return Path(path).expanduser(), query
+    except RuntimeError:  # ~name of no such user
+        raise InvalidInput(f"bad store URL {url!r}: no home directory for "
+                           f"{path.split('/', 1)[0]}") from None
 
-    return SQLiteStore(p, synchronous=query.get("synchronous", "NORMAL"),
-                       create_in_empty_file=init)
+
+def _make_home(home: Path) -> None:
+    """The default store's directory: private (its files hold prompts), and kept out of git."""
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:  # (0600 like every file there, whatever the umask)
+        fd = os.open(home / ".gitignore", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    with os.fdopen(fd, "w") as ignore:
+        ignore.write("# Podium's store, logs and tokens: local to this machine.\n*\n")
+
+
+def open_store(url: str | None = None, init: bool = False, create: bool = True) -> Store:
+    """Open (and migrate) the store named by ``url``; see ``resolve_url`` for the default.
+
+    A SQLite store that does not exist yet is made unless ``create`` is false (the CLI's
+    read-only commands), and then it is ``StoreNotFound``; the default store's ``.podium``
+    directory is made with a ``.gitignore``. ``init`` (``podium init``) may also make a store
+    in an existing empty file.
+    """
+    explicit = url is not None or bool(os.environ.get("PODIUM_STORE"))
+    found = sqlite_path(url)
+    if found is None:
+        from podium.store.postgres import PostgresStore
+
+        return PostgresStore(resolve_url(url))
+    p, query = found
+    from podium.store.sqlite import SYNCHRONOUS, SQLiteStore
+
+    synchronous = query.get("synchronous", "NORMAL")
+    if synchronous.upper() not in SYNCHRONOUS:
+        raise InvalidInput(f"bad synchronous={synchronous!r}: "
+                           f"expected one of {', '.join(SYNCHRONOUS)}")
+    if not p.exists():
+        if not (create or init):
+            if not explicit:
+                where = " (nor in any parent directory)"
+            elif not p.parent.is_dir():
+                where = f" (directory {p.parent} does not exist)"
+            else:
+                where = ""
+            raise StoreNotFound(
+                f"no store at {p}{where}: 'podium init' makes one, or give --store URL")
+        if not explicit:
+            _make_home(p.parent)
+    return SQLiteStore(p, synchronous=synchronous, create_in_empty_file=init)

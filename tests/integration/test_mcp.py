@@ -425,40 +425,85 @@ def test_token_permissions_tightened(store_url, podium):
 
 # -- install ------------------------------------------------------------------------------
 
-def test_install_merges_and_the_entry_works(store_url, podium, workers, tmp_path):
+VENV_BIN = str(Path(sys.executable).parent)
+
+
+def mcp_install(*args: str, podium_on_path: bool, store_url: str | None = None):
+    """``podium mcp install`` with ``podium`` on PATH or not (run as ``python -m podium``)."""
+    path = (VENV_BIN + os.pathsep if podium_on_path else "") + "/usr/bin:/bin"
+    return run_cli("mcp", "install", *args, store_url=store_url, env={"PATH": path})
+
+
+def test_install_merges_and_the_entry_works(store_url, podium, workers, tmp_path, monkeypatch):
     project = tmp_path / "project"
     project.mkdir()
     other = {"command": "npx", "args": ["-y", "other-server"], "env": {"K": "v"}}
     (project / ".mcp.json").write_text(json.dumps({"mcpServers": {"other": other},
                                                    "keep": [1, 2]}))
-    r = run_cli("mcp", "install", "--scope", "project", "--dir", str(project), store_url=store_url)
+    r = mcp_install("--scope", "project", "--dir", str(project), podium_on_path=True,
+                    store_url=store_url)
     assert r.returncode == 0, r.stderr
-    out = r.stdout.decode()
-    assert str(project / ".mcp.json") in out and sys.executable in out
+    assert str(project / ".mcp.json") in r.stdout.decode()
+    # (the store lies outside the project: named by its path, and said so)
+    assert b"is outside" in r.stderr and b"this machine's path" in r.stderr
     data = json.loads((project / ".mcp.json").read_text())
     assert data["keep"] == [1, 2] and data["mcpServers"]["other"] == other
     entry = data["mcpServers"]["podium"]
-    assert entry["command"] == os.path.abspath(sys.executable) and os.path.isabs(entry["command"])
-    assert entry["args"] == ["-m", "podium", "--store", podium.store.url, "mcp", "serve"]
-    assert podium.store.url.startswith("sqlite:////") or podium.store.url.startswith("sqlite:///")
-    assert str(Path.home()) not in json.dumps(entry) or str(Path.home()) in sys.executable
+    store_path = podium.store.url.removeprefix("sqlite://")
+    assert entry == {"type": "stdio", "command": "podium",
+                     "args": ["--store", store_path, "mcp", "serve"], "env": {}}
 
     # again: replaced, not duplicated
-    assert run_cli("mcp", "install", "--dir", str(project), store_url=store_url).returncode == 0
+    assert mcp_install("--dir", str(project), podium_on_path=True,
+                       store_url=store_url).returncode == 0
     assert set(json.loads((project / ".mcp.json").read_text())["mcpServers"]) == {"other", "podium"}
 
-    # the entry, run as Claude Code would (from another directory), drives this store
+    # the entry, run as Claude Code would (in the project, podium on its PATH), drives this store
     workers.start("a1", backend="echo")
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
+    monkeypatch.setenv("PATH", VENV_BIN + os.pathsep + os.environ["PATH"])
 
     async def main():
-        async with stdio_client(store_url, elsewhere, entry["command"], entry["args"]) as client:
+        async with stdio_client(store_url, project, entry["command"], entry["args"]) as client:
             t = await call(client, "assign_task", prompt=WEIRD)
             done = await call(client, "wait_for_task", task_id=t["id"], timeout_s=30)
             assert done["output"] == WEIRD
 
     anyio.run(main)
+
+
+def test_install_for_the_projects_own_store_holds_no_path_of_this_machine(tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    monkeypatch.chdir(project / "src")  # (the project's store is found from a subdirectory)
+    r = mcp_install("--dir", str(project), podium_on_path=True)
+    assert r.returncode == 0, r.stderr
+    assert not (project / ".podium").exists() and not (project / "src" / ".podium").exists()
+    entry = json.loads((project / ".mcp.json").read_text())["mcpServers"]["podium"]
+    assert entry == {"type": "stdio", "command": "podium", "args": ["mcp", "serve"], "env": {}}
+    assert str(tmp_path) not in json.dumps(entry)
+
+    # podium not on PATH: this Python by its path, and the note says so
+    r = mcp_install("--dir", str(project), podium_on_path=False)
+    assert r.returncode == 0, r.stderr
+    assert b"podium is not on PATH" in r.stderr
+    entry = json.loads((project / ".mcp.json").read_text())["mcpServers"]["podium"]
+    assert entry["command"] == os.path.abspath(sys.executable)
+    assert entry["args"] == ["-m", "podium", "mcp", "serve"]
+
+    # Claude Code starts it in the project: it serves (and makes) the project's own store
+    async def main():
+        async with stdio_client("", project, entry["command"], entry["args"]) as client:
+            t = await call(client, "assign_task", prompt="remembered")
+            return t["id"]
+
+    task_id = anyio.run(main)
+    from podium.service import Podium
+
+    p = Podium.open(str(project / ".podium" / "podium.db"), create=False)
+    try:
+        assert p.task(task_id).prompt == "remembered"
+    finally:
+        p.close()
 
 
 def test_install_refuses_a_broken_file(store_url, tmp_path):
@@ -489,7 +534,8 @@ def test_install_leaves_a_postgres_password_out(pg_url, tmp_path):
         assert b"password was left out" in r.stderr and b"PGPASSWORD" in r.stderr
         text = (tmp_path / ".mcp.json").read_text()
         assert "s3cr" not in text
-        written = json.loads(text)["mcpServers"]["podium"]["args"][3]
+        args = json.loads(text)["mcpServers"]["podium"]["args"]
+        written = args[args.index("--store") + 1]
         # the same store without the password: what one adds, the other sees
         a, b = Podium.open(url), Podium.open(written)
         try:
@@ -499,8 +545,8 @@ def test_install_leaves_a_postgres_password_out(pg_url, tmp_path):
             b.close()
     r = run_cli("mcp", "install", "--with-password", store_url=with_user)
     assert r.returncode == 0 and b"left out" not in r.stderr
-    assert "root:s3cr%40t@" in json.loads((tmp_path / ".mcp.json").read_text())[
-        "mcpServers"]["podium"]["args"][3]
+    assert "root:s3cr%40t@" in " ".join(json.loads((tmp_path / ".mcp.json").read_text())[
+        "mcpServers"]["podium"]["args"])
 
 
 # -- the official MCP Inspector CLI ---------------------------------------------------------
