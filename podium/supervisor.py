@@ -2,7 +2,8 @@
 
 Workers are ordinary ``podium agent run`` processes in their own sessions, logging to
 ``<store dir>/logs/<name>.log``; the store, not this module, knows which are alive, and this
-module asks it only through the service.
+module asks it only through the service. When the store cannot answer, ``down_local`` stops
+them by the records each worker keeps on this host (``podium.service.local``).
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from podium import orphans, pids
-from podium.errors import PodiumError
+from podium.errors import NotFound, PodiumError, StoreError
 from podium.models import Agent, AgentState
 from podium.service import Podium
+from podium.service.hosting import ensure_host_daemon
+from podium.service.local import local_agents, store_url_of
 
 
 def log_dir(podium: Podium) -> Path:
@@ -57,10 +60,15 @@ def worker_argv(podium: Podium, name: str, backend: str, roles: list[str],
 
 def up(podium: Podium, n: int, backend: str, roles: list[str], options: list[str],
        prefix: str = "agent", lease_s: float | None = None, workdir: str | None = None,
-       wait_s: float = 20.0) -> list[Agent]:
-    """Start ``n`` workers in the background and wait until each has registered."""
+       wait_s: float | None = None) -> list[Agent]:
+    """Start ``n`` workers in the background and wait until each has registered (at most
+    ``wait_s``; by default 20 s and a quarter of a second per agent: each takes ~0.2 s of CPU
+    to start, and 200 of them on 2 cores took over 30 s on PostgreSQL, bench/scale.py)."""
     if n < 1:
         raise PodiumError("the number of agents must be at least 1")
+    if wait_s is None:
+        wait_s = 20.0 + 0.25 * n
+    ensure_host_daemon(podium)  # (PostgreSQL: the workers share this host's connections)
     logs = log_dir(podium)
     logs.mkdir(mode=0o700, parents=True, exist_ok=True)
     names = free_names(podium, n, prefix)
@@ -161,13 +169,23 @@ def _runs_agent(pid: int, agent_id: str) -> bool:
 def down(podium: Podium, timeout_s: float = 15.0, drain: bool = False,
          names: list[str] | None = None) -> list[str]:
     """Stop the live agents of this host: SIGTERM (SIGINT to drain), then SIGKILL at timeout;
-    then kill the programs their tasks left running (a killed worker cannot)."""
+    then kill the programs their tasks left running (a killed worker cannot). Raises
+    StoreError only when the store cannot list them, before anything is stopped (then
+    ``down_local`` can stop them by this host's records); a store failing later is done
+    without: the processes are watched by pid, and a lease records what a deregistration
+    could not."""
     host = socket.gethostname()
+    agents = podium.agents()
+    unknown = sorted(set(names or ()) - {a.id for a in agents})
+    if unknown:  # (nothing is stopped: a typo must not pass for "stopped 0 agents")
+        raise NotFound(f"unknown agent{'s' if len(unknown) > 1 else ''} "
+                       f"{', '.join(map(repr, unknown))}: 'podium agents' lists them")
     # Each with its pid. (A hung worker whose lease ran out is marked dead, yet runs on: it is
     # stopped too.)
-    targets = [(a, a.pid) for a in podium.agents()
+    targets = [(a, a.pid) for a in agents
                if a.host == host and a.pid and (names is None or a.id in names)
                and (a.state.live or a.state is AgentState.DEAD and _runs_agent(a.pid, a.id))]
+    store = _StoreView(podium)
     sig = signal.SIGINT if drain else signal.SIGTERM
     for _, pid in targets:
         if _alive(pid):
@@ -176,7 +194,7 @@ def down(podium: Podium, timeout_s: float = 15.0, drain: bool = False,
     pending = {a.id: pid for a, pid in targets}
     while pending and time.monotonic() < deadline:
         for aid, pid in list(pending.items()):
-            if not _alive(pid) or not podium.agent(aid).state.live:
+            if not _alive(pid) or store.live(aid) is False:
                 pending.pop(aid)
         if pending:
             time.sleep(0.05)
@@ -188,8 +206,11 @@ def down(podium: Podium, timeout_s: float = 15.0, drain: bool = False,
         end = time.monotonic() + 2
         while _alive(pid) and time.monotonic() < end:
             time.sleep(0.02)
-        if podium.agent(a.id).state.live:
-            podium.deregister(a.id)
+        if store.live(a.id):
+            try:
+                podium.deregister(a.id)
+            except StoreError:
+                store.podium = None  # (its lease runs out instead)
         # Found by their environment (see podium.orphans): nothing the agent started survives it.
         orphans.kill(podium.url, a.id)
     sessions = {a.meta["tmux_session"] for a, _ in targets
@@ -201,3 +222,48 @@ def down(podium: Podium, timeout_s: float = 15.0, drain: bool = False,
             Tmux(socket_path=next(a.meta.get("tmux_socket") for a, _ in targets
                                   if a.meta.get("tmux_session") == session)).kill_session(session)
     return [a.id for a, _ in targets]
+
+
+class _StoreView:
+    """What ``down`` asks the store once the agents are listed; after the store first fails it
+    is not asked again (each try could wait for a connection), and only pids are watched."""
+
+    def __init__(self, podium: Podium):
+        self.podium: Podium | None = podium
+
+    def live(self, agent_id: str) -> bool | None:
+        """Whether the store has the agent live; None when it cannot say."""
+        if self.podium is None:
+            return None
+        try:
+            return self.podium.agent(agent_id).state.live
+        except StoreError:
+            self.podium = None
+            return None
+
+
+def down_local(store_url: str | None, timeout_s: float = 15.0, drain: bool = False,
+               names: list[str] | None = None) -> list[str]:
+    """``down`` without the store: stop the agents of the store at ``store_url`` that this
+    host's own records name (``podium.service.local``) — SIGTERM (SIGINT to drain), SIGKILL
+    with their process groups at timeout — then what their tasks left running; their names.
+    Their leases, still held in the store, expire and are recovered once it is back."""
+    url = store_url_of(store_url)
+    targets = [a for a in local_agents(url) if names is None or a.name in names]
+    sig = signal.SIGINT if drain else signal.SIGTERM
+    for a in targets:
+        a.signal(sig)
+    deadline = time.monotonic() + timeout_s
+    pending = list(targets)
+    while pending and time.monotonic() < deadline:
+        pending = [a for a in pending if a.running()]
+        if pending:
+            time.sleep(0.05)
+    for a in pending:
+        a.kill()
+    end = time.monotonic() + 2
+    while any(a.running() for a in pending) and time.monotonic() < end:
+        time.sleep(0.02)
+    for a in targets:
+        orphans.kill(url, a.name)
+    return [a.name for a in targets]

@@ -41,13 +41,15 @@ class RunSupervisor:
     def __init__(self, store: Store, agent_id: str, backend: Backend, waiter: Waiter,
                  heartbeat: Heartbeat, *, workdir: Path, max_output: int,
                  log: Callable[[str], None], echo_output: bool,
-                 stopping_now: Callable[[], bool], workspace: Workspace | None = None):
+                 stopping_now: Callable[[], bool], workspace: Workspace | None = None,
+                 note: Callable[[str], None] | None = None):
         self.store, self.agent_id, self.backend = store, agent_id, backend
         self.waiter = waiter
         self.heartbeat = heartbeat
         self.workspace = workspace or SharedWorkspace(workdir)
         self.max_output = max_output
         self.log, self.echo_output = log, echo_output
+        self.note = note or log  # (each task's start and end lines: see Worker.note)
         self.stopping_now = stopping_now
         self.env = _TaskEnvironment(agent_id, store.url)
         self._runner: _Runner | None = None  # (started by the first run that needs it)
@@ -58,8 +60,9 @@ class RunSupervisor:
     def execute(self, task: Task, prompt: str) -> Outcome | None:
         """Run ``task`` to its end: its outcome, or None when it was handed back to the queue
         because the worker is stopping."""
-        if self.echo_output:  # a worker in a tmux pane shows its tasks live
-            self.log(f"▶ {task.id}: {task.prompt[:200]}")
+        # Every task's start and end in the worker's log (a worker in a tmux pane also shows
+        # its output live, and more of the prompt).
+        self.note(f"▶ {task.id} {_one_line(task.prompt, 200 if self.echo_output else 80)}")
         workdir = self.workspace.enter(task)
         stream = _OutputStream(self.store, self.agent_id, task.id)
         run = Run(task=task, prompt=prompt, workdir=workdir, env=self.env.for_task(task),
@@ -74,6 +77,8 @@ class RunSupervisor:
         except BaseException:
             self.workspace.leave(task, None)
             raise
+        if settled is not None:
+            self.note(_end_line(task, settled, time.time() - began))
         self.workspace.leave(task, settled)
         return settled
 
@@ -166,10 +171,27 @@ class RunSupervisor:
         if run.cancelled:
             outcome.status = TaskState.FAILED if run.timed_out else TaskState.CANCELLED
             outcome.error = run.cancel_reason
-        if self.echo_output:
-            self.log(f"■ {task.id} {outcome.status.value}"
-                     + (f": {outcome.error}" if outcome.error else ""))
         return outcome
+
+
+def _one_line(text: str, width: int) -> str:
+    """``text`` on one line (newlines shown as ⏎), cut to ``width`` characters with an …."""
+    cut = len(text) > width * 4  # (a prompt may be 64 MiB: only its start is looked at)
+    line = " ".join(text[: width * 4].replace("\n", " ⏎ ").split())
+    return line if len(line) <= width and not cut else line[: width - 1] + "…"
+
+
+def _end_line(task: Task, outcome: Outcome, seconds: float) -> str:
+    """``■ t-... completed in 1.2s, exit 0, 3 lines of output`` (and the error, if any)."""
+    parts = [f"■ {task.id} {outcome.status.value} in {seconds:.1f}s"]
+    if outcome.exit_code is not None:
+        parts.append(f"exit {outcome.exit_code}")
+    out = outcome.output or b""
+    n = out.count(b"\n") + (1 if out and not out.endswith(b"\n") else 0)
+    if outcome.status is not TaskState.CANCELLED or n:
+        parts.append(f"{n} line{'' if n == 1 else 's'} of output"
+                     + (" (truncated)" if outcome.output_truncated else ""))
+    return ", ".join(parts) + (f": {_one_line(outcome.error, 300)}" if outcome.error else "")
 
 
 class _Runner:

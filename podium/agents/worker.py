@@ -12,20 +12,30 @@ off, keeping the results it has to record.
 
 Signals: SIGTERM stops now — the running task is killed and handed back to the queue without
 counting the attempt — then the agent deregisters. SIGINT drains — the running task finishes —
-and a second SIGINT acts as SIGTERM.
+and a second SIGINT acts as SIGTERM. Stopping now is bounded whatever the store's state: a
+worker told to stop now exits within ``STOP_BUDGET_S``; what it could not write to the store
+by then (a result, the hand-back, its deregistration) is left to the task's lease, which
+expires and puts the task back in the queue for another agent (``_StopWatchdog``).
+
+While it runs, the worker is also recorded on this host (``podium.agents.local``), so that
+``podium down`` can stop it without the store.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
+import select
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from podium.agents import reaper, registration
+from podium import orphans
+from podium.agents import local, reaper, registration
 from podium.agents.backends import MAX_OUTPUT_BYTES, Backend
 from podium.agents.execution import STOPPING, RunSupervisor
 from podium.agents.heartbeat import Heartbeat
@@ -37,6 +47,11 @@ from podium.store.base import Waiter
 
 #: Tasks an inline (in-process, instant) backend claims per transaction.
 CLAIM_BATCH = int(os.environ.get("PODIUM_CLAIM_BATCH", 64))
+#: A task's log lines wait at most this long for the worker to write them (see ``Worker.note``).
+NOTES_FLUSH_S = 1.0
+#: A worker told to stop now (SIGTERM, a second SIGINT) exits within this many seconds of the
+#: signal, whatever the store's state: ending the run, then recording what it can.
+STOP_BUDGET_S = 3.0
 
 
 class StopMode(enum.Enum):
@@ -48,7 +63,8 @@ class StopMode(enum.Enum):
 
 class StoreBackoff:
     """How long a worker waits after the store failed: 0.1 s, doubling up to 5 s, until a claim
-    goes through. Stopping with results still to record, it tries for 30 s, then gives up."""
+    goes through. Stopping with results still to record, it tries for 30 s, then gives up
+    (told to stop now, the worker gives up sooner: see ``STOP_BUDGET_S``)."""
 
     FIRST_S, MAX_S, GIVE_UP_S = 0.1, 5.0, 30.0
 
@@ -101,9 +117,16 @@ class Worker:
         self.workdir = Path(workdir or os.getcwd())
         self.max_output = max_output
         self.log = log or self._log_to_stderr
+        #: An in-process backend's task lines: written with the next flush (the worker waiting
+        #: for work, a second after the oldest, or any other log line), not each on its own.
+        self.note = log or self._note_to_stderr
+        self._notes: list[str] = []
+        self._notes_due = 0.0
         self.meta = {**(meta or {}), **_tmux_pane()}
         self.echo_output = echo_output
         self.stop: StopMode | None = None
+        self._stop_deadline: float | None = None  # (monotonic; set when told to stop now)
+        self._watchdog: _StopWatchdog | None = None
         self.waiter: Waiter | None = None
         # In-process instant backends take several tasks per transaction; others one at a time.
         self._batch = CLAIM_BATCH if backend.inline else 1
@@ -118,8 +141,25 @@ class Worker:
         self._started: dict[tuple[str, int], None] = {}
 
     def _log_to_stderr(self, msg: str) -> None:
+        self._notes.append(f"[{self.name}] {msg}\n")
+        self._flush_notes()
+
+    def _note_to_stderr(self, msg: str) -> None:
+        # Two lines a task, each its own write, cost a quick backend's worker ~20 µs a task
+        # (drain throughput -27 %, bench/throughput.py): they are written in batches instead.
+        if not self._notes:
+            self._notes_due = time.monotonic() + NOTES_FLUSH_S
+        self._notes.append(f"[{self.name}] {msg}\n")
+        if time.monotonic() >= self._notes_due:
+            self._flush_notes()
+
+    def _flush_notes(self) -> None:
+        if not self._notes:
+            return
+        text, self._notes = "".join(self._notes), []
         try:
-            print(f"[{self.name}] {msg}", file=sys.stderr, flush=True)
+            sys.stderr.write(text)
+            sys.stderr.flush()
         except OSError:
             pass  # (a full disk under the log file: the worker carries on without it)
 
@@ -128,13 +168,35 @@ class Worker:
         if signum == signal.SIGINT and self.stop is None:
             self.stop = StopMode.DRAIN
         else:
+            if self.stop is not StopMode.NOW:
+                self._stop_deadline = time.monotonic() + STOP_BUDGET_S
             self.stop = StopMode.NOW
         if self.waiter is not None:
             self.waiter.poke()
 
     def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT stop the worker (see the module's docstring); stopping now is
+        bounded by a watchdog (a thread), as in ``podium agent run``."""
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        self._watchdog = _StopWatchdog(STOP_BUDGET_S, self._exit_without_the_store)
+
+    def _exit_without_the_store(self) -> None:
+        """The watchdog's end of a stop that the store held up: leave now, the lease for the
+        rest. A hard exit: the call that does not return holds the store's lock or connection,
+        so neither closing the store nor the interpreter's own exit can be counted on to end.
+        No log line is lost: each is flushed as it is written, and this last one goes straight
+        to the file descriptor (the stderr object's lock may be held by the blocked thread)."""
+        with contextlib.suppress(OSError):  # (the task lines not written yet, first)
+            os.write(2, "".join(self._notes).encode())
+        with contextlib.suppress(OSError):
+            os.write(2, f"[{self.name}] still stopping {STOP_BUDGET_S:g}s after the signal: the "
+                        "store does not answer; exiting without it (the task's lease will "
+                        "expire and put it back in the queue)\n".encode())
+        # The running program's SIGKILL (2 s after its SIGTERM) would die with this process.
+        orphans.kill(self.store.url, self.name)
+        local.forget(self.store.url, self.name)
+        os._exit(0)
 
     def _stopping_now(self) -> bool:
         return self.stop is StopMode.NOW
@@ -177,6 +239,11 @@ class Worker:
             self.store, self.name, self.roles, self.backend.name, self.lease_s,
             {"workdir": str(self.workdir), **self.meta}, os.getpid(), takes_hand_offs=True)
         self.backend.attach(self.store, self.name)
+        try:
+            local.record(self.store.url, self.name)
+        except (OSError, StoreError) as e:
+            self.log(f"could not record this agent on this host ({e}); 'podium down' will "
+                     "need the store to stop it")
         if killed:
             self.log(f"killed {killed} process group(s) left running by a previous run of "
                      f"{self.name}")
@@ -187,6 +254,9 @@ class Worker:
         self._supervisor = RunSupervisor(
             self.store, self.name, self.backend, self.waiter, self.heartbeat,
             workdir=self.workdir, max_output=self.max_output, log=self.log,
+            # (batched only for in-process backends: a program's run is long beside a write,
+            # and its start line must show while it runs)
+            note=self.note if self.backend.inline and not self.echo_output else self.log,
             echo_output=self.echo_output, stopping_now=self._stopping_now)
 
     def _deregister(self) -> None:
@@ -197,6 +267,7 @@ class Worker:
         assert self.waiter is not None  # run() deregisters only what _register set up
         self.waiter.close()
         self.waiter = None
+        local.forget(self.store.url, self.name)
         try:
             self.store.deregister(self.name)
         except StoreError as e:
@@ -255,6 +326,7 @@ class Worker:
         """Sleep until a wake-up or the next heartbeat; after a wait no wake-up ended, look for
         handed tasks anyway."""
         assert self.waiter is not None  # waits happen between _register and _deregister
+        self._flush_notes()
         self._look = not self.waiter.wait(self.heartbeat.seconds_until_due())
 
     def _back_off(self, error: StoreUnavailable) -> bool:
@@ -265,7 +337,9 @@ class Worker:
         if self.stop is None or not self._results:
             self._sleep(delay)
             return True
-        if self._backoff.give_up():
+        # (stopping now: not past the stop's budget either)
+        if self._backoff.give_up() or (self._stop_deadline is not None
+                                       and time.monotonic() + delay >= self._stop_deadline):
             self.log(f"giving up on recording {len(self._results)} result(s); "
                      "their leases will expire and they will run again")
             return False
@@ -286,3 +360,38 @@ def _tmux_pane() -> dict:
         return {}
     return {"pane": os.environ["TMUX_PANE"], "tmux_socket": tmux.split(",")[0],
             "tmux_session": os.environ.get("PODIUM_TMUX_SESSION")}
+
+
+class _StopWatchdog:
+    """Ends the process ``budget_s`` after the signal to stop now (SIGTERM, a second SIGINT)
+    unless it has ended by then (``expire`` does it).
+
+    The signals reach it through ``signal.set_wakeup_fd``, written by the interpreter's C-level
+    handler the moment a signal arrives: the count starts even while the main thread is blocked
+    in a store call (a lock wait, a connection attempt), where the Python handler that sets
+    ``Worker.stop`` may only run once the call returns. An idle thread blocked on a pipe: no cost
+    until a signal comes."""
+
+    def __init__(self, budget_s: float, expire: Callable[[], None]):
+        self.budget_s, self.expire = budget_s, expire
+        self._r, w = os.pipe()
+        os.set_blocking(w, False)  # (as set_wakeup_fd requires)
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        threading.Thread(target=self._run, name="podium-stop-watchdog", daemon=True).start()
+
+    def _run(self) -> None:
+        interrupts = 0
+        while True:
+            select.select([self._r], [], [])
+            try:
+                received = os.read(self._r, 64)
+            except OSError:
+                return
+            if not received:
+                return
+            for signum in received:
+                interrupts += signum == signal.SIGINT
+                if signum == signal.SIGTERM or interrupts >= 2:
+                    time.sleep(self.budget_s)
+                    self.expire()
+                    return

@@ -18,7 +18,7 @@ from podium.cli.base import (
     write_json,
 )
 from podium.clock import now
-from podium.errors import InvalidInput
+from podium.errors import InvalidInput, StoreError, StoreNotFound
 
 
 @cli.command()
@@ -85,12 +85,26 @@ def up(c: Ctx, n, backend, roles, options, prefix, lease, workdir, in_tmux, sess
               help="Let running tasks finish (SIGINT) instead of requeueing them.")
 @pass_ctx
 def down(c: Ctx, names, timeout, drain) -> None:
-    """Stop this host's live agents (all, or the NAMES given)."""
+    """Stop this host's live agents (all, or the NAMES given); without the store, those this
+    host recorded."""
     from podium.supervisor import down as stop
+    from podium.supervisor import down_local
 
     timeout = limits.wait_timeout(timeout)
     names = [limits.name(nm, "agent name") for nm in names]
-    stopped = stop(c.podium, timeout, drain, names or None)
+    try:
+        stopped = stop(c.podium, timeout, drain, names or None)
+    except (StoreError, StoreNotFound) as e:  # (before anything was stopped: supervisor.down)
+        stopped = down_local(c.store_url, timeout, drain, names or None)
+        reason = " ".join(str(e).split())
+        if not stopped:
+            write(f"store unreachable ({reason}): by this host's local records, none of its "
+                  "agents runs here\n")
+            return
+        write(f"store unreachable ({reason}): stopped {len(stopped)} local agent(s) by their "
+              f"local records: {', '.join(stopped)}; their leases will be recovered when the "
+              "store is back\n")
+        return
     write(f"stopped {len(stopped)} agent(s){': ' + ', '.join(stopped) if stopped else ''}\n")
 
 
@@ -249,7 +263,8 @@ def hooks() -> None:
 def hooks_install(c: Ctx, directory) -> None:
     """Write Podium's hooks into DIR/.claude/settings.local.json (merged with what is there)."""
     from podium.hooks import install
+    from podium.service.local import store_url_of
 
     path = Path(limits.given(directory, "--dir")).resolve() / ".claude" / "settings.local.json"
-    install(path, c.podium.url)
+    install(path, store_url_of(c.store_url))  # (the store's URL: it need not exist yet)
     write(f"wrote hooks to {path}\n")

@@ -17,6 +17,10 @@ derived from the store's secret (the ``store_key`` table), so a role that can me
 can neither listen to a team's notifications nor send on them, and several Podium stores can
 share one server (``?options=-csearch_path%3Dmyteam``). Every lock wait gives up after
 LOCK_TIMEOUT_S with a clear error instead of hanging.
+
+On a host whose daemon is live (``podium.store.pghost``: ``podium up`` starts it), a store opened
+there connects through the daemon's PgBouncer and is woken by the daemon's relay instead of a
+``LISTEN`` connection of its own; the store behaves the same either way.
 """
 
 from __future__ import annotations
@@ -24,18 +28,21 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import logging
 import os
 import select
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from podium.errors import StoreError, StoreUnavailable
+from podium.store import pghost
+from podium.store.base import Waiter
 from podium.store.migrations import MIGRATIONS
 from podium.store.sql import SqlStore, Tx
-from podium.wake import ALL_AGENTS
+from podium.wake import ALL_AGENTS, WakeChannel
 
 if TYPE_CHECKING:  # psycopg is optional (the postgres extra): imported where used
     import psycopg
@@ -43,10 +50,25 @@ if TYPE_CHECKING:  # psycopg is optional (the postgres extra): imported where us
 TYPES = {"id": "BIGSERIAL PRIMARY KEY", "blob": "BYTEA", "float": "DOUBLE PRECISION",
          "dialect": "postgresql"}
 _PIPELINE = True  # libpq pipeline mode for a transaction's tail (checked when the store opens)
-_ALL = "*"
-_HANDED = "h:"  # + an agent's id: a task was handed to it
+_log = logging.getLogger("podium.store")
+#: The wake channel's payloads: every agent; otherwise an agent's id, or this and an agent's id
+#: (a task was handed to it).
+WAKE_ALL = "*"
+HANDED_PREFIX = "h:"
 #: How long any statement waits for a lock before it fails with a clear error.
 LOCK_TIMEOUT_S = 10
+#: Every session's settings (PgBouncer's server connections get them from its connect_query).
+#: Every Podium query is an index lookup or an ordered index range with LIMIT. With stale
+#: statistics (a burst of adds before autovacuum's ANALYZE, or autovacuum off) the planner picks
+#: a bitmap scan + sort of the whole queue for the claim: ~2 ms a claim at 10,000 queued instead
+#: of ~0.03 ms through the tasks_queue index; hence enable_bitmapscan = off.
+def session_settings() -> dict[str, str]:
+    return {"idle_in_transaction_session_timeout": "60s", "lock_timeout": f"{LOCK_TIMEOUT_S}s",
+            "enable_bitmapscan": "off"}
+#: A host cut off mid-transaction must not hold its row locks for hours (the server's default
+#: keepalive), nor hang its own worker: keepalives and a TCP user timeout bound both.
+KEEPALIVES = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 5,
+              "keepalives_interval": 2, "keepalives_count": 3, "tcp_user_timeout": 15000}
 
 
 @functools.lru_cache(maxsize=512)
@@ -113,14 +135,26 @@ def _explain(e: Exception, url: str) -> StoreError:
 
 
 def _configure(conn) -> None:
-    conn.execute("SET idle_in_transaction_session_timeout = '60s'")
-    conn.execute(f"SET lock_timeout = '{LOCK_TIMEOUT_S}s'")
-    # Every Podium query is an index lookup or an ordered index range with LIMIT. With stale
-    # statistics (a burst of adds before autovacuum's ANALYZE, or autovacuum off) the planner
-    # picks a bitmap scan + sort of the whole queue for the claim: ~2 ms a claim at 10,000
-    # queued instead of ~0.03 ms through the tasks_queue index.
-    conn.execute("SET enable_bitmapscan = off")
+    for name, value in session_settings().items():
+        conn.execute("SELECT set_config(%s, %s, false)", (name, value))
     conn.commit()
+
+
+def listen_connection(url: str, channels: tuple[str, ...]) -> psycopg.Connection[Any]:
+    """A connection (autocommit) that LISTENs on ``channels``, in that order; StoreError when
+    it cannot be made."""
+    psycopg = _psycopg()
+    conn = None
+    try:
+        conn = psycopg.connect(url, autocommit=True, **KEEPALIVES)
+        for channel in channels:
+            conn.execute(f"LISTEN {channel}")
+        return conn
+    except psycopg.Error as e:
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+        raise _explain(e, url) from None
 
 
 def _check_idle(conn) -> None:
@@ -151,24 +185,16 @@ class PgListener:
         self.conn: psycopg.Connection[Any] | None = None
         self._handed = False
         if agent_id is not None:
-            self._handoff = _HANDED + agent_id
+            self._handoff = HANDED_PREFIX + agent_id
         self._connect()
 
     def _connect(self) -> None:
-        psycopg = _psycopg()
-        try:
-            self.conn = psycopg.connect(self.store.url, autocommit=True, connect_timeout=5,
-                                        keepalives=1, keepalives_idle=5, keepalives_interval=2,
-                                        keepalives_count=3, tcp_user_timeout=15000)
-            channel = (self.store.channel_events if self.agent_id is None
-                       else self.store.channel_wake)
-            self.conn.execute(f"LISTEN {channel}")
-        except psycopg.Error as e:
-            self.conn = None
-            raise _explain(e, self.store.url) from None
+        self.conn = None
+        self.conn = listen_connection(self.store.url, (
+            self.store.channel_events if self.agent_id is None else self.store.channel_wake,))
 
     def _relevant(self, payload: str) -> bool:
-        if self.agent_id is None or payload in (_ALL, self.agent_id):
+        if self.agent_id is None or payload in (WAKE_ALL, self.agent_id):
             return True
         if payload == self._handoff:
             self._handed = True
@@ -238,36 +264,69 @@ class PostgresStore(SqlStore):
     float_type = TYPES["float"]
     blob_type = TYPES["blob"]
 
-    def __init__(self, url: str, migrate: bool = True, pool_size: int = 4):
+    def __init__(self, url: str, migrate: bool = True, pool_size: int = 4,
+                 host_route: bool = True):
+        """``host_route``: go through this host's daemon when it is live (``pghost``; the
+        daemon itself does not)."""
         psycopg = _psycopg()
         from psycopg.rows import dict_row
         from psycopg_pool import ConnectionPool
 
         self.url = url
         self.home = Path(os.environ.get("PODIUM_HOME", ".podium")).resolve()
-        # Connect once directly: the pool would turn a refused login into a bare time-out.
-        try:
-            with psycopg.connect(url, connect_timeout=5) as conn:
-                row = conn.execute("SELECT current_database(), current_schema()").fetchone()
-        except psycopg.Error as e:
-            raise _explain(e, url) from None
+        self._route: pghost.Route | None = None
+        self._relay: WakeChannel | None = None
+        # Connect once first: the pool would turn a refused login into a bare time-out. (The
+        # store's secret, if it has one yet, names this host's daemon.) Through the PgBouncer of
+        # a daemon started for this URL when there is one -- two hundred workers starting at
+        # once must not each need a server connection of their own -- else directly.
+        first = pghost.bouncer_for(url) if host_route and pghost.mode() != "off" else None
+        row = secret = None
+        for via in filter(None, (first, url)):
+            try:
+                with psycopg.connect(via, connect_timeout=5,
+                                     prepare_threshold=None if via is first else 5) as conn:
+                    row = conn.execute(
+                        "SELECT current_database(), current_schema(), "
+                        "to_regclass('store_key') IS NOT NULL").fetchone()
+                    secret = row[2] and conn.execute(
+                        "SELECT secret FROM store_key WHERE id = 1").fetchone()
+                break
+            except psycopg.Error as e:
+                if via is url:
+                    raise _explain(e, url) from None
+        assert row is not None
         if row[1] is None:
             raise StoreError(f"{redact(url)}: the schema in search_path does not exist")
         # One migrator at a time across every host (the store's own lock table may not exist yet).
         self._migration_lock = int(hashlib.sha1(f"{row[0]}/{row[1]}".encode()).hexdigest()[:15], 16)
-        # A host cut off mid-transaction must not hold its row locks for hours (the server's
-        # default keepalive), nor hang its own worker: keepalives and a TCP user timeout bound
-        # both, and the server ends transactions left idle.
-        conn_kwargs = {"row_factory": dict_row, "connect_timeout": 5, "keepalives": 1,
-                       "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
-                       "tcp_user_timeout": 15000}
+        # Keepalives and a TCP user timeout (KEEPALIVES), and the server ends transactions left
+        # idle (session_settings).
+        conn_kwargs: dict[str, Any] = {"row_factory": dict_row, **KEEPALIVES}
         # Autocommit: readers run bare statements (READ COMMITTED gives each statement its own
         # snapshot anyway, so BEGIN/COMMIT around a read only cost two round trips); writers
         # open their transactions explicitly.
         conn_kwargs["autocommit"] = True
+        target: str = url
+        configure: Callable[[Any], None] | None = _configure
+        self._secret: str | None = secret[0] if secret else None
+        if host_route and secret:
+            self._route = (pghost.ensure(url, secret[0]) if pghost.mode() == "on" else
+                           pghost.attach(secret[0]) if pghost.mode() == "auto" else None)
+        if self._route is not None:
+            self._relay = WakeChannel(self._route.wake_key)
+            if self._route.bouncer is not None:
+                # PgBouncer in transaction mode: a statement prepared on one server connection
+                # would be missing on the next, so none is; the session settings come from its
+                # connect_query (see pghost). Its keepalives are its own.
+                target, configure, pool_size = self._route.bouncer, None, pghost.CLIENT_POOL
+                conn_kwargs = {"row_factory": dict_row, "autocommit": True,
+                               "connect_timeout": 5, "prepare_threshold": None}
+            else:
+                pool_size = 1  # (no PgBouncer on this host: each process one connection)
         self._pool = ConnectionPool(
-            url, min_size=1, max_size=pool_size, open=False, timeout=5,
-            kwargs=conn_kwargs, configure=_configure,
+            target, min_size=1, max_size=pool_size, open=False, timeout=5,
+            kwargs=conn_kwargs, configure=configure,
             check=_check_idle, reconnect_timeout=60,
         )
         self._pool.open(wait=False)
@@ -295,10 +354,22 @@ class PostgresStore(SqlStore):
                 f"{redact(self.url)}: waited {LOCK_TIMEOUT_S} s for a lock that another session "
                 "holds (pg_locks shows which); try again") from None
         except PoolTimeout:
+            self._route_failed()
             raise StoreUnavailable(f"cannot reach PostgreSQL at {redact(self.url)} "
                                    "(no connection within 5 s)") from None
         except psycopg.OperationalError as e:
+            self._route_failed()
             raise _explain(e, self.url) from None
+
+    def _route_failed(self) -> None:
+        """A connection failed, after the transaction: if it went through this host's daemon
+        and the daemon is gone, start it again for the caller's next try."""
+        if self._route is None or self._route.bouncer is None or self._secret is None:
+            return
+        try:
+            self._route = pghost.revive(self._route, self.url, self._secret)
+        except StoreError as e:
+            _log.warning("podium: %s", e)
         except psycopg.errors.DiskFull:
             raise StoreUnavailable(f"the PostgreSQL server's disk is full ({redact(self.url)}); "
                                    "free some space there and retry") from None
@@ -335,9 +406,10 @@ class PostgresStore(SqlStore):
             conn, tail = pg_tail
             tail.enter_context(conn.pipeline())
         # One statement for the deferred writes (each a data-modifying WITH clause), the
-        # commit's settings, the events lock and the notifications (these are delivered at
-        # COMMIT, wherever they stand in the transaction): psycopg's cost per statement is the
-        # larger part of a short transaction here. A bulk write stays a statement of its own.
+        # commit's settings, the events and the notifications (these are delivered at COMMIT,
+        # wherever they stand in the transaction): psycopg's cost per statement is the larger
+        # part of a short transaction here. A bulk write stays a statement of its own, and with
+        # events the deferred writes come first, before the events lock (see below).
         clauses: list[str] = []  # WITH clauses, and their parameters
         params: list = []
         calls: list[str] = []  # the SELECT's list, and its parameters
@@ -354,6 +426,14 @@ class PostgresStore(SqlStore):
             # Later synchronous commits (the result) flush it anyway.
             calls.append("set_config('synchronous_commit', 'off', true)")
         events = tx.events
+        if events and clauses:
+            # The deferred writes lock their rows before the events lock, never after: holding
+            # it, a transaction waits for no row, so it is never part of a deadlock. (An add
+            # holding an idle agent's row FOR UPDATE, waiting for the lock, while the agent's
+            # own result, holding the lock, waited for that row: the server broke the cycle
+            # after deadlock_timeout by failing one. In the pipeline: no round trip of its own.)
+            tx.cur.execute(f"WITH {', '.join(clauses)} SELECT 1", params)
+            clauses, params = [], []
         if events:
             # The lock is taken before the events get their ids, and held until COMMIT: a
             # reader's cursor never passes an id that a slower transaction has yet to commit.
@@ -372,10 +452,10 @@ class PostgresStore(SqlStore):
         handed = tx.handed
         for agent in handed:
             calls.append("pg_notify(%s, %s)")
-            call_params += [self.channel_wake, _HANDED + agent]
+            call_params += [self.channel_wake, HANDED_PREFIX + agent]
         if tx.wake_agents is ALL_AGENTS:
             calls.append("pg_notify(%s, %s)")
-            call_params += [self.channel_wake, _ALL]
+            call_params += [self.channel_wake, WAKE_ALL]
         else:
             for agent in tx.wake_agents:
                 if agent not in handed:
@@ -390,15 +470,36 @@ class PostgresStore(SqlStore):
         for table, col in (("tasks", "seq"), ("messages", "id"), ("events", "id")):
             tx.execute(f"SELECT setval(pg_get_serial_sequence('{table}', '{col}'), "
                        f"COALESCE((SELECT MAX({col}) FROM {table}), 0) + 1, false)")
+        super()._after_copy(tx)  # (the finished tasks counted afresh: podium.store.sql.history)
 
     def _wake(self, agents, watchers, handed) -> None:
         pass  # sent inside the transaction by _before_commit
 
-    def agent_waiter(self, agent_id: str) -> PgListener:
+    def agent_waiter(self, agent_id: str) -> Waiter:
+        if self._relay is not None:
+            return self._relay.agent_listener(agent_id)
         return PgListener(self, agent_id)
 
-    def event_waiter(self) -> PgListener:
+    def event_waiter(self) -> Waiter:
+        if self._relay is not None:
+            return self._relay.watch_listener()
         return PgListener(self, None)
+
+    def host_route(self) -> tuple[str, int] | None:
+        """How this process reaches the server: ("pgbouncer", the host's pool), ("direct", 1)
+        through the host's daemon without PgBouncer, or None: on its own (no daemon)."""
+        if self._route is None:
+            return None
+        return ("pgbouncer", self._route.pool) if self._route.bouncer else ("direct", 1)
+
+    def server_connections(self) -> tuple[int, int]:
+        """(connections the server takes for roles like this one, connections open now)."""
+        with self._reader() as tx:
+            row = tx.one("SELECT current_setting('max_connections')::int - "
+                         "current_setting('superuser_reserved_connections')::int AS room, "
+                         "(SELECT count(*) FROM pg_stat_activity WHERE backend_type = "
+                         "'client backend') AS used")
+        return int(row["room"]), int(row["used"])
 
     # -- lifecycle ------------------------------------------------------------------
     def migrate(self) -> list[str]:
@@ -414,4 +515,9 @@ class PostgresStore(SqlStore):
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            self._stop_pruning()  # (an automatic prune in progress, before its pool goes)
             self._pool.close()
+            if self._relay is not None:
+                self._relay.close()
+            if self._route is not None:
+                self._route.close()

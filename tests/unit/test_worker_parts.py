@@ -280,4 +280,4 @@ def test_worker_stopping_now_hands_the_running_task_back(sqlite, closing):
     assert sup.execute(task, task.prompt) is None
     back = sqlite.get_task(task.id)
     assert (back.state, back.attempts, back.agent_id) == (TaskState.QUEUED, 0, None)
-    assert logs == [f"task {task.id} handed back to the queue"]
+    assert logs == [f"▶ {task.id} {task.prompt}", f"task {task.id} handed back to the queue"]

@@ -1,0 +1,282 @@
+"""Stopping always works: ``podium down`` without the store, and SIGTERM bounded whatever the
+store's state.
+
+Real workers started by ``podium up``, a real store made unusable for real: an SQLite file
+replaced by garbage or its directory moved away, an SQLite store whose writer lock another
+process holds, a PostgreSQL store whose role may no longer log in (its connections ended
+too: to the workers it is a server that went away and refuses them). Nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import secrets
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from conftest import PG_SERVER, _pg_admin, run_cli
+from helpers import wait_for
+from podium import orphans, pids
+from podium.agents import local
+from podium.agents.worker import STOP_BUDGET_S
+from podium.models import TaskState
+from podium.service import Podium
+
+#: How long a SIGTERMed worker may take, measured from outside (process start-up noise).
+SIGTERM_BOUND_S = STOP_BUDGET_S + 2
+
+
+def up(url: str, n: int, *args: str, env: dict | None = None) -> dict[str, int]:
+    """``podium up n`` (shell agents): their pids by name."""
+    p = run_cli("up", str(n), "--json", *args, store_url=url, env=env)
+    assert p.returncode == 0, p.stderr.decode()
+    return {a["id"]: a["pid"] for a in json.loads(p.stdout)}
+
+
+def gone(pid: int) -> bool:
+    return not pids.exists(pid)
+
+
+def sigterm_and_time(pid: int) -> float:
+    """SIGTERM ``pid``; seconds until it has exited (failing past twice the bound)."""
+    began = time.monotonic()
+    os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: gone(pid), 2 * SIGTERM_BOUND_S, 0.01, f"pid {pid} to exit")
+    return time.monotonic() - began
+
+
+def running_task(podium: Podium, task_id: str):
+    return wait_for(lambda: (t := podium.task(task_id)).state is TaskState.RUNNING and t, 20,
+                    what=f"{task_id} to run")
+
+
+def stalled_prompt(go: Path) -> str:
+    """A task that sleeps until ``go`` exists, then completes at once (the retry's run)."""
+    return f"if [ -e {go} ]; then echo recovered; else sleep 30; fi"
+
+
+def kill_all(pids_by_name: dict[str, int]) -> None:
+    for pid in pids_by_name.values():
+        if not gone(pid):
+            os.killpg(pid, signal.SIGKILL)
+
+
+def down_line(p: subprocess.CompletedProcess) -> str:
+    assert p.returncode == 0, p.stderr.decode()
+    assert p.stderr == b""
+    lines = p.stdout.decode().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+# -- SQLite --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("how", ["garbage", "moved"])
+def test_down_stops_the_local_agents_of_an_unusable_sqlite_store(tmp_path, how):
+    home = tmp_path / "store"
+    home.mkdir()
+    url = f"sqlite://{home / 'podium.db'}"
+    started = up(url, 3)
+    try:
+        if how == "garbage":  # (the workers keep the files they opened; a new open fails)
+            junk = home / "junk"
+            junk.write_bytes(secrets.token_bytes(8192))
+            os.replace(junk, home / "podium.db")
+            for suffix in ("-wal", "-shm"):  # (else the log's pages would still be read)
+                os.unlink(f"{home / 'podium.db'}{suffix}")
+        else:
+            home.rename(tmp_path / "elsewhere")
+        r = run_cli("agents", store_url=url)
+        assert r.returncode == 1 and b"Traceback" not in r.stderr  # the store really is unusable
+
+        # One by name: just that one stops.
+        line = down_line(run_cli("down", "agent-2", "--timeout", "5", store_url=url))
+        assert line.startswith("store unreachable ("), line
+        assert line.endswith("): stopped 1 local agent(s) by their local records: agent-2; "
+                             "their leases will be recovered when the store is back"), line
+        assert gone(started["agent-2"])
+        assert not gone(started["agent-1"]) and not gone(started["agent-3"])
+
+        began = time.monotonic()
+        line = down_line(run_cli("down", "--timeout", "5", store_url=url))
+        assert "stopped 2 local agent(s) by their local records: agent-1, agent-3;" in line, line
+        assert time.monotonic() - began < 5 + 3
+        assert all(gone(pid) for pid in started.values())
+        line = down_line(run_cli("down", store_url=url))  # nothing left to stop
+        assert line.endswith("): by this host's local records, none of its agents runs "
+                             "here"), line
+    finally:
+        kill_all(started)
+
+
+def test_sigterm_exits_in_time_while_the_sqlite_store_is_locked(tmp_path):
+    """Another process holds the store's writer lock (hung mid-write, say): every write waits
+    on it. A worker given SIGTERM mid-task still exits within the bound, its program with it;
+    once the lock is free, the task's lease runs out and the other agent runs it."""
+    url = f"sqlite://{tmp_path / 'podium.db'}"
+    started = up(url, 2, "--lease", "2")
+    podium = Podium.open(url)
+    try:
+        go = tmp_path / "go"
+        task = running_task(podium, podium.add_task(stalled_prompt(go)).id)
+        busy, other = task.agent_id, next(n for n in started if n != task.agent_id)
+        wait_for(lambda: orphans.find(podium.url, busy), 10, what="its program to run")
+        with open(str(tmp_path / "podium.db") + "-writer.lock", "rb") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            time.sleep(0.5)  # (its heartbeats, every 1/3 s, are stuck on the lock by now)
+            took = sigterm_and_time(started[busy])
+            print(f"\nSIGTERM to a worker of a locked SQLite store: exited in {took:.2f}s")
+            assert took <= SIGTERM_BOUND_S
+            assert not orphans.find(podium.url, busy)  # nothing it ran is left
+            go.touch()
+        done = wait_for(lambda: (t := podium.task(task.id)).state.finished and t, 30,
+                        what="the task to be recovered and run again")
+        assert (done.state, done.agent_id, done.output) == (TaskState.COMPLETED, other,
+                                                            b"recovered\n")
+        log = (tmp_path / "logs" / f"{busy}.log").read_text()
+        assert "still stopping" in log, log
+        assert down_line(run_cli("down", store_url=url)) == f"stopped 1 agent(s): {other}"
+    finally:
+        podium.close()
+        kill_all(started)
+
+
+def test_records_are_private_whatever_the_umask(tmp_path):
+    # (short: socket paths are limited; XDG_RUNTIME_DIR itself is the user's, Podium makes
+    # what is in it)
+    run = Path(tempfile.mkdtemp(prefix="podium-t-", dir="/tmp"))
+    os.chmod(run, 0o755)
+    script = "import os; os.umask(0); from podium.cli import main; main()"
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(run)}
+    url = f"sqlite://{(tmp_path / 'podium.db').resolve()}"
+    p = subprocess.run([sys.executable, "-c", script, "--store", url, "up", "2", "--json"],
+                       env=env, capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr.decode()
+    started = {a["id"]: a["pid"] for a in json.loads(p.stdout)}
+    try:
+        (records,) = [d for d in (run / "podium").iterdir() if d.name.startswith("agents-")]
+        assert records.name == local.records_dir(url).name  # (keyed by the store)
+        for d in (run / "podium", records):
+            st = os.lstat(d)
+            assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700, d
+            assert st.st_uid == os.getuid()
+        files = sorted(records.iterdir())
+        assert len(files) == 2
+        seen = {}
+        for f in files:
+            assert stat.S_IMODE(os.lstat(f).st_mode) == 0o600, f
+            data = json.loads(f.read_bytes())
+            seen[data["name"]] = data["pid"]
+            assert data["store"] == url and data["started"] == local.start_time(data["pid"])
+            assert data["log"] == str(tmp_path / "logs" / f"{data['name']}.log")
+        assert seen == started
+        # Stopped cleanly, through the store: each removes its own record.
+        p = subprocess.run([sys.executable, "-c", script, "--store", url, "down"], env=env,
+                           capture_output=True, timeout=60)
+        assert p.returncode == 0 and p.stdout.startswith(b"stopped 2 agent(s)"), p.stderr
+        assert list(records.iterdir()) == []
+    finally:
+        kill_all(started)
+        shutil.rmtree(run, ignore_errors=True)
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------
+
+@pytest.fixture
+def pg_role_url():
+    """A fresh schema owned by a role of its own on the test server, and a switch that stops
+    that role from logging in (``cut()``, its sessions ended) and lets it again (``mend()``)."""
+    admin = _pg_admin()
+    role = "podium_stop_" + secrets.token_hex(5)
+    admin.execute(f"CREATE ROLE {role} LOGIN")
+    admin.execute(f"CREATE SCHEMA {role} AUTHORIZATION {role}")
+    parts = urlsplit(PG_SERVER)
+    query = "&".join(q for q in (parts.query, f"options=-csearch_path%3D{role}") if q)
+    url = urlunsplit(parts._replace(netloc=f"{role}@{parts.netloc.rpartition('@')[2]}",
+                                    query=query))
+
+    class Switch:
+        def cut(self) -> None:
+            admin.execute(f"ALTER ROLE {role} NOLOGIN")
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE usename = %s", (role,))
+
+        def mend(self) -> None:
+            admin.execute(f"ALTER ROLE {role} LOGIN")
+
+    try:
+        yield url, Switch()
+    finally:
+        admin.execute(f"ALTER ROLE {role} NOLOGIN")
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+                      (role,))
+        admin.execute(f"DROP SCHEMA {role} CASCADE")
+        admin.execute(f"DROP ROLE {role}")
+        admin.close()
+
+
+def test_postgres_gone_sigterm_is_bounded_down_stops_by_records_and_the_task_recovers(
+        tmp_path, pg_role_url, monkeypatch):
+    url, switch = pg_role_url
+    started = up(url, 3, "--lease", "2")
+    go = tmp_path / "go"
+    podium = Podium.open(url)
+    try:
+        task = running_task(podium, podium.add_task(stalled_prompt(go)).id)
+        busy = task.agent_id
+        wait_for(lambda: orphans.find(url, busy), 10, what="its program to run")
+        podium.close()
+        switch.cut()
+        time.sleep(0.5)  # (the workers' heartbeats now wait for a connection that never comes)
+
+        took = sigterm_and_time(started[busy])
+        print(f"\nSIGTERM to a worker whose PostgreSQL is gone: exited in {took:.2f}s")
+        assert took <= SIGTERM_BOUND_S
+        assert not orphans.find(url, busy)  # its program went with it
+        # (a store call that hangs meets the bound; one that fails at once, as through a
+        # host's PgBouncer refusing, ends the stop sooner: either way the log says so)
+        log = (tmp_path / ".podium" / "logs" / f"{busy}.log").read_text()
+        assert "still stopping" in log or "could not deregister" in log, log
+
+        began = time.monotonic()
+        line = down_line(run_cli("down", "--timeout", "10", store_url=url))
+        took = time.monotonic() - began
+        print(f"podium down of 2 agents, PostgreSQL gone: {took:.2f}s")
+        rest = sorted(n for n in started if n != busy)
+        assert line.startswith("store unreachable ("), line
+        assert line.endswith(f"): stopped 2 local agent(s) by their local records: "
+                             f"{', '.join(rest)}; their leases will be recovered when the store "
+                             "is back"), line
+        assert took < SIGTERM_BOUND_S + 3  # (they stop within the bound; no SIGKILL needed)
+        assert all(gone(pid) for pid in started.values())
+
+        # The store is back: the task, still leased by the worker that stopped, is recovered
+        # once that lease runs out, and another agent runs it.
+        switch.mend()
+        # (a host's PgBouncer, where there is one, waits server_login_retry -- 15 s -- after
+        # failed logins before it tries again: from here on, straight to the server)
+        monkeypatch.setenv("PODIUM_PG_HOST", "off")
+        go.touch()
+        rescuer = up(url, 1, "--lease", "2", "--prefix", "rescue")
+        started.update(rescuer)
+        podium = Podium.open(url)
+        done = wait_for(lambda: (t := podium.task(task.id)).state.finished and t, 30,
+                        what="the task to be recovered and run again")
+        assert (done.state, done.agent_id, done.output) == (TaskState.COMPLETED, "rescue-1",
+                                                            b"recovered\n")
+        assert done.attempts == 2
+        assert down_line(run_cli("down", store_url=url)) == "stopped 1 agent(s): rescue-1"
+    finally:
+        podium.close()
+        kill_all(started)
