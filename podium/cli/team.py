@@ -60,7 +60,9 @@ def up(c: Ctx, n, backend, roles, options, prefix, lease, workdir, in_tmux, sess
     if interactive and not in_tmux:
         raise InvalidInput("--interactive needs --tmux (an interactive program needs a pane)")
     if not interactive:  # (its options checked here, before any worker or log is made)
-        backends.load(backend)(backends.parse_options(options), Path(workdir or "."))
+        # ...and whether it can run at all, as 'podium doctor' says (a claude not logged in
+        # is refused now, not at the first task); cheap: no model loaded, no network.
+        backends.load(backend)(backends.parse_options(options), Path(workdir or ".")).preflight()
     if in_tmux:
         agents = up_tmux(c.podium, n, backend, list(roles), list(options), prefix, lease, workdir,
                          session, interactive)
@@ -218,10 +220,15 @@ def _option_default(value: Any) -> str:
 
 @cli.command("backends")
 @click.option("--json", "as_json", is_flag=True)
-def backends_cmd(as_json: bool) -> None:
+@click.option("--markdown", is_flag=True,
+              help="Print the built-in backends' options as Markdown (the README's section).")
+def backends_cmd(as_json: bool, markdown: bool) -> None:
     """List the installed backends: their options, and whether each can run here."""
     from podium.agents import backends
 
+    if markdown:
+        write(backends.options_markdown())
+        return
     listing = backends.describe()
     if as_json:
         write_json(listing)

@@ -9,8 +9,11 @@ ones are registered exactly like third-party ones, in Podium's own ``pyproject.t
 It subclasses ``Backend`` and implements ``run``; declares the ``--option KEY=VALUE`` settings
 it takes as ``options`` (see ``podium.agents.backends.options``) and reads them, typed, from
 ``self.config``; ``check`` says, before any task, whether it can run here at all (program or
-model missing, not logged in) with a message that says how to fix it. ``CappedBuffer`` keeps
-a run's output up to its limit, and ``describe`` lists every backend for ``podium backends``.
+model missing, not logged in) with a message that says how to fix it. ``doctor`` lists what
+it needs, each checked cheaply, as ``Finding`` rows for ``podium doctor`` (default: ``check``
+as one row), and ``preflight`` is what ``podium up`` asks before it starts any worker (default:
+the first failing row of ``doctor``). ``CappedBuffer`` keeps a run's output up to its limit,
+and ``describe`` lists every backend for ``podium backends``.
 """
 
 from __future__ import annotations
@@ -25,11 +28,12 @@ from typing import Any
 
 from podium import plugins
 from podium.agents.backends.options import Option, Options, invalid_option, parse_options
-from podium.errors import InvalidInput, PodiumError
+from podium.errors import BackendUnavailable, InvalidInput, PodiumError
 from podium.models import Outcome, Task
 
-__all__ = ["GROUP", "MAX_OUTPUT_BYTES", "Backend", "CappedBuffer", "Option", "Options", "Run",
-           "available", "describe", "load", "parse_options"]
+__all__ = ["GROUP", "MAX_OUTPUT_BYTES", "Backend", "CappedBuffer", "Finding", "Option",
+           "Options", "Run", "available", "describe", "load", "options_markdown",
+           "parse_options"]
 
 GROUP = "podium.backends"
 
@@ -125,6 +129,45 @@ def _kill_group(pgid: int) -> None:
     t.start()
 
 
+@dataclass(frozen=True)
+class Finding:
+    """One thing a backend needs, as ``podium doctor`` checked it: ``status`` is ``ok``,
+    ``warn`` (it may still work) or ``fail`` (it cannot run); ``detail`` says what was found,
+    ``fix`` how to put it right (empty when there is nothing to do)."""
+
+    check: str
+    status: str
+    detail: str
+    fix: str = ""
+
+    STATUSES = ("ok", "warn", "fail")
+
+    def __post_init__(self) -> None:
+        if self.status not in self.STATUSES:  # (a mistake in a backend's code)
+            raise ValueError(f"finding {self.check!r}: status {self.status!r} is not one of "
+                             f"{', '.join(self.STATUSES)}")
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "fail"
+
+    def message(self) -> str:
+        """The detail and the fix as one line: what ``podium up`` refuses with."""
+        return f"{self.detail}: {self.fix}" if self.fix else self.detail
+
+    @classmethod
+    def ok(cls, check: str, detail: str) -> Finding:
+        return cls(check, "ok", detail)
+
+    @classmethod
+    def warn(cls, check: str, detail: str, fix: str = "") -> Finding:
+        return cls(check, "warn", detail, fix)
+
+    @classmethod
+    def fail(cls, check: str, detail: str, fix: str = "") -> Finding:
+        return cls(check, "fail", detail, fix)
+
+
 class Backend:
     """Base class of all backends."""
 
@@ -151,6 +194,26 @@ class Backend:
 
     def check(self) -> None:
         """Raise ``BackendUnavailable`` with a how-to-fix message if this backend cannot run."""
+
+    def doctor(self) -> list[Finding]:
+        """What ``podium doctor`` reports for this backend: each thing it needs (program and
+        its version, login or API key, model file), checked cheaply — offline, nothing loaded,
+        a few seconds at most. Default: ``check`` as one row. Override to say more; a row that
+        ``fail``s means it cannot run (``preflight`` refuses it)."""
+        try:
+            self.check()
+        except PodiumError as e:
+            return [Finding.fail("usable", str(e))]
+        return [Finding.ok("usable", "its check passed")]
+
+    def preflight(self) -> None:
+        """Raise ``BackendUnavailable`` (with ``doctor``'s words) if this backend cannot run:
+        what ``podium up`` asks before it starts any worker. Default: the first failing row of
+        ``doctor``. Backends whose ``doctor`` also reports what cannot fail (a version) or
+        may take long override it with only the checks that decide."""
+        for finding in self.doctor():
+            if finding.failed:
+                raise BackendUnavailable(finding.message())
 
     def attach(self, store, agent_id: str) -> None:
         """Called by the worker once its agent is registered: the store and the agent's name,
@@ -191,3 +254,60 @@ def _describe(name: str) -> dict[str, Any]:
         reason = None
     return {"name": name, "options": cls.options.describe(), "available": reason is None,
             "reason": reason}
+
+
+#: Where ``options_markdown`` says its text comes from (and the README's check finds it).
+MARKDOWN_NOTE = ("<!-- generated by `podium backends --markdown` from the backends' declared "
+                 "options: do not edit by hand -->")
+
+
+def options_markdown(builtin_only: bool = True) -> str:
+    """Every backend's options as Markdown, one table per backend, from their declarations
+    (``builtin_only``: Podium's own backends, as in the README; else every installed one)."""
+    out = [MARKDOWN_NOTE, ""]
+    for name in available():
+        cls = load(name)
+        if builtin_only and not cls.__module__.startswith("podium."):
+            continue
+        out.append(f"**`{name}`**" + ("" if list(cls.options) else ": no options"))
+        out.append("")
+        if not list(cls.options):
+            continue
+        out += ["| option | type | default | what it does |", "| --- | --- | --- | --- |"]
+        for o in cls.options.describe():
+            out.append(f"| `{o['name']}` | {_md(_type_text(o))} | {_md(_default_text(o))} | "
+                       f"{_md(o['help'])} |")
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _type_text(o: dict[str, Any]) -> str:
+    """An option's type with its bounds: ``float, 0 to 2``."""
+    low, high = (None if b is None else _number(b) for b in (o["min"], o["max"]))
+    if low is not None and high is not None:
+        return f"{o['type']}, {low} to {high}"
+    if low is not None:
+        return f"{o['type']}, at least {low}"
+    if high is not None:
+        return f"{o['type']}, at most {high}"
+    return str(o["type"])
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def _default_text(o: dict[str, Any]) -> str:
+    value = o["default"]
+    if value is None or value == []:
+        return "-"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, float):
+        return f"`{_number(value)}`"
+    return f"`{' '.join(value) if isinstance(value, list) else value}`"
+
+
+def _md(text: str) -> str:
+    """Text for a Markdown table cell (a ``|`` would end the cell)."""
+    return text.replace("|", "\\|").replace("\n", " ")

@@ -25,23 +25,32 @@ retried after a failed attempt continues the session that attempt recorded.)
 
 from __future__ import annotations
 
+import json
+import os
 import uuid
+from pathlib import Path
 from typing import Any
 
-from podium.agents.backends import Backend, CappedBuffer, Option, Options, Run
+from podium.agents.backends import Backend, CappedBuffer, Finding, Option, Options, Run
 from podium.agents.backends.jsonstream import (
     add_message,
+    ask,
     find_program,
+    program_findings,
     program_options,
     run_json_cli,
     stderr_tail,
 )
-from podium.errors import PodiumError
+from podium.errors import BackendUnavailable, PodiumError
 from podium.models import Outcome, TaskState
 
 INSTALL = "install Claude Code with `npm install -g @anthropic-ai/claude-code`"
 #: Named sessions map to UUIDs in this namespace (stable across hosts and versions).
 SESSION_NAMESPACE = uuid.UUID("5f0c8a52-3d3e-4f55-9a57-6f64b0d1c1a7")
+LOGIN_FIX = "run `claude` once and log in, or set ANTHROPIC_API_KEY"
+#: Variables with which Claude Code needs no login of its own (a key, a token, another cloud).
+CREDENTIAL_VARS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN",
+                   "CLAUDE_CODE_USE_BEDROCK", "CLAUDE_CODE_USE_VERTEX", "CLAUDE_CODE_USE_FOUNDRY")
 
 
 def session_uuid(name: str) -> str:
@@ -97,6 +106,18 @@ class ClaudeBackend(Backend):
 
     def _program(self) -> str:
         return find_program(self.config.bin, "claude", INSTALL)
+
+    # -- podium doctor / podium up ---------------------------------------------------------
+    def doctor(self) -> list[Finding]:
+        program, found = program_findings(self.config.bin, "claude", INSTALL)
+        if program is not None:
+            found.append(login_finding(program))
+        return found
+
+    def preflight(self) -> None:
+        login = login_finding(self._program())
+        if login.failed:
+            raise BackendUnavailable(login.message())
 
     # -- the agent's own session ----------------------------------------------------------
     def attach(self, store, agent_id: str) -> None:
@@ -185,6 +206,44 @@ class ClaudeBackend(Backend):
         if out.error and "not logged in" in out.error.lower():
             out.error += " (log in by running `claude` once, or set ANTHROPIC_API_KEY)"
         return out
+
+
+def login_finding(program: str) -> Finding:
+    """Whether Claude Code can authenticate, as it says itself: ``claude auth status`` (offline,
+    JSON, exit 1 when logged out); for a CLI without that command, the credentials it reads
+    (a variable, or ``~/.claude/.credentials.json``)."""
+    env = {**os.environ, "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
+    code, said = ask([program, "auth", "status", "--json"], env=env)
+    status = _json_object(said)
+    if status is not None and "loggedIn" in status:
+        if status["loggedIn"] is True:
+            how = status.get("apiKeySource") or status.get("authMethod") or "yes"
+            provider = status.get("apiProvider")
+            extra = f", {provider}" if provider and provider != "firstParty" else ""
+            return Finding.ok("login", f"logged in ({how}{extra})")
+        return Finding.fail("login", "claude is not logged in", LOGIN_FIX)
+    # An older CLI (no ``auth status``), or one that did not answer: what it would read.
+    given = [k for k in CREDENTIAL_VARS if os.environ.get(k)]
+    if given:
+        return Finding.ok("login", f"{given[0]} is set")
+    config = Path(os.environ.get("CLAUDE_CONFIG_DIR") or Path.home() / ".claude")
+    if (config / ".credentials.json").is_file():
+        return Finding.ok("login", f"credentials in {config / '.credentials.json'}")
+    why = "no answer in time" if code is None else "`claude auth status` gave no status"
+    return Finding.warn("login", f"cannot tell whether claude is logged in ({why}; no "
+                                 "ANTHROPIC_API_KEY, no ~/.claude/.credentials.json)", LOGIN_FIX)
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    """The first JSON object in a program's output (after any warning lines), or None."""
+    start = text.find("{")
+    if start < 0:
+        return None
+    try:
+        obj, _ = json.JSONDecoder().raw_decode(text[start:])
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
 
 
 def _result_error(r: dict[str, Any]) -> str:

@@ -20,22 +20,28 @@ repository).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from podium.agents.backends import Backend, CappedBuffer, Option, Options, Run
+from podium.agents.backends import Backend, CappedBuffer, Finding, Option, Options, Run
 from podium.agents.backends.jsonstream import (
     add_message,
+    ask,
     find_program,
     judge_recorded,
+    program_findings,
     program_options,
     run_and_judge,
+    said_lines,
     stderr_tail,
 )
 from podium.agents.process import ProcessResult, run_process
+from podium.errors import BackendUnavailable
 from podium.models import Outcome, TaskState
 
 INSTALL = "install the Codex CLI with `npm install -g @openai/codex`"
 CREDENTIAL_VARS = ("CODEX_API_KEY", "OPENAI_API_KEY", "CODEX_ACCESS_TOKEN")
+LOGIN_FIX = "run `codex login`, or set CODEX_API_KEY in the agents' environment"
 
 
 class _Stream:
@@ -87,6 +93,33 @@ class CodexBackend(Backend):
 
     def _program(self) -> str:
         return find_program(self.config.bin, "codex", INSTALL)
+
+    # -- podium doctor / podium up ---------------------------------------------------------
+    def doctor(self) -> list[Finding]:
+        program, found = program_findings(self.config.bin, "codex", INSTALL)
+        if program is not None:
+            found.append(self._login(program))
+        return found
+
+    def preflight(self) -> None:
+        login = self._login(self._program())
+        if login.failed:
+            raise BackendUnavailable(login.message())
+
+    def _login(self, program: str) -> Finding:
+        """What each task would ask first (``_not_logged_in``), asked now."""
+        given = [k for k in CREDENTIAL_VARS if os.environ.get(k)]
+        if given:
+            return Finding.ok("login", f"{given[0]} is set")
+        if not self.config.check_login:
+            return Finding.warn("login", "not checked (option check_login=false)")
+        code, said = ask([program, "login", "status"])
+        lines = said_lines(said)
+        if code == 0:
+            return Finding.ok("login", lines[-1][:200] if lines else "logged in")
+        if code is None:
+            return Finding.warn("login", f"`codex login status`: {said.strip()}", LOGIN_FIX)
+        return Finding.fail("login", "codex is not logged in", LOGIN_FIX)
 
     def _argv(self) -> list[str]:
         c = self.config

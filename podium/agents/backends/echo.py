@@ -4,13 +4,16 @@ Useful for tests and benchmarks (no process is started) and to see what an AI ba
 given: it takes context, so shared and task context appear in the output when there is any.
 """
 
-from podium.agents.backends import Backend, Run
+from podium.agents.backends import Backend, Finding, Run
 from podium.models import Outcome, TaskState
 
 
 class EchoBackend(Backend):
     takes_context = True
     inline = True
+
+    def doctor(self) -> list[Finding]:
+        return [Finding.ok("", "runs in-process: needs nothing")]
 
     def run(self, run: Run) -> Outcome:
         data = run.prompt.encode("utf-8")

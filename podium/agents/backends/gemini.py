@@ -20,21 +20,32 @@ the user chose).
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 from typing import Any
 
-from podium.agents.backends import Backend, CappedBuffer, Option, Options, Run
+from podium.agents.backends import Backend, CappedBuffer, Finding, Option, Options, Run
 from podium.agents.backends.jsonstream import (
     add_message,
     find_program,
     judge_recorded,
+    program_findings,
     program_options,
     run_and_judge,
     stderr_tail,
 )
 from podium.agents.process import ProcessResult
+from podium.errors import BackendUnavailable
 from podium.models import Outcome, TaskState
 
 INSTALL = "install the Gemini CLI with `npm install -g @google/gemini-cli`"
+LOGIN_FIX = ("set GEMINI_API_KEY, or run `gemini` once and choose how to log in (it is kept in "
+             "~/.gemini/settings.json)")
+#: How the CLI picks its credentials from the environment (its getAuthTypeFromEnv), in order.
+_ENV_AUTH = (("GOOGLE_GENAI_USE_GCA", "true"), ("GOOGLE_GENAI_USE_VERTEXAI", "true"),
+             ("GOOGLE_GEMINI_BASE_URL", None), ("GEMINI_API_KEY", None),
+             ("GOOGLE_API_KEY", None), ("CLOUD_SHELL", "true"),
+             ("GEMINI_CLI_USE_COMPUTE_ADC", "true"))
 
 
 class _Stream:
@@ -82,6 +93,19 @@ class GeminiBackend(Backend):
     def _program(self) -> str:
         return find_program(self.config.bin, "gemini", INSTALL)
 
+    # -- podium doctor / podium up ---------------------------------------------------------
+    def doctor(self) -> list[Finding]:
+        program, found = program_findings(self.config.bin, "gemini", INSTALL)
+        if program is not None:
+            found.append(login_finding(self.workdir))
+        return found
+
+    def preflight(self) -> None:
+        self._program()
+        login = login_finding(self.workdir)
+        if login.failed:
+            raise BackendUnavailable(login.message())
+
     def _argv(self) -> list[str]:
         c = self.config
         argv = [self._program(), "-p", "", "-o", "stream-json"]
@@ -95,6 +119,58 @@ class GeminiBackend(Backend):
 
     def run(self, run: Run) -> Outcome:
         return run_and_judge(self._argv(), run, _Stream(run), _outcome)
+
+
+def login_finding(workdir: Path) -> Finding:
+    """Whether the Gemini CLI has credentials, read where it reads them (offline; the CLI has
+    no status command): the environment, then the ``.env`` files it loads, then the auth type
+    chosen in its settings (and, for a Google login, the login it saved)."""
+    for key, value in _ENV_AUTH:
+        got = os.environ.get(key)
+        if got and (value is None or got == value):
+            return Finding.ok("login", f"{key} is set")
+    home = Path(os.environ.get("GEMINI_CLI_HOME") or Path.home())
+    for env_file in (workdir / ".gemini" / ".env", workdir / ".env",
+                     home / ".gemini" / ".env", home / ".env"):
+        try:
+            text = env_file.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            key = line.strip().removeprefix("export ").partition("=")[0].strip()
+            if key in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GENAI_USE_VERTEXAI",
+                       "GOOGLE_GENAI_USE_GCA"):
+                return Finding.ok("login", f"{key} in {env_file}")
+    settings = home / ".gemini" / "settings.json"
+    chosen = _auth_type(settings)
+    if chosen == "oauth-personal":
+        creds = home / ".gemini" / "oauth_creds.json"
+        if creds.is_file():
+            return Finding.ok("login", f"logged in with Google ({creds})")
+        return Finding.fail("login", "gemini is set to log in with Google but has no saved "
+                                     f"login ({creds} is missing)",
+                            "run `gemini` once and log in, or set GEMINI_API_KEY")
+    if chosen == "gemini-api-key":  # (and no key in the environment or a .env file)
+        return Finding.fail("login", f"gemini is set to use an API key ({settings}) but "
+                                     "GEMINI_API_KEY is not set", "set GEMINI_API_KEY")
+    if chosen:
+        return Finding.ok("login", f"auth type {chosen} ({settings})")
+    return Finding.fail("login", "gemini has no credentials", LOGIN_FIX)
+
+
+def _auth_type(settings: Path) -> str | None:
+    """The auth type chosen in the CLI's settings file (either of its layouts), if any."""
+    try:
+        doc = json.loads(settings.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict):
+        return None
+    auth = ((doc.get("security") or {}).get("auth") or {}) \
+        if isinstance(doc.get("security"), dict) else {}
+    chosen = (auth.get("selectedType") if isinstance(auth, dict) else None) \
+        or doc.get("selectedAuthType")
+    return chosen if isinstance(chosen, str) and chosen else None
 
 
 def outcome_from(run: Run, stdout: bytes, exit_code: int = 0, stderr: bytes = b"") -> Outcome:

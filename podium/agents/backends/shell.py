@@ -11,9 +11,10 @@ stdout is the output, stderr is kept apart, the exit code decides completed or f
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 
-from podium.agents.backends import Backend, Option, Options, Run
+from podium.agents.backends import Backend, Finding, Option, Options, Run
 from podium.agents.process import run_process
 from podium.models import Outcome, TaskState
 
@@ -23,6 +24,16 @@ _ARG_MAX = 100_000
 class ShellBackend(Backend):
     takes_context = False
     options = Options(Option("shell", str, "/bin/sh", "the shell that runs each task's command"))
+
+    def doctor(self) -> list[Finding]:
+        """The shell is there and can be run (a lookup, nothing started)."""
+        shell = self.config.shell
+        found = (shell if os.path.isfile(shell) and os.access(shell, os.X_OK) else None) \
+            if os.sep in shell else shutil.which(shell)
+        if found is None:
+            return [Finding.fail("program", f"shell {shell!r} not found or not executable",
+                                 "install it, or choose another with --option shell=PATH")]
+        return [Finding.ok("program", found)]
 
     def run(self, run: Run) -> Outcome:
         shell = self.config.shell
