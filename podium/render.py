@@ -65,3 +65,49 @@ def event_line(ev: Event) -> str:
 def event_output(ev: Event) -> str | None:
     """The output a ``task.output`` event carries (None for other events)."""
     return ev.data.get("chunk") or None
+
+
+#: How a state shows on a terminal (a Rich style), one colour per state, for tasks
+#: (``TaskState``) and agents (``AgentState``) alike: the CLI, the dashboard and the web use it.
+STATE_STYLES: dict[str, str] = {
+    # tasks
+    "blocked": "magenta",
+    "queued": "cyan",
+    "running": "bold yellow",
+    "completed": "green",
+    "failed": "bold red",
+    "cancelled": "bright_black",
+    # agents
+    "starting": "cyan",
+    "idle": "green",
+    "busy": "bold yellow",
+    "waiting_input": "bold magenta",
+    "stopped": "bright_black",
+    "dead": "bold red",
+}
+
+
+def state_style(state: str) -> str:
+    """The Rich style of a task's or an agent's state (``STATE_STYLES``; "" for others)."""
+    return STATE_STYLES.get(state, "")
+
+
+def event_style(ev: Event) -> str:
+    """The Rich style of an event's line: the style of the state its kind ends in
+    (``task.failed``, ``agent.dead``...), or of the state it records (``agent.state``)."""
+    return state_style(str(ev.data.get("state", ""))) if ev.kind == "agent.state" \
+        else state_style(ev.kind.rpartition(".")[2])
+
+
+#: The order of unfinished tasks in listings with active work first: running, queued, blocked.
+ACTIVE_ORDER = {"running": 0, "queued": 1, "blocked": 2}
+
+
+def active_first(t: Task) -> tuple[int, float, int]:
+    """A sort key putting active work first (running, then queued, then blocked, each in the
+    order they will be served: priority, then age), then the finished tasks, the latest to
+    finish first."""
+    rank = ACTIVE_ORDER.get(t.state.value)
+    if rank is None:
+        return (len(ACTIVE_ORDER), -(t.completed_at or t.created_at), -t.seq)
+    return (rank, int(t.priority), t.seq)

@@ -1,8 +1,10 @@
 """tmux: a team laid out in panes, and text delivered into a pane exactly.
 
-Layout: window ``dashboard`` runs ``podium dashboard``; windows ``agents-1``, ``agents-2``...
-hold up to four agent panes each (tiled), every pane running one Podium worker (or an
-interactive program wrapped by ``podium agent interactive``), titled with the agent's name.
+Layout: window ``team`` has the dashboard pane (``podium dashboard``) on the left, 60% of the
+window wide, and up to three agent panes stacked beside it; windows ``agents-2``, ``agents-3``...
+hold up to four agent panes each (tiled); agents' panes in the order given (by name), every
+pane running one Podium worker (or an interactive program wrapped by ``podium agent
+interactive``), titled with the agent's name.
 
 Delivery: text goes into a tmux paste buffer through stdin (``load-buffer -``), never through a
 shell or ``send-keys`` quoting, is pasted into the pane, and Enter is sent once the pasted text
@@ -27,6 +29,12 @@ from podium.errors import BackendUnavailable, NotFound, PodiumError
 from podium.service import Delivery
 
 PANES_PER_WINDOW = 4
+#: The size of a new team session's windows (until a terminal of another size attaches).
+TEAM_SIZE = (240, 64)
+#: The dashboard pane's share of its window's width (tmux's ``main-pane-width``): 144 of the
+#: 240 columns a new session has; and its least width where tmux takes no percentage.
+DASHBOARD_WIDTH = "60%"
+DASHBOARD_MIN_COLUMNS = 100
 SOCKET_ENV = "PODIUM_TMUX_SOCKET"
 # A tty in canonical mode (what `cat`, `read` or a bare input() read) keeps at most 4095 bytes
 # of a line (Linux's N_TTY buffer less the newline) and drops the rest, yet still echoes it: a
@@ -91,20 +99,24 @@ class Tmux:
     # -- layout ---------------------------------------------------------------------------
     def create_team(self, session: str, dashboard_cmd: str, agents: list[tuple[str, str]],
                     cwd: str) -> list[str]:
-        """Create ``session``: window ``team`` has the dashboard pane (left) and up to three agent
-        panes; windows ``agents-2``, ``agents-3``... four agent panes each. Returns the agents'
-        pane ids, in order."""
+        """Create ``session``: window ``team`` has the dashboard pane on the left
+        (``DASHBOARD_WIDTH`` of the window, kept so when the window is resized) and up to three
+        agent panes stacked beside it; windows ``agents-2``, ``agents-3``... four agent panes
+        each, tiled. Agents' panes follow the order of ``agents`` (top to bottom, left to
+        right). Returns their pane ids, in that order."""
         require_tmux()
         srv = self.libtmux()
         if srv.has_session(session):
             raise PodiumError(f"tmux session {session!r} exists already; "
                               "attach to it, or choose another --session")
         sess = srv.new_session(session_name=session, window_name="team",
-                               window_command=dashboard_cmd, start_directory=cwd, x=240, y=64)
+                               window_command=dashboard_cmd, start_directory=cwd,
+                               x=TEAM_SIZE[0], y=TEAM_SIZE[1])
         sess.set_option("pane-border-status", "top")
         sess.set_option("pane-border-format", " #{pane_title} ")
         window = sess.windows[0]
-        self.run("select-pane", "-t", window.panes[0].pane_id, "-T", "dashboard")
+        dashboard = window.panes[0].pane_id
+        self.run("select-pane", "-t", dashboard, "-T", "dashboard")
         groups = [agents[:PANES_PER_WINDOW - 1]]
         rest = agents[PANES_PER_WINDOW - 1:]
         groups += [rest[i:i + PANES_PER_WINDOW] for i in range(0, len(rest), PANES_PER_WINDOW)]
@@ -112,22 +124,44 @@ class Tmux:
         for number, group in enumerate(groups, 1):
             if not group:
                 continue
-            if number > 1:
-                name, cmd = group[0]
-                window = sess.new_window(window_name=f"agents-{number}", window_shell=cmd,
-                                         start_directory=cwd, attach=False)
-                panes = [window.panes[0]]
-                group_rest = group[1:]
+            if number == 1:
+                window_id, last, todo = window.window_id, dashboard, group
+                ids = []
             else:
-                panes, group_rest = [], group
-            for _, cmd in group_rest:
-                panes.append(window.split(shell=cmd, start_directory=cwd, attach=False))
-                window.select_layout("tiled")
-            window.select_layout("main-vertical" if number == 1 else "tiled")
-            for (name, _), pane in zip(group, panes):
-                self.run("select-pane", "-t", pane.pane_id, "-T", name)
-                pane_ids.append(pane.pane_id)
+                name, cmd = group[0]
+                window_id, last = self.run(
+                    "new-window", "-d", "-P", "-F", "#{window_id} #{pane_id}", "-t",
+                    f"={session}:", "-n", f"agents-{number}", "-c", cwd, cmd).split()
+                ids, todo = [last], group[1:]
+            for _, cmd in todo:
+                # Split the pane made last: the new one comes after it in the window's order.
+                last = self.run("split-window", "-d", "-P", "-F", "#{pane_id}", "-t", last,
+                                "-c", cwd, cmd).strip()
+                ids.append(last)
+                self.run("select-layout", "-t", window_id, "tiled")  # room for the next split
+            if number == 1:
+                self._keep_dashboard_wide(window_id)
+            else:
+                self.run("select-layout", "-t", window_id, "tiled")
+            for (name, _), pane_id in zip(group, ids):
+                self.run("select-pane", "-t", pane_id, "-T", name)
+                pane_ids.append(pane_id)
+        self.run("select-pane", "-t", dashboard)
         return pane_ids
+
+    def _keep_dashboard_wide(self, window_id: str) -> None:
+        """The dashboard's window laid out main-vertical, the dashboard (its first pane) taking
+        ``DASHBOARD_WIDTH`` of it, laid out again whenever the window is resized (an attaching
+        terminal of another size)."""
+        try:
+            self.run("set-option", "-w", "-t", window_id, "main-pane-width", DASHBOARD_WIDTH)
+        except PodiumError:  # a tmux before percentages: columns of the window as it is now
+            width = int(self.run("display-message", "-p", "-t", window_id, "#{window_width}"))
+            columns = max(DASHBOARD_MIN_COLUMNS, width * int(DASHBOARD_WIDTH.rstrip("%")) // 100)
+            self.run("set-option", "-w", "-t", window_id, "main-pane-width", str(columns))
+        self.run("select-layout", "-t", window_id, "main-vertical")
+        self.run("set-hook", "-w", "-t", window_id, "window-resized",
+                 f"select-layout -t {window_id} main-vertical", check=False)
 
     def kill_session(self, session: str) -> bool:
         srv = self.libtmux()

@@ -1,12 +1,22 @@
 """``podium dashboard``: agents, the queue and a live event feed in the terminal (Textual).
 
-It loads the tables once, then follows the event log (the service's ``EventFollower``, on a
-thread of its own): each event updates only the rows it names (one agent, one task) — no
-reloading of whole tables. A one-second timer only re-renders heartbeat ages from memory. Cells
-are written as the CLI writes them (``podium.render``).
+On opening it loads the agents, the active tasks and the latest history, and shows the last
+``backlog`` events. Then two threads of its own feed it:
 
-Keys: ``a`` add a task, ``c`` cancel the selected task, ``s`` send a message to the selected
-agent, ``o`` open the output of the selected task (or the selected agent's latest task), ``q`` quit.
+- the event follower (the service's ``EventFollower``): each event is written to the Events
+  panel and the agents and tasks it names are read again from the service (the agent that
+  held a task too), so a row shows what the store holds, never a guess from the event;
+- a light refresh every ``refresh_s`` seconds (``Podium.status()``): the live agents as the
+  store has them (heartbeat ages from their ``last_heartbeat``; what changes without an event,
+  such as an agent going idle after its running task was cancelled) and the status line.
+
+A one-second timer re-renders the ages. Cells are written as the CLI writes them
+(``podium.render``), never as markup. Panels: ``tui.panels``; dialogs: ``tui.forms``; a
+task's live output: ``tui.output``.
+
+Keys: ``a`` add a task, ``c`` cancel the selected task (asks first; only for blocked, queued
+or running ones), ``s`` send a message to the selected agent, ``o`` follow the output of the
+selected task (or the selected agent's current or latest task), ``q`` quit.
 """
 
 from __future__ import annotations
@@ -14,90 +24,44 @@ from __future__ import annotations
 import threading
 import time
 
+from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
-from textual.screen import ModalScreen
-from textual.widgets import DataTable, Footer, Header, Input, Label, RichLog, Static
+from textual.widgets import DataTable, Footer, Header, RichLog, Static
 
 from podium import render
-from podium.errors import PodiumError
-from podium.models import Agent, Event, Task
+from podium.errors import NotFound, PodiumError
+from podium.models import Agent, Event, Task, TaskState, TeamStatus
 from podium.service import EventFollower, Podium
+from podium.tui.forms import Confirm, MessageForm, TaskForm
+from podium.tui.output import OutputScreen
+from podium.tui.panels import AgentTable, QueueTable
 
-AGENT_COLS = ("agent", "state", "role", "backend", "task", "heartbeat", "done", "tokens", "cost")
-TASK_COLS = ("task", "state", "prio", "target", "agent", "tries", "prompt")
 #: How long the event thread waits before reading again when the store could not be read.
 RETRY_S = 1.0
-
-
-def agent_cells(a: Agent) -> tuple[str, ...]:
-    return (a.id, a.state.value, render.roles(a.roles), a.backend, a.current_task or "-",
-            render.age(a.last_heartbeat), str(a.tasks_done), str(a.tokens_in + a.tokens_out),
-            f"${a.cost_usd:.4f}")
-
-
-def task_cells(t: Task) -> tuple[str, ...]:
-    return (t.id, t.state.value, t.priority.name.lower(), render.target(t), t.agent_id or "-",
-            render.tries(t), render.short(t.prompt))
-
-
-class AskScreen(ModalScreen[dict | None]):
-    """A small form: one Input per field; Enter in the last one submits, Escape cancels."""
-
-    BINDINGS = [Binding("escape", "dismiss_none", "Cancel")]
-
-    def __init__(self, title: str, fields: list[tuple[str, str]]):
-        super().__init__()
-        self.title_text = title
-        self.fields = fields
-
-    def compose(self) -> ComposeResult:
-        with Vertical(id="ask"):
-            yield Label(self.title_text)
-            for key, placeholder in self.fields:
-                yield Input(placeholder=placeholder, id=f"f-{key}")
-
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        inputs = list(self.query(Input))
-        if event.input is not inputs[-1]:
-            inputs[inputs.index(event.input) + 1].focus()
-            return
-        self.dismiss({key: self.query_one(f"#f-{key}", Input).value for key, _ in self.fields})
-
-    def action_dismiss_none(self) -> None:
-        self.dismiss(None)
-
-
-class TextScreen(ModalScreen[None]):
-    BINDINGS = [Binding("escape,q,o", "dismiss_none", "Close")]
-
-    def __init__(self, title: str, body: str):
-        super().__init__()
-        self.title_text, self.body = title, body
-
-    def compose(self) -> ComposeResult:
-        with Vertical(id="text"):
-            yield Label(self.title_text)
-            log = RichLog(wrap=True, markup=False, id="output")
-            yield log
-
-    def on_mount(self) -> None:
-        self.query_one("#output", RichLog).write(self.body)
-
-    def action_dismiss_none(self) -> None:
-        self.dismiss(None)
+#: The actions of the main screen (not offered while a dialog is open).
+MAIN_ACTIONS = frozenset({"add_task", "cancel_task", "send", "output", "quit"})
 
 
 class Dashboard(App):
     TITLE = "Podium"
     CSS = """
-    #tables { height: 2fr; }
-    #agents, #tasks { width: 1fr; border: round $primary; }
+    #agents { height: auto; max-height: 40%; border: round $primary; }
+    #tasks { height: 2fr; border: round $primary; }
     #events { height: 1fr; border: round $secondary; }
-    #ask, #text { width: 80%; height: auto; max-height: 80%; border: thick $accent;
-                  background: $panel; padding: 1; }
-    AskScreen, TextScreen { align: center middle; }
+    #agents, #tasks, #events { border-title-color: $text; border-title-style: bold; }
+    #status { height: 1; text-wrap: nowrap; text-overflow: ellipsis; overflow: hidden; }
+    .dialog { width: 80%; height: auto; max-height: 90%; border: thick $accent;
+              background: $panel; padding: 1 2; }
+    #output-box { height: 80%; }
+    #output { height: 1fr; }
+    .dialog-title { text-style: bold; margin-bottom: 1; }
+    .dialog-hint { color: $text-muted; margin-top: 1; }
+    #form-error { color: $error; height: auto; margin-top: 1; }
+    .field { height: 1; margin-bottom: 1; }
+    .field-label { width: 12; }
+    .field Input { width: 1fr; }
+    TaskForm, MessageForm, Confirm, OutputScreen { align: center middle; }
     """
     BINDINGS = [
         Binding("a", "add_task", "Add task"),
@@ -107,39 +71,60 @@ class Dashboard(App):
         Binding("q", "quit", "Quit"),
     ]
 
-    def __init__(self, podium: Podium, task_limit: int = 200):
+    def __init__(self, podium: Podium, task_limit: int = 200, backlog: int = 50,
+                 refresh_s: float = 2.0):
         super().__init__()
         self.podium = podium
         self.task_limit = task_limit
-        self.agents: dict[str, Agent] = {}
+        self.backlog = backlog
+        self.refresh_s = refresh_s
         self.events: EventFollower | None = None
         self.events_applied = 0
+        self._stopping = threading.Event()
+        self._status: TeamStatus | None = None
+        self._status_error: str | None = None
+        self._refreshed_at: float | None = None
+
+    @property
+    def agents(self) -> dict[str, Agent]:
+        return self.query_one("#agents", AgentTable).agents
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=True)
-        with Horizontal(id="tables"):
-            yield DataTable(id="agents", cursor_type="row")
-            yield DataTable(id="tasks", cursor_type="row")
-        yield RichLog(id="events", markup=False, max_lines=2000)
-        yield Static(id="status")
+        yield AgentTable(id="agents")
+        yield QueueTable(self.task_limit, id="tasks")
+        log = RichLog(id="events", markup=False, max_lines=2000)
+        log.border_title = "Events"
+        yield log
+        yield Static(id="status", markup=False)
         yield Footer()
 
     # -- loading and following -------------------------------------------------------------
     def on_mount(self) -> None:
-        agents = self.query_one("#agents", DataTable)
-        tasks = self.query_one("#tasks", DataTable)
-        for col in AGENT_COLS:
-            agents.add_column(col, key=col)
-        for col in TASK_COLS:
-            tasks.add_column(col, key=col)
         self.events = self.podium.follower()  # from now: before the tables load, so none is missed
+        agents = self.query_one("#agents", AgentTable)
         for a in self.podium.agents():
-            self._put_agent(a)
-        for t in self.podium.tasks(limit=self.task_limit):
-            self._put_task(t)
+            agents.put(a)
+        queue = self.query_one("#tasks", QueueTable)
+        # The active tasks however old, then the latest history.
+        for state in (TaskState.RUNNING, TaskState.QUEUED, TaskState.BLOCKED, None):
+            for t in self.podium.tasks(state=state.value if state else None,
+                                       limit=self.task_limit):
+                queue.put(t)
+        queue.reorder()
+        self._show_backlog(self.events.cursor)
+        self._apply_status(*self._read_status())
         self.set_interval(1.0, self._tick)
         threading.Thread(target=self._follow, args=(self.events,), name="podium-events",
                          daemon=True).start()
+        threading.Thread(target=self._refresh, name="podium-refresh", daemon=True).start()
+
+    def _show_backlog(self, cursor: int) -> None:
+        """The last ``backlog`` events up to ``cursor`` (the follower goes on from there)."""
+        if self.backlog <= 0 or cursor <= 0:
+            return
+        recent = self.podium.events(after=max(0, cursor - self.backlog), limit=self.backlog)
+        self._write_events([ev for ev in recent if ev.id <= cursor])
 
     def _follow(self, events: EventFollower) -> None:
         """On its own thread: hand each batch of new events to the app until it unmounts."""
@@ -156,127 +141,186 @@ class Dashboard(App):
                     except RuntimeError:
                         return  # the app is gone
 
-    def apply_events(self, events: list[Event]) -> None:
+    def _refresh(self) -> None:
+        """On its own thread: every ``refresh_s``, the team as the store has it."""
+        while not self._stopping.wait(self.refresh_s):
+            status, error = self._read_status()
+            try:
+                self.call_from_thread(self._apply_status, status, error)
+            except RuntimeError:
+                return  # the app is gone
+
+    def _read_status(self) -> tuple[TeamStatus | None, str | None]:
+        try:
+            return self.podium.status(), None
+        except PodiumError as e:
+            return None, str(e)
+
+    def _apply_status(self, status: TeamStatus | None, error: str | None) -> None:
+        self._status_error = error
+        if status is not None:
+            self._status, self._refreshed_at = status, time.monotonic()
+            agents = self.query_one("#agents", AgentTable)
+            live = {a.id: a for a in status.live_agents}
+            for a in live.values():
+                agents.put(a)
+            for agent_id, a in list(agents.agents.items()):
+                if a.state.live and agent_id not in live:  # stopped or found dead since
+                    self._reread_agent(agent_id)
+            self.refresh_bindings()
+        self._show_status()
+
+    def _write_events(self, events: list[Event]) -> None:
         log = self.query_one("#events", RichLog)
+        for ev in events:
+            output = render.event_output(ev)
+            line = render.event_line(ev) + (f" | {render.short(output, 60)}" if output else "")
+            log.write(Text(line, style=render.event_style(ev)))
+
+    def apply_events(self, events: list[Event]) -> None:
+        self._write_events(events)
+        queue = self.query_one("#tasks", QueueTable)
         tasks: set[str] = set()
         agents: set[str] = set()
         for ev in events:
-            output = render.event_output(ev)
-            log.write(render.event_line(ev) + (f" | {render.short(output, 60)}" if output else ""))
             if ev.task_id and ev.kind != "task.output":
                 tasks.add(ev.task_id)
             if ev.agent_id and (ev.kind.startswith("agent.") or ev.kind.startswith("task.")):
                 agents.add(ev.agent_id)
         for task_id in tasks:
+            held_by = queue.tasks[task_id].agent_id if task_id in queue.tasks else None
             try:
-                self._put_task(self.podium.task(task_id))
+                t = self.podium.task(task_id)
             except PodiumError:
-                pass
+                continue
+            queue.put(t)
+            agents.update(a for a in (held_by, t.agent_id) if a)
+        queue.reorder()
         for agent_id in agents:
-            try:
-                self._put_agent(self.podium.agent(agent_id))
-            except PodiumError:
-                pass
+            self._reread_agent(agent_id)
         self.events_applied += len(events)
+        self.refresh_bindings()
 
-    def _put_agent(self, a: Agent) -> None:
-        table = self.query_one("#agents", DataTable)
-        self.agents[a.id] = a
-        cells = agent_cells(a)
-        if a.id in table.rows:
-            for col, value in zip(AGENT_COLS, cells):
-                table.update_cell(a.id, col, value)
-        else:
-            table.add_row(*cells, key=a.id)
-
-    def _put_task(self, t: Task) -> None:
-        table = self.query_one("#tasks", DataTable)
-        cells = task_cells(t)
-        if t.id in table.rows:
-            for col, value in zip(TASK_COLS, cells):
-                table.update_cell(t.id, col, value)
-        else:
-            table.add_row(*cells, key=t.id)
+    def _reread_agent(self, agent_id: str) -> None:
+        table = self.query_one("#agents", AgentTable)
+        try:
+            table.put(self.podium.agent(agent_id))
+        except NotFound:  # (removed: 'podium agent prune')
+            table.drop(agent_id)
+        except PodiumError:
+            pass
 
     def _tick(self) -> None:
-        table = self.query_one("#agents", DataTable)
-        for a in self.agents.values():
-            if a.id in table.rows:
-                table.update_cell(a.id, "heartbeat", render.age(a.last_heartbeat))
-        counts: dict[str, int] = {}
-        tasks = self.query_one("#tasks", DataTable)
-        for key in tasks.rows:
-            state = tasks.get_cell(key, "state")
-            counts[state] = counts.get(state, 0) + 1
-        self.query_one("#status", Static).update(
-            f" {self.podium.url}   agents {len(self.agents)}   "
-            + "  ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+        self.query_one("#agents", AgentTable).tick()
+        self._show_status()
+
+    def _show_status(self) -> None:
+        """The status line: the store, agents and tasks by state; one line, cut to width."""
+        st = self._status
+        parts = [self.podium.shareable_url()[0]]
+        if st is not None:
+            parts.append("agents " + (" ".join(f"{k} {v}" for k, v in
+                                               sorted(st.agents_by_state.items())) or "none"))
+            parts.append("tasks " + (" ".join(f"{k} {v}" for k, v in
+                                              sorted(st.tasks_by_state.items()) if v) or "none"))
+            parts.extend(st.warnings)
+        if self._status_error is not None:
+            since = "" if self._refreshed_at is None else \
+                f" (as of {int(time.monotonic() - self._refreshed_at)}s ago)"
+            parts.append(f"store unreadable{since}: {self._status_error}")
+        widget = self.query_one("#status", Static)
+        width = widget.size.width or self.size.width
+        widget.update(Text(render.short(" " + "   ".join(parts), max(width, 2)),
+                           no_wrap=True, overflow="ellipsis"))
 
     # -- selection -------------------------------------------------------------------------
-    def _selected(self, table_id: str) -> str | None:
-        table = self.query_one(table_id, DataTable)
-        if table.row_count == 0:
-            return None
-        return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+    def selected_task(self) -> Task | None:
+        queue = self.query_one("#tasks", QueueTable)
+        task_id = queue.selected()
+        return queue.tasks.get(task_id) if task_id else None
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self.refresh_bindings()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in MAIN_ACTIONS and len(self.screen_stack) > 1:
+            return False  # a dialog is open: its keys only
+        if action == "cancel_task":
+            t = self.selected_task()
+            return True if t is not None and not t.state.finished else None
+        if action == "send":
+            return True if self.query_one("#agents", AgentTable).selected() else None
+        return True
 
     # -- actions ---------------------------------------------------------------------------
     def action_add_task(self) -> None:
-        def done(values: dict | None) -> None:
-            if not values or not values["prompt"].strip():
-                return
-            try:
-                t = self.podium.add_task(values["prompt"], agent=values["agent"].strip() or None)
-                self.notify(f"queued {t.id}")
-            except PodiumError as e:
-                self.notify(str(e), severity="error")
+        def done(task: Task | None) -> None:
+            if task is not None:
+                self.notify(f"queued {task.id}", markup=False)
+                queue = self.query_one("#tasks", QueueTable)
+                queue.put(task)
+                queue.reorder()
 
-        self.push_screen(AskScreen("New task", [("prompt", "prompt"),
-                                                ("agent", "agent (empty: any)")]), done)
+        self.push_screen(TaskForm(self.podium), done)
 
     def action_cancel_task(self) -> None:
-        task_id = self._selected("#tasks")
-        if task_id is None:
+        selected = self.selected_task()
+        if selected is None:
             return
         try:
-            self.podium.cancel(task_id, "cancelled from the dashboard")
-            self.notify(f"cancelled {task_id}")
+            task = self.podium.task(selected.id)
         except PodiumError as e:
-            self.notify(str(e), severity="error")
+            self.notify(str(e), severity="error", markup=False)
+            return
+        if task.state.finished:
+            self.notify(f"{task.id} is {task.state.value} already: only blocked, queued or "
+                        "running tasks can be cancelled", markup=False)
+            return
+
+        def answered(yes: bool | None) -> None:
+            if not yes:
+                return
+            try:
+                self.podium.cancel(task.id, "cancelled from the dashboard")
+                self.notify(f"cancelled {task.id}", markup=False)
+            except PodiumError as e:
+                self.notify(str(e), severity="error", markup=False)
+
+        self.push_screen(Confirm(f"Cancel {task.id} ({task.state.value}): "
+                                 f"{render.short(task.prompt, 60)}?"), answered)
 
     def action_send(self) -> None:
-        agent_id = self._selected("#agents")
+        agent_id = self.query_one("#agents", AgentTable).selected()
         if agent_id is None:
             return
 
-        def done(values: dict | None) -> None:
-            if values and values["message"]:
-                try:
-                    m = self.podium.send(agent_id, values["message"])
-                    self.notify(f"message {m.id} sent to {agent_id}")
-                except PodiumError as e:
-                    self.notify(str(e), severity="error")
+        def done(message) -> None:
+            if message is not None:
+                self.notify(f"message {message.id} sent to {agent_id}", markup=False)
 
-        self.push_screen(AskScreen(f"Message to {agent_id}", [("message", "message")]), done)
+        self.push_screen(MessageForm(self.podium, agent_id), done)
 
     def action_output(self) -> None:
-        focused = self.focused
         task_id = None
-        if isinstance(focused, DataTable) and focused.id == "agents":
-            agent_id = self._selected("#agents")
+        if isinstance(self.focused, AgentTable):
+            agent_id = self.focused.selected()
             if agent_id:
-                recent = self.podium.tasks(agent=agent_id, limit=1)
-                task_id = recent[0].id if recent else None
+                current = self.agents[agent_id].current_task
+                recent = [] if current else self.podium.tasks(agent=agent_id, limit=1)
+                task_id = current or (recent[0].id if recent else None)
         else:
-            task_id = self._selected("#tasks")
+            task_id = self.query_one("#tasks", QueueTable).selected()
         if task_id is None:
             self.notify("no task to show")
             return
-        task = self.podium.task(task_id)
-        body = render.output_text(task.output)
-        if task.error:
-            body += f"\n[error] {task.error}"
-        self.push_screen(TextScreen(f"{task_id} — {task.state.value}", body or "(no output yet)"))
+        try:
+            task = self.podium.task(task_id)
+        except PodiumError as e:
+            self.notify(str(e), severity="error", markup=False)
+            return
+        self.push_screen(OutputScreen(self.podium, task))
 
     def on_unmount(self) -> None:
+        self._stopping.set()
         if self.events is not None:
             self.events.stop()

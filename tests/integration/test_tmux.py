@@ -120,3 +120,35 @@ def test_send_to_closed_pane_keeps_message(cli, podium, tmux_socket):
     assert err.startswith("podium: error: message 1 is in ia-1's inbox") and "%999" in err
     assert "Traceback" not in err
     assert [m.body for m in podium.inbox("ia-1")] == ["hello $HOME"]  # nothing lost
+
+
+def test_up_tmux_dashboard_is_wide_and_agent_panes_in_name_order(cli, store_url, tmux_socket):
+    from podium.tmux import DASHBOARD_MIN_COLUMNS
+
+    r = cli("up", "6", "--tmux", "--session", "wide", "--backend", "shell")
+    assert r.returncode == 0, r.stderr
+    try:
+        rows = [line.split() for line in tmux(
+            tmux_socket, "list-panes", "-s", "-t", "wide", "-F",
+            "#{window_index} #{pane_index} #{pane_title} #{pane_left} #{pane_top} "
+            "#{pane_width} #{window_width}").splitlines() if line]
+        panes = {title: [int(x) for x in (w, i, left, top, width, ww)]
+                 for w, i, title, left, top, width, ww in rows}
+        window, index, left, _, width, window_width = panes.pop("dashboard")
+        # the dashboard: the first pane, on the left, usable wide
+        assert (index, left) == (0, 0)
+        assert width >= DASHBOARD_MIN_COLUMNS and width >= window_width // 2, panes
+        # the agents beside it, then in windows of their own: in name order throughout
+        by_place = sorted(panes, key=lambda t: (panes[t][0], panes[t][3], panes[t][2]))
+        by_index = sorted(panes, key=lambda t: (panes[t][0], panes[t][1]))
+        names = [f"agent-{i}" for i in range(1, 7)]
+        assert by_place == names and by_index == names
+        assert all(panes[f"agent-{i}"][0] == window for i in (1, 2, 3))
+        assert all(panes[f"agent-{i}"][2] >= width for i in (1, 2, 3))  # right of it
+        # a terminal of another size attaching: the dashboard keeps its share of the width
+        tmux(tmux_socket, "resize-window", "-t", "wide:0", "-x", "200", "-y", "50")
+        wait_for(lambda: int(tmux(tmux_socket, "display-message", "-p", "-t",
+                                  "wide:0.0", "#{pane_width}")) >= 100,
+                 what="dashboard laid out again after the resize")
+    finally:
+        assert cli("down").returncode == 0
