@@ -6,7 +6,7 @@ llama.cpp; skipped with a note when it is not installed) on a fresh embedded sto
   2. for the AI agent: write ``is_prime`` in Python (a base model completes the code),
   3. three counting tasks in parallel (primes in three ranges, each by a Python child),
   4. a summing task that depends on all three, reads their results back through the store
-     (``podium result`` from inside the task, as any agent script could) and puts the total
+     (``podium task result`` from inside the task, as any agent script could) and puts the total
      into the shared context,
   5. for the AI agent, after the sum: a one-sentence summary (the shared context with the
      total is put in front of its prompt),
@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from podium import render
 from podium.errors import PodiumError
 from podium.models import Task
 from podium.service import Podium
@@ -38,7 +39,7 @@ PRIMES = (
 )
 SUM = (
     "total=0; for t in {ids}; do "
-    "n=$({podium} result --raw $t); echo \"$t -> $n primes\"; total=$((total + n)); done; "
+    "n=$({podium} task result --raw $t); echo \"$t -> $n primes\"; total=$((total + n)); done; "
     "echo \"primes below {hi}: $total\"; "
     "{podium} context set result \"There are $total prime numbers below {hi_text}.\" >/dev/null"
 )
@@ -125,7 +126,7 @@ def run_demo(n_agents: int, keep: bool, write: Callable[[str], None], ai_backend
                                       timeout_s=120)
             (home / "check_is_prime.py").write_text(CHECK)
             check = podium.add_task(
-                f"{podium_cmd} result --raw {code.id} | {py} check_is_prime.py",
+                f"{podium_cmd} task result --raw {code.id} | {py} check_is_prime.py",
                 role="shell", depends_on=[code.id], timeout_s=30)
             ai_tasks = [code, summary, check]
         slow = podium.add_task("sleep 30", timeout_s=1, role="shell")
@@ -136,18 +137,15 @@ def run_demo(n_agents: int, keep: bool, write: Callable[[str], None], ai_backend
         for t in everything:
             podium.wait(t.id, timeout_s=300)
 
-        write(f"{'task':<13} {'state':<10} {'agent':<8} {'ms':>8} {'tokens':>9}  output / error\n")
+        rows = []
         for t in everything:
             t = podium.task(t.id)
-            r = t.result()
-            text = (r["output"] or "").strip().splitlines()
-            shown = text[-1] if text else (t.error or "")
-            if len(shown) > 60:
-                shown = shown[:59] + "…"
-            ms = f"{r['duration_ms']:.1f}" if r["duration_ms"] is not None else "-"
+            text = render.output_text(t.output).strip().splitlines()
+            shown = render.short(text[-1] if text else (t.error or ""), 60)
+            ms = f"{t.duration_ms:.1f}" if t.duration_ms is not None else "-"
             tokens = f"{t.tokens_in}/{t.tokens_out}" if t.tokens_in is not None else "-"
-            write(f"{t.id:<13} {t.state.value:<10} {t.agent_id or '-':<8} {ms:>8} {tokens:>9}"
-                  f"  {shown}\n")
+            rows.append([t.id, t.state.value, t.agent_id or "-", ms, tokens, shown])
+        write(render.table(rows, ["TASK", "STATE", "AGENT", "MS", "TOKENS", "OUTPUT / ERROR"]))
         final = podium.task(total.id)
         ok = final.state.value == "completed" and podium.task(slow.id).state.value == "failed"
         write("\n" + (final.output or b"").decode())

@@ -316,6 +316,20 @@ class ContextEntry:
 # -- reports: what the service sums up for every face ------------------------------------------
 
 @dataclass
+class Unrunnable:
+    """Queued tasks that no live agent can take: how many, whom they wait for, and why."""
+
+    tasks: int
+    target_agent: str | None
+    target_role: str | None
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tasks": self.tasks, "target_agent": self.target_agent,
+                "target_role": self.target_role, "reason": self.reason}
+
+
+@dataclass
 class TeamStatus:
     """The team at a glance (``podium status``): agents and tasks by state, and the live agents."""
 
@@ -328,6 +342,8 @@ class TeamStatus:
     warnings: list[str]
     #: When it was read (heartbeat ages are relative to it).
     at: float
+    #: Queued tasks that wait for nobody (see ``podium.service.readiness``).
+    unrunnable: list[Unrunnable] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -337,6 +353,7 @@ class TeamStatus:
             "live_agents": [a.to_dict(self.at) for a in self.live_agents],
             "last_event_id": self.last_event_id,
             "warnings": self.warnings,
+            "unrunnable": [u.to_dict() for u in self.unrunnable],
         }
 
 

@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from podium.cli import doctor, host, mcp, messages, store, tasks, team, watching  # noqa: F401  (registers)
+from podium.cli import doctor, host, logs, mcp, messages, store, tasks, team, watching  # noqa: F401
 from podium.cli.base import EXIT_ERROR, cli
 from podium.errors import InvalidInput, PodiumError
 

@@ -1,4 +1,4 @@
-"""Tasks: ``task add/show/list/cancel/wait``, ``result`` and ``broadcast``."""
+"""Tasks: ``task add/show/list/cancel/wait/result`` and ``broadcast``."""
 
 from __future__ import annotations
 
@@ -50,13 +50,17 @@ def task_add(c: Ctx, prompt, agent, role, priority, depends_on, context, timeout
     t = c.podium.add_task(read_arg(prompt, "prompt"), agent=agent, role=role, priority=priority,
                           depends_on=list(depends_on), context=context, timeout_s=timeout,
                           max_attempts=max_attempts, retry=retry, session=session)
+    why = c.podium.why_waiting(t)
+    if why is not None:  # (accepted all the same: the agent may be started later)
+        click.echo(f"podium: warning: {t.id} will wait: {why}", err=True)
     if as_json:
         write_json(t.to_dict())
     else:
         write(t.id + "\n")
 
 
-def _task_text(t) -> str:
+def _task_text(t, why: str | None = None) -> str:
+    """``task show``'s text; ``why``: what the task waits for in vain, if it does."""
     r = t.result()
     target = t.target_agent or (f"role {t.target_role}" if t.target_role else "any agent")
     lines = [
@@ -78,6 +82,8 @@ def _task_text(t) -> str:
         lines.append(f"error      {t.error}")
     if t.tokens_in is not None or t.cost_usd is not None:
         lines.append(f"tokens     {t.tokens_in} in / {t.tokens_out} out, cost ${t.cost_usd}")
+    if why:
+        lines.append(f"waiting    {why}")
     lines.append("prompt:")
     lines.append(t.prompt)
     if t.output_pruned:
@@ -95,10 +101,11 @@ def _task_text(t) -> str:
 def task_show(c: Ctx, task_id, as_json) -> None:
     """Show one task with its result."""
     t = c.podium.task(task_id)
+    why = c.podium.why_waiting(t)
     if as_json:
-        write_json(t.to_dict())
+        write_json({**t.to_dict(), "waiting_for_nobody": why})
     else:
-        write(_task_text(t))
+        write(_task_text(t, why))
 
 
 @task.command("list")
@@ -137,14 +144,36 @@ def task_cancel(c: Ctx, task_id, reason) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result JSON when done.")
 @pass_ctx
 def task_wait(c: Ctx, task_id, timeout, as_json) -> None:
-    """Wait for a task; exit 0 completed, 3 failed, 4 cancelled, 5 timed out waiting."""
-    t = c.podium.wait(task_id, timeout)
+    """Wait for a task; exit 0 completed, 3 failed, 4 cancelled, 5 timed out waiting. Without
+    --timeout, says on stderr every few seconds what it is waiting for."""
+    if timeout is not None:
+        t = c.podium.wait(task_id, timeout)
+    else:
+        t = c.podium.wait(task_id, WAIT_REPORT_S)
+        while not t.state.finished:
+            click.echo(f"podium: still waiting for {t.id}: {_waiting_for(c, t)}", err=True)
+            t = c.podium.wait(t.id, WAIT_REPORT_S)
     if as_json:
         write_json(t.result())
     else:
         write(f"{t.id} {t.state.value}\n")
     code = {"completed": 0, "failed": EXIT_FAILED, "cancelled": EXIT_CANCELLED}
     sys.exit(code.get(t.state.value, EXIT_TIMEOUT))
+
+
+#: How often ``task wait`` without a timeout says what it waits for.
+WAIT_REPORT_S = 5.0
+
+
+def _waiting_for(c: Ctx, t) -> str:
+    """What a task that is not finished waits for, in a few words."""
+    if t.state.value == "running":
+        return f"running on {t.agent_id} for {render.age(t.started_at)}"
+    if t.state.value == "blocked":
+        return "blocked until " + ", ".join(t.depends_on) + " complete" + (
+            f" (and then: {why})" if (why := c.podium.why_waiting(t)) else "")
+    why = c.podium.why_waiting(t)
+    return f"queued, {why}" if why else f"queued for {render.age(t.created_at)}"
 
 
 @task.command("result")
@@ -183,3 +212,17 @@ def broadcast(c: Ctx, prompt, context, timeout, as_json) -> None:
         return
     for t in tasks:
         write(f"{t.id} {t.target_agent}\n")
+
+
+@task.command("retry")
+@click.argument("task_id")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def task_retry(c: Ctx, task_id, as_json) -> None:
+    """Queue a failed or cancelled task again, afresh (its dependents that its end cancelled
+    are blocked again, to run after it)."""
+    t = c.podium.retry(task_id)
+    if as_json:
+        write_json(t.to_dict(with_output=False))
+    else:
+        write(f"{t.id} {t.state.value}\n")

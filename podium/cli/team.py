@@ -148,7 +148,7 @@ def agent() -> None:
     """Run or list agents."""
 
 
-@agent.command("list")
+@agent.command("list", hidden=True)  # (``podium agents``, under the name of the group)
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def agent_list(c: Ctx, as_json: bool) -> None:
@@ -275,3 +275,19 @@ def hooks_install(c: Ctx, directory) -> None:
     path = Path(limits.given(directory, "--dir")).resolve() / ".claude" / "settings.local.json"
     install(path, store_url_of(c.store_url))  # (the store's URL: it need not exist yet)
     write(f"wrote hooks to {path}\n")
+
+
+@agent.command("prune")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def agent_prune(c: Ctx, as_json: bool) -> None:
+    """Remove stopped and dead agents (with their inbox and outbox) whose process is gone and
+    for which no unfinished task waits; say why any other stopped or dead one is kept."""
+    done = c.podium.prune_agents()
+    if as_json:
+        write_json({"removed": done.removed, "kept": done.kept})
+        return
+    write(f"removed {len(done.removed)} agent(s)"
+          f"{': ' + ', '.join(done.removed) if done.removed else ''}\n")
+    for agent_id, why in sorted(done.kept.items()):
+        write(f"kept {agent_id}: {why}\n")

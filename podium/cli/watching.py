@@ -52,6 +52,9 @@ def status(c: Ctx, as_json) -> None:
     write("tasks   " + ", ".join(f"{v} {k}" for k, v in s.tasks_by_state.items()) + "\n")
     for ag in s.live_agents:
         write(f"  {ag.id:<14} {ag.state.value:<8} {ag.current_task or '-'}\n")
+    for u in s.unrunnable:
+        target = u.target_agent or (f"role {u.target_role}" if u.target_role else "any agent")
+        write(f"waiting for nobody: {u.tasks} queued task(s) for {target}: {u.reason}\n")
 
 
 @cli.command()

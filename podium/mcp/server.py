@@ -37,7 +37,8 @@ Podium runs a team of coding agents (worker processes) that pull tasks from one 
 See the team with get_agents or get_system_status. Queue work with assign_task (for anyone, one
 agent, or a role; with a priority, dependencies and a timeout) or broadcast_task (one copy per
 live agent); it returns the task id at once. Collect output with wait_for_task (blocks up to
-timeout_s) or get_task_result; list recent results with get_all_results; cancel_task stops one.
+timeout_s) or get_task_result; list recent results with get_all_results; cancel_task stops one,
+retry_task runs a failed or cancelled one again.
 send_to_agent puts a message in an agent's inbox, get_agent_messages lists its mailbox, and
 get_agent_response gives its latest report or result. Shared context (update_shared_context,
 get_shared_context) is put in front of the prompt of every agent that takes context.
@@ -226,6 +227,15 @@ def build_server(podium: Podium, name: str = "podium") -> MCPServer:
             if key:
                 return podium.get_context(key).to_dict()
             return {"entries": [e.to_dict() for e in podium.list_context()]}
+
+    @mcp.tool(annotations=WRITE)
+    def retry_task(task_id: TaskId) -> dict[str, Any]:
+        """Run a failed or cancelled task again, afresh: it is queued (blocked while a
+        dependency is still to complete) with attempts, error and output cleared, and the
+        tasks that its failure or cancellation cancelled are blocked again, to run after it.
+        Returns the task. A task in any other state is an error."""
+        with _errors():
+            return podium.retry(task_id).to_dict(with_output=False)
 
     # -- resources ------------------------------------------------------------------------
     @mcp.resource("podium://agents", name="agents", mime_type="application/json",

@@ -10,10 +10,13 @@ from typing import Self
 from podium import limits
 from podium.models import Event
 from podium.service.base import SAFETY_POLL_S, ServiceBase
+from podium.service.tasks import task_id_of
 from podium.store import Store
 
 #: The most events one read of a follower returns.
 FOLLOW_BATCH = 1000
+#: The events after which a task is finished for good (``follow`` of one task ends there).
+FINISHING_KINDS = frozenset({"task.completed", "task.failed", "task.cancelled"})
 
 
 class EventFollower:
@@ -85,15 +88,29 @@ class EventCalls(ServiceBase):
         """Yield events as they are committed, from ``after`` (default: from now on), only the
         events of ``task_id`` when it is given.
 
-        Stops when ``idle_timeout`` seconds pass without a new event (None: never).
+        Stops when ``idle_timeout`` seconds pass without a new event (None: never), and, when
+        following one task, after the event that finished it (at once if it had finished
+        before ``after``'s point: from now on, nothing more will come). An unknown task is
+        ``NotFound``.
         """
         idle_timeout = limits.wait_timeout(idle_timeout, "idle timeout")
+        if task_id is not None:  # (a unique prefix of its id will do)
+            task_id = task_id_of(self.store, task_id)
         with self.follower(after, task_id) as events:
+            if task_id is not None:  # (an unknown one: NotFound now, not a silent wait)
+                # Read after the follower took its cursor: a task finishing in between is seen.
+                task = self.store.get_task(task_id)
+                if after is None and task.state.finished:
+                    return
             while batch := events.poll(idle_timeout):
-                yield from batch
+                for ev in batch:
+                    yield ev
+                    if task_id is not None and ev.kind in FINISHING_KINDS:
+                        return
 
     def follower(self, after: int | None = None, task_id: str | None = None) -> EventFollower:
         """An ``EventFollower`` from ``after`` (default: from now on), only the events of
         ``task_id`` when it is given: ``follow`` for a thread that must stop on request."""
         after = None if after is None else limits.event_id(after)
-        return EventFollower(self.store, after, limits.optional_name(task_id, "task id"))
+        return EventFollower(self.store, after,
+                             None if task_id is None else task_id_of(self.store, task_id))

@@ -1,26 +1,54 @@
 """Tasks: adding (checked first, so a failed call changes nothing), reading, cancelling,
-waiting for them."""
+retrying, waiting for them; a task id given by its unique prefix (``task_id_of``)."""
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
 from podium import limits
 from podium.agents import registration
-from podium.errors import InvalidInput
+from podium.errors import InvalidInput, NotFound
 from podium.models import Priority, Task, TaskSpec, TaskState
 from podium.service.base import SAFETY_POLL_S, ServiceBase
+from podium.store import Store
+
+#: A whole task id as the store makes them (``podium.clock.sortable_id``): no prefix of another.
+_WHOLE_ID = re.compile(r"t-[0-9a-z]{14}")
+#: Candidates an ambiguous prefix's error lists.
+AMBIGUOUS_SHOWN = 5
+
+
+def task_id_of(store: Store, text: Any, where: str = "") -> str:
+    """The id of the one task whose id is ``text`` or starts with it: every face's task id
+    goes through here (``where`` it was given, for the errors: "in depends_on"). Unknown:
+    ``NotFound``; a prefix of several: ``InvalidInput`` listing up to five of them."""
+    text = limits.name(text, f"task id {where}".rstrip())
+    if _WHOLE_ID.fullmatch(text):
+        return text  # (the call it is for says so if there is no such task)
+    found = store.task_ids_with_prefix(text, AMBIGUOUS_SHOWN + 1)
+    if text in found or len(found) == 1:
+        return text if text in found else found[0]
+    if not found:
+        raise NotFound(f"unknown task {text!r}" + (f" ({where})" if where else ""))
+    shown = ", ".join(found[:AMBIGUOUS_SHOWN]) + (", ..." if len(found) > AMBIGUOUS_SHOWN else "")
+    raise InvalidInput(f"ambiguous task id {text!r}: {shown} (give more of it)")
 
 
 class TaskCalls(ServiceBase):
+    def _task_id(self, text: Any, where: str = "") -> str:
+        """A task id from a caller: whole, or a unique prefix (see ``task_id_of``)."""
+        return task_id_of(self.store, text, where)
+
     def spec(
         self, prompt: Any, agent: str | None = None, role: str | None = None,
         priority: str | Priority | None = None, depends_on: list[str] | tuple[str, ...] = (),
         context: str | None = None, timeout_s: float | None = None, max_attempts: int = 3,
         retry: bool = False, session: str | None = None,
     ) -> TaskSpec:
-        """Validate a task request; raises ``InvalidInput`` without touching the store."""
+        """Validate a task request; raises ``InvalidInput`` without writing to the store (a
+        dependency given by a prefix of its id is looked up)."""
         if depends_on is None:
             depends_on = ()
         if not isinstance(depends_on, (list, tuple)):
@@ -38,7 +66,7 @@ class TaskCalls(ServiceBase):
             priority=Priority.parse(priority),
             target_agent=limits.optional_name(agent, "agent id"),
             target_role=limits.optional_name(role, "role"),
-            depends_on=[limits.name(d, "task id in depends_on") for d in depends_on],
+            depends_on=[self._task_id(d, "in depends_on") for d in depends_on],
             timeout_s=limits.timeout(timeout_s),
             max_attempts=limits.max_attempts(max_attempts),
             retry_on_failure=retry,
@@ -52,7 +80,7 @@ class TaskCalls(ServiceBase):
         return self.store.add_tasks(specs, registration.may_run)
 
     def task(self, task_id: str) -> Task:
-        return self.store.get_task(limits.name(task_id, "task id"))
+        return self.store.get_task(self._task_id(task_id))
 
     def tasks(self, state: str | None = None, agent: str | None = None, limit: int = 100,
               with_output: bool = False, before: int | None = None) -> list[Task]:
@@ -73,12 +101,18 @@ class TaskCalls(ServiceBase):
         return self.store.list_tasks(st, agent, limit, with_output, before)
 
     def cancel(self, task_id: str, reason: str = "cancelled by user") -> Task:
-        return self.store.cancel(limits.name(task_id, "task id"), limits.text(reason, "reason"))
+        return self.store.cancel(self._task_id(task_id), limits.text(reason, "reason"))
+
+    def retry(self, task_id: str) -> Task:
+        """Queue a failed or cancelled task again, afresh (attempts, error and output cleared;
+        blocked while a dependency is to complete), with the dependents its end cancelled;
+        ``Conflict`` for a task in another state."""
+        return self.store.retry(self._task_id(task_id))
 
     def wait(self, task_id: str, timeout_s: float | None = None) -> Task:
         """Block until the task is finished (or ``timeout_s`` passes); returns it either way."""
         timeout_s = limits.wait_timeout(timeout_s)
-        task_id = limits.name(task_id, "task id")
+        task_id = self._task_id(task_id)
         self.store.task_state(task_id)  # NotFound before we start waiting
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         waiter = self.store.event_waiter()

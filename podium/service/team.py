@@ -1,19 +1,23 @@
-"""The team: agents (listing, deregistering, waiting for them to register) and their
-mailboxes (messages typed into panes, reports, hooks, their latest response)."""
+"""The team: agents (listing, deregistering, waiting for them to register, removing those
+gone) and their mailboxes (messages typed into panes, reports, hooks, their latest response);
+logs (an agent's log file, a task's output: ``podium.service.logs``)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from podium import limits
 from podium.agents import registration
 from podium.clock import new_id
-from podium.errors import NotFound, PodiumError, StoreUnavailable
+from podium.errors import InvalidInput, NotFound, PodiumError, StoreUnavailable
 from podium.models import Agent, AgentResponse, AgentState, Message, Task, TaskSpec
+from podium.service import logs
+from podium.service.logs import LogText
 from podium.service.tasks import TaskCalls
+from podium.store.base import AgentRemoval
 
 if TYPE_CHECKING:
     from podium.agents.backends import Backend
@@ -164,8 +168,94 @@ class TeamCalls(TaskCalls):
             note = limits.text(note, "note", allow_empty=True)
         known = {s.value for s in AgentState if s.live}
         text = status if not note else f"{status}: {note}"
+        agent = self.store.get_agent(agent_id)
+        if status == AgentState.BUSY.value and not agent.meta.get("interactive") \
+                and (agent.current_task is None or agent.current_task != task_id):
+            # A worker is busy exactly while it runs a task: its worker says so, not a report
+            # from elsewhere (which would leave it "busy" with no task, for good).
+            raise InvalidInput(
+                f"agent {agent_id} is not running {task_id or 'a task'}: a worker is busy only "
+                "while it runs one, which it reports itself (report 'busy' from inside its "
+                "task, or another status word)")
         if status in known:
             self.store.set_agent_state(agent_id, AgentState(status), text)
-        else:
-            self.store.get_agent(agent_id)
         return self.store.add_message(agent_id, text, "out", "report", agent_id, task_id)
+
+    # -- removing agents ------------------------------------------------------------------
+    def prune_agents(self) -> AgentRemoval:
+        """Remove the agents that are stopped or dead, with their inbox and outbox: those whose
+        process is gone (one of this host is looked for, as ``podium down`` does; another
+        host's is taken at the store's word) and for which no unfinished task waits. The
+        others are kept, each with the reason; live agents are left out."""
+        kept: dict[str, str] = {}
+        gone = []
+        for a in self.agents():  # (after agents found silent were marked dead)
+            if a.state.live:
+                continue
+            if logs.running_here(a):
+                kept[a.id] = (f"it is {a.state.value} but its process {a.pid} still runs here "
+                              f"('podium down {a.id}' stops it)")
+            else:
+                gone.append(a.id)
+        done = self.store.remove_agents(gone)
+        done.kept.update(kept)
+        return done
+
+    # -- logs -----------------------------------------------------------------------------
+    def log_target(self, name: str) -> tuple[str, str]:
+        """What ``podium logs NAME`` shows: ("agent", its id) for an agent of that exact name,
+        else ("task", the id of the task NAME is the id or a unique prefix of)."""
+        name = limits.name(name, "agent or task")
+        try:
+            return "agent", self.store.get_agent(name).id
+        except NotFound:
+            pass
+        try:
+            task_id = self._task_id(name)
+            self.store.task_state(task_id)  # (a whole id is not looked up by _task_id)
+            return "task", task_id
+        except NotFound:
+            raise NotFound(f"no agent or task {name!r} ('podium agents' and 'podium task "
+                           "list' list them)") from None
+
+    def agent_log(self, agent_id: str) -> Path:
+        """The agent's log file (a background worker's, as ``podium up`` starts them)."""
+        agent = self.agent(agent_id)
+        path = logs.log_path(self.home, agent.id)
+        if not path.is_file():
+            where = ("" if logs.running_here(agent) is not None
+                     else f"; it ran on {agent.host}, where its log may be")
+            raise NotFound(f"agent {agent.id} has no log at {path}: only agents started in "
+                           f"the background by 'podium up' log there{where}")
+        return path
+
+    def agent_log_text(self, agent_id: str, lines: int = 50,
+                       follow: bool = False) -> Iterator[bytes]:
+        """The last ``lines`` lines of the agent's log; with ``follow``, then what it appends,
+        until the agent has stopped (or died) and its log is read to the end."""
+        lines = limits.integer(lines, "lines", 0, limits.MAX_LIST)
+        path = self.agent_log(agent_id)
+        name = self.agent(agent_id).id
+
+        def running() -> bool:
+            try:
+                agent = self.store.get_agent(name)
+            except NotFound:
+                return False  # (removed meanwhile)
+            except StoreUnavailable:
+                return True  # (it cannot be told now: followed on)
+            return agent.state.live and logs.running_here(agent) is not False
+
+        return logs.follow_file(path, lines, follow, running)
+
+    def task_log(self, task_id: str, lines: int | None = None,
+                 follow: bool = False) -> Iterator[LogText]:
+        """A task's output: stored once it finished (with its stderr, and how it ended);
+        while it runs, what its current run streamed so far; with ``follow``, then its live
+        output until it ends. ``lines``: only the last lines of what is there already."""
+        if lines is not None:
+            lines = limits.integer(lines, "lines", 0, limits.MAX_LIST)
+        task = self.store.get_task(self._task_id(task_id))
+        if task.state.finished:
+            return logs.finished_log(task, lines)
+        return logs.running_log(self.store, task, lines, follow, self._recover)

@@ -77,6 +77,14 @@ class Pruned:
     outputs: int = 0
 
 
+@dataclass
+class AgentRemoval:
+    """What ``remove_agents`` did: the agents removed, and why each other one was kept."""
+
+    removed: list[str] = field(default_factory=list)
+    kept: dict[str, str] = field(default_factory=dict)
+
+
 class Store(abc.ABC):
     """Abstract store. Methods raise ``NotFound``, ``Conflict`` or ``StoreError``."""
 
@@ -142,6 +150,13 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def list_agents(self) -> list[Agent]: ...
 
+    @abc.abstractmethod
+    def remove_agents(self, agent_ids: list[str]) -> AgentRemoval:
+        """Remove these agents, with their inbox and outbox, each only while it is stopped or
+        dead and no unfinished task is held by it or targets it (checked in the transaction
+        that removes it; the others are kept, with the reason). The tasks they ran and the
+        events keep naming them; a new agent may take the name."""
+
     # -- tasks ------------------------------------------------------------------
     @abc.abstractmethod
     def add_tasks(self, specs: list[TaskSpec],
@@ -184,6 +199,13 @@ class Store(abc.ABC):
         """Cancel a blocked, queued or running task (its dependents are cancelled too)."""
 
     @abc.abstractmethod
+    def retry(self, task_id: str) -> Task:
+        """Queue a failed or cancelled task again, afresh: attempts 0, no agent, error, times
+        nor result (``task.retried``); blocked instead while a dependency is still to complete
+        (``Conflict`` while one is failed or cancelled, as for a task in any other state). Its
+        dependents that its end cancelled (and theirs) are blocked again."""
+
+    @abc.abstractmethod
     def recover(self) -> list[tuple[str, str]]:
         """Requeue (or fail) tasks whose lease expired; mark silent agents dead. Returns the
         (agent id, task id) of the tasks taken, for the caller to end what their programs
@@ -196,6 +218,11 @@ class Store(abc.ABC):
     def task_state(self, task_id: str) -> TaskState: ...
 
     @abc.abstractmethod
+    def task_ids_with_prefix(self, prefix: str, limit: int) -> list[str]:
+        """Up to ``limit`` ids of tasks that start with ``prefix`` (``prefix`` itself when it
+        is one), in order: a range of the id's index."""
+
+    @abc.abstractmethod
     def list_tasks(
         self, state: TaskState | None = None, agent_id: str | None = None, limit: int = 100,
         with_output: bool = False, before: int | None = None,
@@ -206,6 +233,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def counts(self) -> dict[str, int]:
         """Number of tasks in each state."""
+
+    @abc.abstractmethod
+    def queued_targets(self) -> list[tuple[str | None, str | None, int]]:
+        """The queued tasks by whom they wait for: (target agent, target role, how many)."""
 
     # -- messages ---------------------------------------------------------------
     @abc.abstractmethod

@@ -35,7 +35,7 @@ WEIRD = ("it's \"quoted\" $HOME ${X:-y} `uname` $(id) \\n \\ backslash\n"
 JSONISH = '{"context": ["is", "json", 1]}'
 
 TOOLS = {"get_agents", "assign_task", "broadcast_task", "get_task_result", "wait_for_task",
-         "get_all_results", "cancel_task", "send_to_agent", "get_agent_messages",
+         "get_all_results", "cancel_task", "retry_task", "send_to_agent", "get_agent_messages",
          "get_agent_response", "update_shared_context", "get_shared_context", "get_system_status"}
 
 

@@ -1,4 +1,4 @@
-"""Agents: registering (and taking over a name), heartbeats, state, deregistering."""
+"""Agents: registering (and taking over a name), heartbeats, state, deregistering, removing."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 from podium.clock import now
 from podium.errors import AgentRunning, InvalidInput, NotFound
 from podium.models import Agent, TaskState
-from podium.store.base import HeartbeatReply
+from podium.store.base import AgentRemoval, HeartbeatReply
 from podium.store.sql import rows
 from podium.store.sql.leases import Leases
 
@@ -141,3 +141,28 @@ class Agents(Leases):
         with self._reader() as tx:
             return [rows.agent(r)
                     for r in tx.all("SELECT * FROM agents ORDER BY registered_at, id")]
+
+    def remove_agents(self, agent_ids) -> AgentRemoval:
+        out = AgentRemoval()
+        with self._write() as tx:
+            for agent_id in dict.fromkeys(agent_ids):
+                # (Looked at in this transaction: one may have registered again meanwhile.)
+                row = tx.one("SELECT state FROM agents WHERE id = ?", (agent_id,))
+                if row is None:
+                    out.kept[agent_id] = "unknown agent"
+                    continue
+                if row["state"] in _LIVE:
+                    out.kept[agent_id] = f"it is {row['state']}"
+                    continue
+                work = tx.one(
+                    "SELECT COUNT(*) AS n FROM tasks WHERE state IN ('blocked', 'queued', "
+                    "'running') AND (agent_id = ? OR target_agent = ?)", (agent_id, agent_id))
+                if work["n"]:
+                    out.kept[agent_id] = (f"{work['n']} unfinished task(s) are for it "
+                                          "(cancel them first)")
+                    continue
+                tx.execute("DELETE FROM agents WHERE id = ?", (agent_id,))
+                tx.execute("DELETE FROM messages WHERE agent_id = ?", (agent_id,))
+                tx.event("agent.removed", agent_id, None, was=row["state"])
+                out.removed.append(agent_id)
+        return out

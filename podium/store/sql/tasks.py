@@ -1,4 +1,5 @@
-"""Reading tasks: one, a listing (newest first, by cursor), their counts by state."""
+"""Reading tasks: one, a listing (newest first, by cursor), their counts by state, the ids
+starting with a prefix."""
 
 from __future__ import annotations
 
@@ -75,3 +76,34 @@ class TaskReads(SqlBase):
         out = {s.value: 0 for s in TaskState}
         out.update({r["state"]: r["n"] for r in by_state})
         return out
+
+    def queued_targets(self) -> list[tuple[str | None, str | None, int]]:
+        with self._reader() as tx:  # (queued tasks are few: through tasks_state)
+            found = tx.all("SELECT target_agent, target_role, COUNT(*) AS n FROM tasks "
+                           "WHERE state = 'queued' GROUP BY target_agent, target_role")
+        return [(r["target_agent"], r["target_role"], r["n"]) for r in found]
+
+    def task_ids_with_prefix(self, prefix, limit) -> list[str]:
+        # A range of the id's unique index, [prefix, its successor): byte order on SQLite and
+        # under PostgreSQL's C collation (each id found is checked again here, whatever the
+        # database's collation).
+        upper = _successor(prefix)
+        sql, params = "SELECT id FROM tasks WHERE id >= ?", [prefix]
+        if upper is not None:
+            sql += " AND id < ?"
+            params.append(upper)
+        with self._reader() as tx:
+            found = tx.all(sql + " ORDER BY id LIMIT ?", [*params, limit])
+        return [r["id"] for r in found if r["id"].startswith(prefix)]
+
+
+def _successor(prefix: str) -> str | None:
+    """The least string greater than every string starting with ``prefix`` (None: there is
+    none, every string from ``prefix`` on starts with it)."""
+    while prefix:
+        last = ord(prefix[-1])
+        if last < 0x10FFFF:
+            step = 0xE000 if last + 1 == 0xD800 else last + 1  # (no lone surrogates)
+            return prefix[:-1] + chr(step)
+        prefix = prefix[:-1]
+    return None
