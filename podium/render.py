@@ -3,6 +3,9 @@ text tables and event lines, written once so that both show them alike."""
 
 from __future__ import annotations
 
+import re
+from datetime import datetime
+
 from podium.clock import iso, now
 from podium.models import Event, Task
 
@@ -45,11 +48,44 @@ def tries(t: Task) -> str:
     return f"{t.attempts}/{t.max_attempts}"
 
 
-def table(rows: list[list[str]], headers: list[str]) -> str:
-    """Rows under their headers in left-aligned columns two spaces apart, one line each."""
+def table(rows: list[list[str]], headers: list[str], colour: bool = False) -> str:
+    """Rows under their headers in left-aligned columns two spaces apart, one line each; with
+    ``colour``, a STATE or STATUS column's cells in their state's colour (ANSI)."""
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
-    return "".join("  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip() + "\n"
-                   for r in [headers, *rows])
+    coloured = {i for i, h in enumerate(headers) if h in ("STATE", "STATUS")} if colour else set()
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip() + "\n"]
+    for r in rows:
+        cells = [str(x).ljust(w) for x, w in zip(r, widths)]
+        for i in coloured:
+            value = str(r[i]).strip()
+            cells[i] = ansi(cells[i], state_style(value) or CHECK_STYLES.get(value, ""))
+        lines.append("  ".join(cells).rstrip() + "\n")
+    return "".join(lines)
+
+
+#: SGR codes of the style words ``STATE_STYLES`` uses (a text terminal's 16 colours).
+_SGR = {"bold": "1", "red": "31", "green": "32", "yellow": "33", "magenta": "35", "cyan": "36",
+        "bright_black": "90"}
+
+
+def ansi(text: str, style: str) -> str:
+    """``text`` in ``style`` (words of ``_SGR``, as in ``STATE_STYLES``) for a terminal."""
+    codes = ";".join(_SGR[w] for w in style.split() if w in _SGR)
+    return f"\x1b[{codes}m{text}\x1b[0m" if codes else text
+
+
+def name_key(name: str) -> tuple:
+    """A sort key for names with numbers in them: ``agent-2`` before ``agent-10``."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part)
+                 for part in re.split(r"(\d+)", name) if part)
+
+
+def when(ts: float | None, at: float | None = None) -> str:
+    """A time for a person: local, to the second, and how long ago (``-`` for none)."""
+    if ts is None:
+        return "-"
+    local = datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+    return f"{local} ({age(ts, at)} ago)"
 
 
 def event_line(ev: Event) -> str:
@@ -85,6 +121,10 @@ STATE_STYLES: dict[str, str] = {
     "stopped": "bright_black",
     "dead": "bold red",
 }
+
+
+#: The colours of ``podium doctor``'s verdicts.
+CHECK_STYLES = {"ok": "green", "warn": "yellow", "fail": "bold red"}
 
 
 def state_style(state: str) -> str:

@@ -60,7 +60,8 @@ def worker_argv(podium: Podium, name: str, backend: str, roles: list[str],
 
 def up(podium: Podium, n: int, backend: str, roles: list[str], options: list[str],
        prefix: str = "agent", lease_s: float | None = None, workdir: str | None = None,
-       wait_s: float | None = None) -> list[Agent]:
+       wait_s: float | None = None,
+       progress: Callable[[int, int], None] | None = None) -> list[Agent]:
     """Start ``n`` workers in the background and wait until each has registered (at most
     ``wait_s``; by default 20 s and a quarter of a second per agent: each takes ~0.2 s of CPU
     to start, and 200 of them on 2 cores took over 30 s on PostgreSQL, bench/scale.py)."""
@@ -97,14 +98,15 @@ def up(podium: Podium, n: int, backend: str, roles: list[str], options: list[str
                                   + " | ".join(tail))
 
     return wait_registered(podium, names, started, wait_s, check, f"see {logs}",
-                           pids={nm: p.pid for nm, p in procs.items()})
+                           pids={nm: p.pid for nm, p in procs.items()}, progress=progress)
 
 
 def wait_registered(podium: Podium, names: list[str], started: float, wait_s: float,
                     check: Callable[[], None] | None = None, hint: str = "",
-                    pids: dict[str, int] | None = None) -> list[Agent]:
+                    pids: dict[str, int] | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> list[Agent]:
     """Wait until every named agent registered after ``started`` (with the given pids)."""
-    ready = podium.wait_registered(names, started - 1, wait_s, pids, check)
+    ready = podium.wait_registered(names, started - 1, wait_s, pids, check, progress)
     if len(ready) < len(names):
         raise PodiumError(f"agents did not register within {wait_s:g}s; {hint}".rstrip("; "))
     return ready

@@ -108,7 +108,7 @@ class Tmux:
         srv = self.libtmux()
         if srv.has_session(session):
             raise PodiumError(f"tmux session {session!r} exists already; "
-                              "attach to it, or choose another --session")
+                              "attach to it, or choose another --tmux-session")
         sess = srv.new_session(session_name=session, window_name="team",
                                window_command=dashboard_cmd, start_directory=cwd,
                                x=TEAM_SIZE[0], y=TEAM_SIZE[1])

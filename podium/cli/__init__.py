@@ -38,7 +38,7 @@ def _utf8_args(argv: list[str]) -> list[str]:
 
 def main() -> None:
     try:
-        cli.main(args=_utf8_args(sys.argv[1:]), standalone_mode=False)
+        cli.main(args=_utf8_args(sys.argv[1:]), prog_name="podium", standalone_mode=False)
     except PodiumError as e:
         click.echo(f"podium: error: {e}", err=True)
         sys.exit(EXIT_ERROR)

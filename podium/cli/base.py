@@ -4,12 +4,13 @@ and output written as UTF-8."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
 import click
 
-from podium import __version__
+from podium import __version__, render
 from podium.errors import InvalidInput
 from podium.service import Podium
 from podium.tmux import TmuxPanes
@@ -22,6 +23,17 @@ def write(text: str) -> None:
     """Print UTF-8 whatever the locale says (prompts and outputs are any Unicode)."""
     sys.stdout.buffer.write(text.encode("utf-8"))
     sys.stdout.buffer.flush()
+
+
+def colour() -> bool:
+    """Whether output may be coloured: a terminal, and no ``NO_COLOR`` (no-color.org)."""
+    return sys.stdout.isatty() and "NO_COLOR" not in os.environ and \
+        os.environ.get("TERM") != "dumb"
+
+
+def write_table(rows: list[list[str]], headers: list[str]) -> None:
+    """A table for people: aligned, its states coloured on a terminal (``colour``)."""
+    write(render.table(rows, headers, colour=colour()))
 
 
 def write_json(obj: Any) -> None:

@@ -6,8 +6,7 @@ import sys
 
 import click
 
-from podium import render
-from podium.cli.base import EXIT_ERROR, Ctx, cli, pass_ctx, write, write_json
+from podium.cli.base import EXIT_ERROR, Ctx, cli, pass_ctx, write, write_json, write_table
 from podium.errors import InvalidInput
 
 
@@ -33,8 +32,8 @@ def doctor(c: Ctx, backend_names, all_backends, options, as_json) -> None:
     if as_json:
         write_json({"ok": not failed(checks), "checks": [ch.to_dict() for ch in checks]})
     else:
-        write(render.table([[ch.name, ch.status, ch.detail, ch.fix or "-"] for ch in checks],
-                           ["CHECK", "STATUS", "DETAIL", "FIX"]))
+        write_table([[ch.name, ch.status, ch.detail, ch.fix or "-"] for ch in checks],
+                           ["CHECK", "STATUS", "DETAIL", "FIX"])
         fails = sum(ch.status == "fail" for ch in checks)
         warns = sum(ch.status == "warn" for ch in checks)
         write(f"{fails} failed, {warns} warning(s), {len(checks) - fails - warns} ok\n")

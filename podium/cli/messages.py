@@ -14,6 +14,7 @@ from podium.cli.base import (
     read_arg,
     write,
     write_json,
+    write_table,
 )
 from podium.clock import iso
 
@@ -98,5 +99,5 @@ def context_list(c: Ctx, as_json) -> None:
     if as_json:
         write_json([e.to_dict() for e in entries])
         return
-    write(render.table([[e.key, f"v{e.version}", render.age(e.updated_at), render.short(e.value)]
-                         for e in entries], ["KEY", "VERSION", "AGE", "VALUE"]))
+    write_table([[e.key, f"v{e.version}", render.age(e.updated_at), render.short(e.value)]
+                         for e in entries], ["KEY", "VERSION", "AGE", "VALUE"])

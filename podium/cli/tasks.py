@@ -18,8 +18,8 @@ from podium.cli.base import (
     read_arg,
     write,
     write_json,
+    write_table,
 )
-from podium.clock import iso
 
 
 @cli.group()
@@ -41,7 +41,8 @@ def task() -> None:
               help="Claims allowed (a crashed agent's task is retried until then).")
 @click.option("--retry", is_flag=True, help="Also retry when the run fails (up to --max-attempts).")
 @click.option("--session", metavar="NAME",
-              help="Run in this named agent session (continued by every task naming it).")
+              help="Run in this named agent session: the agent CLI's conversation (a Claude "
+                   "Code session), continued by every task naming it.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def task_add(c: Ctx, prompt, agent, role, priority, depends_on, context, timeout, max_attempts,
@@ -71,9 +72,9 @@ def _task_text(t, why: str | None = None) -> str:
         f"agent      {t.agent_id or '-'}",
         f"attempts   {t.attempts}/{t.max_attempts}",
         f"depends on {', '.join(t.depends_on) or '-'}",
-        f"created    {iso(t.created_at)}",
-        f"started    {iso(t.started_at) or '-'}",
-        f"completed  {iso(t.completed_at) or '-'}",
+        f"created    {render.when(t.created_at)}",
+        f"started    {render.when(t.started_at)}",
+        f"completed  {render.when(t.completed_at)}",
         f"duration   {r['duration_ms'] if r['duration_ms'] is not None else '-'} ms",
     ]
     if t.exit_code is not None:
@@ -124,8 +125,8 @@ def task_list(c: Ctx, state, agent, limit, before, as_json) -> None:
         return
     rows = [[t.id, t.state.value, t.priority.name.lower(), render.target(t), t.agent_id or "-",
              render.tries(t), render.age(t.created_at), render.short(t.prompt)] for t in tasks]
-    write(render.table(rows, ["TASK", "STATE", "PRIORITY", "TARGET", "AGENT", "TRIES", "AGE",
-                               "PROMPT"]))
+    write_table(rows, ["TASK", "STATE", "PRIORITY", "TARGET", "AGENT", "TRIES", "AGE",
+                               "PROMPT"])
 
 
 @task.command("cancel")

@@ -16,6 +16,7 @@ from podium.cli.base import (
     pass_ctx,
     write,
     write_json,
+    write_table,
 )
 from podium.clock import now
 from podium.errors import InvalidInput, StoreError, StoreNotFound
@@ -34,15 +35,18 @@ from podium.errors import InvalidInput, StoreError, StoreNotFound
               help="Working directory of the agents.")
 @click.option("--tmux", "in_tmux", is_flag=True,
               help="Run the agents in panes of a tmux session, with a dashboard pane.")
-@click.option("--session", default="podium", show_default=True, help="tmux session name.")
+@click.option("--tmux-session", "session", default="podium", show_default=True,
+              help="tmux session name.")
+@click.option("--session", "old_session", hidden=True)  # (the first spelling, kept working)
 @click.option("--interactive", metavar="CMD",
               help="With --tmux: each pane runs this interactive program (e.g. claude) as the "
                    "agent.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-def up(c: Ctx, n, backend, roles, options, prefix, lease, workdir, in_tmux, session, interactive,
-       as_json) -> None:
+def up(c: Ctx, n, backend, roles, options, prefix, lease, workdir, in_tmux, session, old_session,
+       interactive, as_json) -> None:
     """Start N agents in the background (logs next to the store, in logs/) or in tmux panes."""
+    session = session if old_session is None else old_session
     from podium.agents import backends
     from podium.supervisor import log_dir, up_tmux
     from podium.supervisor import up as start
@@ -67,7 +71,8 @@ def up(c: Ctx, n, backend, roles, options, prefix, lease, workdir, in_tmux, sess
         agents = up_tmux(c.podium, n, backend, list(roles), list(options), prefix, lease, workdir,
                          session, interactive)
     else:
-        agents = start(c.podium, n, backend, list(roles), list(options), prefix, lease, workdir)
+        agents = start(c.podium, n, backend, list(roles), list(options), prefix, lease, workdir,
+                       progress=_progress_line("agents registered") if n > 1 else None)
     if as_json:
         write_json([a.to_dict(now()) for a in agents])
         return
@@ -111,9 +116,12 @@ def down(c: Ctx, names, timeout, drain) -> None:
 
 
 @cli.command()
-@click.option("--session", default="podium", show_default=True)
-def attach(session) -> None:
+@click.option("--tmux-session", "session", default="podium", show_default=True,
+              help="tmux session name.")
+@click.option("--session", "old_session", hidden=True)  # (the first spelling, kept working)
+def attach(session, old_session) -> None:
     """Attach this terminal to the team's tmux session."""
+    session = session if old_session is None else old_session
     from podium.tmux import Tmux, require_tmux
 
     tmux = Tmux.from_env()
@@ -122,8 +130,22 @@ def attach(session) -> None:
     os.execvp(require_tmux(), [require_tmux(), *tmux.args(), "attach-session", "-t", f"={session}"])
 
 
+def _progress_line(what: str):
+    """A progress reporter that keeps one line on a terminal's stderr up to date (and says
+    nothing elsewhere: logs and pipes get the result only)."""
+    if not sys.stderr.isatty():
+        return None
+    shown = [-1]
+
+    def show(done: int, total: int) -> None:
+        if done != shown[0]:
+            shown[0] = done
+            click.echo(f"\r{what}: {done}/{total}", err=True, nl=done == total)
+    return show
+
+
 def _agents_out(c: Ctx, as_json: bool) -> None:
-    agents = c.podium.agents()
+    agents = sorted(c.podium.agents(), key=lambda a: render.name_key(a.id))
     if as_json:
         t = now()
         write_json([a.to_dict(t) for a in agents])
@@ -131,8 +153,8 @@ def _agents_out(c: Ctx, as_json: bool) -> None:
     rows = [[a.id, a.state.value, render.roles(a.roles), a.backend, a.host, str(a.pid or "-"),
              a.current_task or "-", render.age(a.last_heartbeat), str(a.tasks_done),
              render.short(a.note, 30)] for a in agents]
-    write(render.table(rows, ["AGENT", "STATE", "ROLES", "BACKEND", "HOST", "PID", "TASK",
-                               "HEARTBEAT", "DONE", "NOTE"]))
+    write_table(rows, ["AGENT", "STATE", "ROLES", "BACKEND", "HOST", "PID", "TASK",
+                               "HEARTBEAT", "DONE", "NOTE"])
 
 
 @cli.command("agents")
@@ -239,9 +261,9 @@ def backends_cmd(as_json: bool, markdown: bool) -> None:
         if not b["options"]:
             write("  (no options)\n")
             continue
-        write(render.table(
+        write_table(
             [["  " + o["name"], _option_type(o), _option_default(o["default"]), o["help"]]
-             for o in b["options"]], ["  OPTION", "TYPE", "DEFAULT", "HELP"]))
+             for o in b["options"]], ["  OPTION", "TYPE", "DEFAULT", "HELP"])
 
 
 @cli.command()

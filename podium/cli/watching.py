@@ -14,6 +14,7 @@ from podium.cli.base import (
     pass_ctx,
     write,
     write_json,
+    write_table,
 )
 
 
@@ -71,15 +72,15 @@ def costs(c: Ctx, as_json) -> None:
     def cols(r) -> list[str]:
         return [str(r["tasks"]), str(r["tokens_in"]), str(r["tokens_out"]), f"{r['cost_usd']:.4f}"]
 
-    write(render.table([[r["agent"], r["backend"], render.roles(r["roles"]), *cols(r)]
-                         for r in s["agents"]], ["AGENT", "BACKEND", "ROLES", *nums]))
+    write_table([[r["agent"], r["backend"], render.roles(r["roles"]), *cols(r)]
+                         for r in s["agents"]], ["AGENT", "BACKEND", "ROLES", *nums])
     write("\n")
-    write(render.table([[r["role"] or "-", str(r["agents"]), *cols(r)] for r in s["roles"]],
-                        ["ROLE", "AGENTS", *nums]))
+    write_table([[r["role"] or "-", str(r["agents"]), *cols(r)] for r in s["roles"]],
+                        ["ROLE", "AGENTS", *nums])
     write("\n")
-    write(render.table([[r["backend"], str(r["agents"]), *cols(r)] for r in s["backends"]] +
+    write_table([[r["backend"], str(r["agents"]), *cols(r)] for r in s["backends"]] +
                         [["total", str(s["total"]["agents"]), *cols(s["total"])]],
-                        ["BACKEND", "AGENTS", *nums]))
+                        ["BACKEND", "AGENTS", *nums])
 
 
 @cli.command()

@@ -75,10 +75,12 @@ class TeamCalls(TaskCalls):
 
     def wait_registered(self, names: list[str], since: float, timeout_s: float,
                         pids: dict[str, int] | None = None,
-                        check: Callable[[], None] | None = None) -> list[Agent]:
+                        check: Callable[[], None] | None = None,
+                        progress: Callable[[int, int], None] | None = None) -> list[Agent]:
         """Block until every agent in ``names`` is live, registered at ``since`` or later (by
         the process ``pids`` names, when given), or ``timeout_s`` passes; returns those that
-        are, in the order named. ``check`` runs at every look and may raise to stop waiting."""
+        are, in the order named. ``check`` runs at every look and may raise to stop waiting;
+        ``progress`` hears (how many are ready, how many are awaited) at every look."""
         names = [limits.name(nm, "agent name") for nm in names]
         deadline = time.monotonic() + limits.seconds(timeout_s, "timeout", zero_ok=True)
         waiter = self.store.event_waiter()
@@ -88,6 +90,8 @@ class TeamCalls(TaskCalls):
                 ready = [agents[nm] for nm in names if nm in agents
                          and agents[nm].state.live and agents[nm].registered_at >= since
                          and (pids is None or agents[nm].pid == pids[nm])]
+                if progress is not None:
+                    progress(len(ready), len(names))
                 if len(ready) == len(names):
                     return ready
                 if check is not None:

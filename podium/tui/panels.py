@@ -7,8 +7,6 @@ are ``rich.text.Text`` (never markup: a prompt shows as it was typed), states co
 
 from __future__ import annotations
 
-import re
-
 from rich.text import Text
 from textual.widgets import DataTable
 
@@ -17,12 +15,6 @@ from podium.models import Agent, Task
 
 AGENT_COLS = ("agent", "state", "role", "backend", "task", "heartbeat", "done", "tokens", "cost")
 TASK_COLS = ("task", "state", "prio", "target", "agent", "tries", "prompt")
-
-
-def by_name(name: str) -> tuple:
-    """A sort key for names with numbers in them: ``agent-2`` before ``agent-10``."""
-    return tuple((0, int(part)) if part.isdigit() else (1, part)
-                 for part in re.split(r"(\d+)", name) if part)
 
 
 def state_cell(state: str) -> Text:
@@ -91,7 +83,7 @@ class AgentTable(_Table):
     def put(self, a: Agent) -> None:
         self.agents[a.id] = a
         if self._write(a.id, agent_cells(a)):
-            self._sort_keeping_cursor(by_name)
+            self._sort_keeping_cursor(render.name_key)
         self.border_subtitle = f"{len(self.agents)}"
 
     def drop(self, agent_id: str) -> None:

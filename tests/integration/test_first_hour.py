@@ -156,3 +156,53 @@ def test_a_task_nobody_can_run_is_accepted_with_a_warning_and_flagged(cli, worke
     _, err = waiting.communicate(timeout=10)
     assert f"podium: still waiting for {rid}: queued, no live agent has role 'reviewer'" \
         in err.decode()
+
+
+def on_a_terminal(*argv: str, env: dict | None = None) -> str:
+    """What a command printed to a terminal (a pty as its stdout and stderr)."""
+    import os
+
+    master, slave = os.openpty()
+    try:
+        subprocess.run([*PODIUM, *argv], stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
+                       env={**os.environ, **(env or {})}, timeout=90)
+    finally:
+        os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # (EIO: the other end is closed and everything was read)
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    return out.decode("utf-8", "replace")
+
+
+def test_people_get_colour_and_order_scripts_get_plain_text(store_url):
+    try:
+        shown = on_a_terminal("--store", store_url, "up", "11", "--prefix", "w")
+        assert "agents registered: 11/11" in shown  # (the progress line, on a terminal only)
+        table = on_a_terminal("--store", store_url, "agents")
+        assert "\x1b[32midle" in table  # idle in green
+        names = [line.split()[0] for line in table.splitlines()[1:] if line.strip()]
+        assert names == [f"w-{i}" for i in range(1, 12)], names  # w-2 before w-10
+        plain = on_a_terminal("--store", store_url, "agents", env={"NO_COLOR": "1"})
+        assert "\x1b[" not in plain and "idle" in plain
+        piped = subprocess.run([*PODIUM, "--store", store_url, "agents"], capture_output=True,
+                               timeout=60)
+        assert b"\x1b[" not in piped.stdout + piped.stderr and b"idle" in piped.stdout
+    finally:
+        subprocess.run([*PODIUM, "--store", store_url, "down", "--timeout", "10"],
+                       capture_output=True, timeout=60)
+
+
+def test_shell_completion_completes_commands():
+    import os
+
+    env = {**os.environ, "COMP_WORDS": "podium ta", "COMP_CWORD": "1",
+           "_PODIUM_COMPLETE": "bash_complete"}
+    p = subprocess.run([*PODIUM], capture_output=True, env=env, timeout=60)
+    assert p.returncode == 0 and "plain,task" in p.stdout.decode().splitlines(), p

@@ -128,6 +128,7 @@ BAD = [
     (["up", "1", "--role", ""], None, "role is empty"),
     (["up", "1", "--workdir", ""], None, "--workdir is empty"),
     (["up", "1", "--tmux", "--session", ""], None, "tmux session is empty"),
+    (["up", "1", "--tmux", "--tmux-session", ""], None, "tmux session is empty"),
     (["up", "1", "--tmux", "--interactive", ""], None, "--interactive command is empty"),
     (["agent", "run", "-n", "", "-b", "echo"], None, "agent name is empty"),
     (["agent", "run", "-n", "a1", "-b", "echo", "--role", ""], None, "role is empty"),

@@ -69,7 +69,7 @@ def test_up_tmux_layout_task_in_pane_and_clean_down(cli, store_url, tmux_socket)
 
 
 def test_down_requeues_a_running_pane_task(cli, store_url, tmux_socket):
-    assert cli("up", "1", "--tmux", "--session", "t2", "--backend", "shell").returncode == 0
+    assert cli("up", "1", "--tmux", "--tmux-session", "t2", "--backend", "shell").returncode == 0
     task_id = cli("task", "add", "sleep 30; echo late").stdout.decode().strip()
     p = Podium.open(store_url)
     try:
