@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
-import secrets
 import shutil
 import socket
 import subprocess
@@ -37,23 +35,11 @@ from urllib.parse import urlsplit
 import pytest
 
 from helpers import all_events, wait_for
+from netlab import Links, OwnServer, sh, unavailable
 from podium.models import TaskSpec, TaskState
 from podium.store import open_store
 
 POOL = 8  # PgBouncer's server connections per host (the default, PODIUM_PG_POOL)
-
-
-def _sh(*argv: str) -> str:
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-    if r.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)}: {r.stderr.strip() or r.stdout.strip()}")
-    return r.stdout
-
-
-def _pg_bindir() -> Path | None:
-    found = [p.parent for p in Path("/usr/lib/postgresql").glob("*/bin/initdb")]
-    found.sort(key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
-    return found[-1] if found else None
 
 
 def _private_tmp(prefix: str) -> Path:
@@ -130,85 +116,26 @@ def check_exactly_once(store, ids: list[str]) -> dict[str, int]:
 
 # -- two hosts for real: network namespaces -----------------------------------------------------
 
-def _netns_unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "network namespaces need root"
-    for tool in ("ip", "unshare", "runuser", "pgbouncer"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed"
-    try:
-        import pwd
-        pwd.getpwnam("postgres")
-    except KeyError:
-        return "no 'postgres' OS user to run the test's own PostgreSQL server"
-    if _pg_bindir() is None:
-        return "no PostgreSQL server binaries (initdb) under /usr/lib/postgresql"
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        return "psycopg is not installed"
-    return None
-
-
-class SmallServer:
+class SmallServer(OwnServer):
     """Two namespaces linked to the root namespace, and a PostgreSQL server with
     ``max_connections = 40`` on the root-side ends of the links."""
 
     MAX_CONNECTIONS = 40
 
     def __init__(self):
-        self.token = secrets.token_hex(3)
+        super().__init__("podium-pg-conn-")
+        self.links = Links(78, "pdc")
         self.netns: list[str] = []
         self.server_ips: list[str] = []
-        self.dir: Path | None = None
-        self.bindir = _pg_bindir()
-        self.port = 0
 
     def up(self) -> None:
-        used = {int(x) for x in re.findall(r"inet 10\.78\.(\d+)\.", _sh("ip", "-4", "-o", "addr"))}
-        thirds = [x for x in random.sample(range(1, 250), 40) if x not in used][:2]
-        for label, third in zip("ab", thirds):
-            ns = f"pdc{self.token}{label}"
-            vr, vn = f"{ns}r", f"{ns}n"
-            _sh("ip", "netns", "add", ns)
-            self.netns.append(ns)
-            _sh("ip", "link", "add", vr, "type", "veth", "peer", "name", vn)
-            _sh("ip", "link", "set", vn, "netns", ns)
-            _sh("ip", "addr", "add", f"10.78.{third}.1/24", "dev", vr)
-            _sh("ip", "link", "set", vr, "up")
-            _sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"10.78.{third}.2/24", "dev", vn)
-            _sh("ip", "netns", "exec", ns, "ip", "link", "set", vn, "up")
-            _sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
-            self.server_ips.append(f"10.78.{third}.1")
-        self.dir = Path(tempfile.mkdtemp(prefix="podium-pg-conn-"))
-        shutil.chown(self.dir, "postgres", "postgres")
-        data = self.dir / "data"
-        _sh("runuser", "-u", "postgres", "--", str(self.bindir / "initdb"), "-D", str(data),
-            "-U", "podium", "-A", "trust", "--no-sync", "-E", "UTF8", "--locale=C")
-        with socket.socket() as s:
-            s.bind(("", 0))
-            self.port = s.getsockname()[1]
-        with open(data / "postgresql.conf", "a") as f:
-            f.write(f"\nlisten_addresses = '{','.join(self.server_ips)}'\nport = {self.port}\n"
-                    f"unix_socket_directories = '{self.dir}'\n"
-                    f"max_connections = {self.MAX_CONNECTIONS}\n"
-                    "fsync = off\nfull_page_writes = off\nsynchronous_commit = off\n")
-        with open(data / "pg_hba.conf", "w") as f:
-            f.write("local all all trust\n")
-            for ip in self.server_ips:
-                f.write(f"host all all {ip.rsplit('.', 1)[0]}.0/24 trust\n")
-        _sh("runuser", "-u", "postgres", "--", str(self.bindir / "pg_ctl"), "-D", str(data),
-            "-l", str(self.dir / "server.log"), "-w", "-t", "30", "start")
-
+        self.links.add("ab")
+        self.netns = list(self.links.netns.values())
+        self.server_ips = list(self.links.root_ip.values())
+        self.start(self.server_ips, f"max_connections = {self.MAX_CONNECTIONS}\n"
+                                    "synchronous_commit = off\n")
         with self.admin() as conn:
             conn.execute("CREATE DATABASE podium")
-
-    def admin(self):
-        """A connection through the server's Unix socket (not counted among the hosts')."""
-        import psycopg
-
-        return psycopg.connect(host=str(self.dir), port=self.port, user="podium",
-                               dbname="postgres", autocommit=True, connect_timeout=5)
 
     def url(self, i: int) -> str:
         return f"postgresql://podium@{self.server_ips[i]}:{self.port}/podium"
@@ -220,26 +147,13 @@ class SmallServer:
                                 "'client backend' AND client_addr IS NOT NULL").fetchone()[0]
 
     def down(self) -> None:
-        for ns in self.netns:
-            for pid in subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
-                                      text=True).stdout.split():
-                try:
-                    os.kill(int(pid), 9)
-                except (ProcessLookupError, ValueError):
-                    pass
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-            subprocess.run(["ip", "link", "del", f"{ns}r"], capture_output=True)
-        if self.dir is not None:
-            if (self.dir / "data" / "postmaster.pid").exists():
-                subprocess.run(["runuser", "-u", "postgres", "--", str(self.bindir / "pg_ctl"),
-                                "-D", str(self.dir / "data"), "-m", "immediate", "-w", "stop"],
-                               capture_output=True, timeout=60)
-            shutil.rmtree(self.dir, ignore_errors=True)
+        self.links.down()
+        self.stop()
 
 
 @pytest.fixture
 def small_server():
-    why = _netns_unavailable()
+    why = unavailable("pgbouncer")
     if why:
         pytest.skip(f"cannot run two hosts here ({why}); the loopback variant runs instead")
     server = SmallServer()
@@ -329,7 +243,7 @@ def test_hosts_60_agents_on_a_40_connection_server(small_server):
 
 def _server_connections_of(port: int, pids: set[int]) -> int:
     """TCP connections to ``port`` owned by any of ``pids`` (read from ``ss -tnp``)."""
-    out = _sh("ss", "-tnpH", "state", "established", f"( dport = :{port} )")
+    out = sh("ss", "-tnpH", "state", "established", f"( dport = :{port} )")
     return sum(1 for line in out.splitlines() for pid in re.findall(r"pid=(\d+)", line)[:1]
                if int(pid) in pids)
 
@@ -398,9 +312,8 @@ def test_hosts_server_restart_the_daemon_listens_and_pools_again(small_server):
         before = wait_for(lambda: len(x := listeners()) == 1 and x, 10, what="the daemon's LISTEN")
         store.close()
         store = None
-        _sh("runuser", "-u", "postgres", "--", str(small_server.bindir / "pg_ctl"), "-D",
-            str(small_server.dir / "data"), "-l", str(small_server.dir / "server.log"),
-            "-m", "fast", "-w", "-t", "30", "restart")
+        small_server.pg_ctl("-l", str(small_server.dir / "server.log"), "-m", "fast", "-w",
+                            "-t", "30", "restart")
         after = wait_for(lambda: len(x := listeners()) == 1 and x, 20,
                          what="the daemon to listen again")
         assert after != before

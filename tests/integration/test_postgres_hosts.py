@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import re
 import secrets
 import shlex
 import shutil
@@ -42,7 +40,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +48,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from helpers import all_events, wait_for
+from netlab import Links, OwnServer, sh, unavailable
 from podium.models import AgentState, TaskSpec, TaskState
 from podium.store import open_store
 
@@ -305,105 +303,30 @@ def scenario_lose_host(store, workers: PgWorkers, hosts: list[Host], client: Hos
 
 # -- hosts for real: network namespaces ---------------------------------------------------------
 
-def _netns_unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "network namespaces need root"
-    for tool in ("ip", "unshare", "runuser"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed"
-    try:
-        import pwd
-        pwd.getpwnam("postgres")
-    except KeyError:
-        return "no 'postgres' OS user to run the test's own PostgreSQL server"
-    if _pg_bindir() is None:
-        return "no PostgreSQL server binaries (initdb) under /usr/lib/postgresql"
-    probe = f"pdmprobe{os.getpid()}"
-    r = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
-    if r.returncode != 0:
-        return f"`ip netns add` failed: {r.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
-    return None
-
-
-def _pg_bindir() -> Path | None:
-    found = [p.parent for p in Path("/usr/lib/postgresql").glob("*/bin/initdb")]
-    found.sort(key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
-    return found[-1] if found else None
-
-
-def _sh(*argv: str) -> str:
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-    if r.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)}: {r.stderr.strip() or r.stdout.strip()}")
-    return r.stdout
-
-
 class NetLab:
     """Three namespaces linked to the root namespace, and a PostgreSQL server on the links."""
 
     def __init__(self):
-        self.token = secrets.token_hex(3)
+        self.links = Links(77, "pdm")
+        self.server = OwnServer("podium-pg-hosts-")
         self.hosts: list[Host] = []
         self.server_ips: dict[str, str] = {}   # root-side end of each host's link
         self.ns_ips: dict[str, str] = {}       # the host's own end
-        self.root_veths: list[str] = []
-        self.dir: Path | None = None
         self.port = 0
-        self.bindir = _pg_bindir()
         self.admin_url = ""
 
-    def _subnets(self, n: int) -> list[int]:
-        used = {int(x) for x in re.findall(r"inet 10\.77\.(\d+)\.", _sh("ip", "-4", "-o", "addr"))}
-        start = random.randrange(1, 240)
-        for k in range(240):
-            x = (start + k) % 240 + 1
-            if all(x + i not in used for i in range(n)):
-                return [x + i for i in range(n)]
-        raise RuntimeError("no free 10.77.x.0/24 subnets")
-
     def up(self) -> None:
-        for label, third in zip("abc", self._subnets(3)):
-            ns = f"pdm{self.token}{label}"
-            vr, vn = f"{ns}r", f"{ns}n"
-            root_ip, ns_ip = f"10.77.{third}.1", f"10.77.{third}.2"
-            _sh("ip", "netns", "add", ns)
-            self.hosts.append(Host(label, f"podium-host-{label}", ns, vn))
-            _sh("ip", "link", "add", vr, "type", "veth", "peer", "name", vn)
-            self.root_veths.append(vr)
-            _sh("ip", "link", "set", vn, "netns", ns)
-            _sh("ip", "addr", "add", f"{root_ip}/24", "dev", vr)
-            _sh("ip", "link", "set", vr, "up")
-            _sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{ns_ip}/24", "dev", vn)
-            _sh("ip", "netns", "exec", ns, "ip", "link", "set", vn, "up")
-            _sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
-            self.server_ips[label] = root_ip
-            self.ns_ips[label] = ns_ip
-
-        # The test's own server, listening only on the root-side ends of the three links.
-        self.dir = Path(tempfile.mkdtemp(prefix="podium-pg-hosts-"))
-        shutil.chown(self.dir, "postgres", "postgres")
-        data = self.dir / "data"
-        _sh("runuser", "-u", "postgres", "--", str(self.bindir / "initdb"), "-D", str(data),
-            "-U", "podium", "-A", "trust", "--no-sync", "-E", "UTF8", "--locale=C")
-        with socket.socket() as s:
-            s.bind(("", 0))
-            self.port = s.getsockname()[1]
-        with open(data / "postgresql.conf", "a") as f:
-            f.write(f"\nlisten_addresses = '{','.join(self.server_ips.values())}'\n"
-                    f"port = {self.port}\n"
-                    f"unix_socket_directories = '{self.dir}'\n"
-                    "fsync = off\nfull_page_writes = off\n"
-                    # A host that vanishes with an open transaction is detected in ~5 s, its
-                    # transaction rolled back and its row locks freed (the default: 2 hours).
-                    "tcp_keepalives_idle = 2\ntcp_keepalives_interval = 1\n"
-                    "tcp_keepalives_count = 3\n")
-        with open(data / "pg_hba.conf", "w") as f:
-            f.write("local all all trust\n")
-            for ip in self.server_ips.values():
-                f.write(f"host all all {ip.rsplit('.', 1)[0]}.0/24 trust\n")
-        _sh("runuser", "-u", "postgres", "--", str(self.bindir / "pg_ctl"), "-D", str(data),
-            "-l", str(self.dir / "server.log"), "-w", "-t", "30", "start")
+        self.links.add("abc")
+        self.hosts = [Host(label, f"podium-host-{label}", ns, self.links.veth[label])
+                      for label, ns in self.links.netns.items()]
+        self.server_ips, self.ns_ips = self.links.root_ip, self.links.ns_ip
+        # The test's own server, listening only on the root-side ends of the three links. A
+        # host that vanishes with an open transaction is detected in ~5 s, its transaction
+        # rolled back and its row locks freed (the default: 2 hours).
+        self.server.start(list(self.server_ips.values()),
+                          "tcp_keepalives_idle = 2\ntcp_keepalives_interval = 1\n"
+                          "tcp_keepalives_count = 3\n")
+        self.port = self.server.port
         self.admin_url = f"postgresql://podium@{self.server_ips['c']}:{self.port}/postgres"
 
     def database(self) -> str:
@@ -418,44 +341,21 @@ class NetLab:
         return name
 
     def link(self, host: Host, up: bool) -> None:
-        _sh("ip", "netns", "exec", host.netns, "ip", "link", "set", host.veth,
-            "up" if up else "down")
+        sh("ip", "netns", "exec", host.netns, "ip", "link", "set", host.veth,
+           "up" if up else "down")
 
     def down(self) -> None:
-        errors = []
-        for h in self.hosts:
-            # Only processes this test started live in its namespaces.
-            pids = subprocess.run(["ip", "netns", "pids", h.netns], capture_output=True,
-                                  text=True).stdout.split()
-            for pid in pids:
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-            r = subprocess.run(["ip", "netns", "del", h.netns], capture_output=True, text=True)
-            if r.returncode:
-                errors.append(r.stderr)
-        for vr in self.root_veths:  # gone with its namespace, unless something held that open
-            subprocess.run(["ip", "link", "del", vr], capture_output=True)
-        if self.dir is not None:
-            if (self.dir / "data" / "postmaster.pid").exists():
-                subprocess.run(["runuser", "-u", "postgres", "--", str(self.bindir / "pg_ctl"),
-                                "-D", str(self.dir / "data"), "-m", "immediate", "-w", "stop"],
-                               capture_output=True, timeout=60)
-            shutil.rmtree(self.dir, ignore_errors=True)
+        errors = self.links.down()
+        self.server.stop()
         assert not errors, errors
 
 
 @pytest.fixture(scope="module")
 def lab():
-    why = _netns_unavailable()
+    why = unavailable()
     if why:
         pytest.skip(f"network namespaces are not available here ({why}); "
                     "the loopback variant of the same scenario runs instead")
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        pytest.skip("psycopg is not installed")
     net = NetLab()
     try:
         net.up()
@@ -569,7 +469,7 @@ def _local_cluster() -> tuple[str, str] | None:
             is None or os.geteuid() != 0:
         return None
     port = parts.port or 5432
-    for line in _sh("pg_lsclusters", "-h").splitlines():
+    for line in sh("pg_lsclusters", "-h").splitlines():
         f = line.split()
         if len(f) >= 3 and f[2] == str(port):
             return f[0], f[1]
@@ -578,7 +478,7 @@ def _local_cluster() -> tuple[str, str] | None:
 
 def _pg_ctlcluster(action: str) -> None:
     version, name = _local_cluster()
-    _sh("pg_ctlcluster", "--skip-systemctl-redirect", version, name, action)
+    sh("pg_ctlcluster", "--skip-systemctl-redirect", version, name, action)
 
 
 def _local_pg_up() -> bool:
