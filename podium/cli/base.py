@@ -12,7 +12,7 @@ import click
 
 from podium import __version__, render
 from podium.errors import InvalidInput
-from podium.service import Podium
+from podium.service import WRITER_LOCK_TIMEOUT_S, Podium
 from podium.tmux import TmuxPanes
 
 # Exit codes of ``podium task wait`` (see README).
@@ -57,6 +57,10 @@ def read_arg(value: str, what: str) -> str:
 #: store).
 CREATES_STORE = frozenset({"init", "up", "agent run", "agent interactive", "task add",
                            "broadcast", "context set", "mcp serve"})
+#: How long a command waits for another process's hold on a SQLite store's writer lock, where
+#: not the service's default: a worker for as long as it takes (its stop watchdog bounds a stop),
+#: ``down`` briefly (it stops this host's agents without the store when it cannot have it).
+LOCK_TIMEOUTS_S: dict[str, float | None] = {"agent run": None, "down": 3.0}
 
 
 def _command(ctx: click.Context) -> str:
@@ -77,8 +81,10 @@ class Ctx:
         self._podium: Podium | None = None
 
     def open(self, init: bool = False) -> Podium:
-        create = _command(click.get_current_context()) in CREATES_STORE
-        self._podium = Podium.open(self.store_url, init=init, panes=TmuxPanes(), create=create)
+        command = _command(click.get_current_context())
+        timeout = LOCK_TIMEOUTS_S.get(command, WRITER_LOCK_TIMEOUT_S)
+        self._podium = Podium.open(self.store_url, init=init, panes=TmuxPanes(),
+                                   create=command in CREATES_STORE, lock_timeout_s=timeout)
         return self._podium
 
     @property

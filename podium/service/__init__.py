@@ -23,11 +23,18 @@ from podium.service.delivery import Delivery, PaneDelivery
 from podium.service.events import EventCalls, EventFollower
 from podium.service.history import HistoryCalls
 from podium.service.reports import ReportCalls
-from podium.store import find_default, open_store, resolve_url, sqlite_path
+from podium.store import (
+    WRITER_LOCK_TIMEOUT_S,
+    find_default,
+    open_store,
+    resolve_url,
+    sqlite_path,
+)
 from podium.store.copy import copy_store
 from podium.store.postgres import without_password
 
-__all__ = ["Podium", "Delivery", "PaneDelivery", "EventFollower", "SAFETY_POLL_S"]
+__all__ = ["Podium", "Delivery", "PaneDelivery", "EventFollower", "SAFETY_POLL_S",
+           "WRITER_LOCK_TIMEOUT_S"]
 
 
 class Podium(ReportCalls, EventCalls, ContextCalls, HistoryCalls):
@@ -36,11 +43,13 @@ class Podium(ReportCalls, EventCalls, ContextCalls, HistoryCalls):
 
     @classmethod
     def open(cls, url: str | None = None, init: bool = False,
-             panes: PaneDelivery | None = None, create: bool = True) -> Podium:
+             panes: PaneDelivery | None = None, create: bool = True,
+             lock_timeout_s: float | None = WRITER_LOCK_TIMEOUT_S) -> Podium:
         """The service over the store at ``url`` (see ``open_store``: a store that does not
         exist is made unless ``create`` is false; ``init``: ``podium init``, which may also make
-        a store in an empty file)."""
-        return cls(open_store(url, init, create), panes)
+        a store in an empty file; a SQLite store's writes wait up to ``lock_timeout_s`` for
+        another process's)."""
+        return cls(open_store(url, init, create, lock_timeout_s), panes)
 
     def close(self) -> None:
         self.store.close()

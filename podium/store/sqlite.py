@@ -6,6 +6,12 @@ blocked in flock is woken as soon as the lock is released and races only the oth
 (bench/fairness.py: worst claim wait ~0.2 s instead of ~3 s with 16 writers on 2 cores). Claims
 are atomic because the whole claim runs inside that one immediate transaction. After a commit,
 waiting processes are woken through the store's wake channel (``podium.wake``).
+
+A process that holds the lock for ever (stopped, or hung on a dead disk) must not hang every
+command behind it: a store opened with ``lock_timeout_s`` (``open_store`` gives one by default)
+gives up waiting after that long (``StoreUnavailable``). Workers open theirs without (a worker
+has its own stop watchdog), so their contended waits stay one blocking ``flock``; only a timed
+wait pays for a waiting thread.
 """
 
 from __future__ import annotations
@@ -97,10 +103,12 @@ def _refuse_foreign(conn: sqlite3.Connection, path: Path) -> None:
 
 class SQLiteStore(SqlStore):
     def __init__(self, path: str | os.PathLike, synchronous: str = "NORMAL", migrate: bool = True,
-                 create_in_empty_file: bool = False):
+                 create_in_empty_file: bool = False,
+                 lock_timeout_s: float | None = None):
         """Open the store at ``path``, creating it when there is no file. An existing empty file
         is refused (it is no store: a truncated or mistaken one) unless
-        ``create_in_empty_file`` (``podium init``)."""
+        ``create_in_empty_file`` (``podium init``). A write waits up to ``lock_timeout_s`` for
+        the writer lock (None: for as long as it takes)."""
         self.path = Path(path).resolve()
         sync = synchronous.upper()
         if sync not in SYNCHRONOUS:
@@ -112,7 +120,8 @@ class SQLiteStore(SqlStore):
         if not self.path.parent.is_dir():
             raise StoreError(f"cannot create store {self.path}: "
                              f"directory {self.path.parent} does not exist")
-        lock_path = str(self.path) + "-writer.lock"
+        self.lock_timeout_s = lock_timeout_s
+        lock_path = self._lock_path = str(self.path) + "-writer.lock"
         made_lock = not os.path.exists(lock_path)
         try:
             self._lockfile = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -171,7 +180,11 @@ class SQLiteStore(SqlStore):
         with self._lock:
             # The writer lock (see the module's docstring), taken inline: a context manager
             # less to run on the cold CPU a dispatch wakes up to.
-            fcntl.flock(self._lockfile, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held = self._lockfile
+            except BlockingIOError:
+                held = self._wait_for_writer_lock()
             cur = None
             try:
                 cur = self._conn.cursor()
@@ -194,7 +207,55 @@ class SQLiteStore(SqlStore):
             finally:
                 if cur is not None:
                     cur.close()
-                fcntl.flock(self._lockfile, fcntl.LOCK_UN)
+                fcntl.flock(held, fcntl.LOCK_UN)
+                if held != self._lockfile:
+                    os.close(held)
+
+    def _wait_for_writer_lock(self) -> int:
+        """Wait for the writer lock another process holds; the descriptor that holds it.
+
+        Without a timeout, one blocking ``flock`` on the store's own descriptor. With one, a
+        thread blocks in ``flock`` on a descriptor of its own (the kernel wakes waiters as
+        fairly as before) while this one waits for it up to the timeout; a thread given up on
+        releases the lock as soon as it gets it. (Its own open file: a lock taken through the
+        store's descriptor would be the store's, and its release would end a later
+        transaction's hold.)
+        """
+        if self.lock_timeout_s is None:
+            fcntl.flock(self._lockfile, fcntl.LOCK_EX)
+            return self._lockfile
+        try:
+            fd = os.open(self._lock_path, os.O_RDWR)
+        except OSError as e:
+            raise StoreUnavailable(f"store {self.path}: cannot open its writer lock: "
+                                   f"{e.strerror}") from None
+        got = threading.Event()
+        decided = threading.Lock()
+        given_up = False
+
+        def wait() -> None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError:
+                os.close(fd)
+                return
+            with decided:
+                if given_up:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                    os.close(fd)
+                    return
+                got.set()
+
+        threading.Thread(target=wait, name="podium-writer-lock", daemon=True).start()
+        if not got.wait(self.lock_timeout_s):
+            with decided:
+                if not got.is_set():
+                    given_up = True
+                    raise StoreUnavailable(
+                        f"store {self.path} is locked: another process has held its writer "
+                        f"lock for {self.lock_timeout_s:g} s (a stopped or hung podium "
+                        "process?); nothing was changed")
+        return fd
 
     def _after_commit(self) -> None:
         if self._unchecked_pages() >= CHECKPOINT_PAGES:

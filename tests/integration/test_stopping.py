@@ -30,6 +30,7 @@ from helpers import wait_for
 from podium import orphans, pids
 from podium.agents import local
 from podium.agents.worker import STOP_BUDGET_S
+from podium.errors import StoreUnavailable
 from podium.models import TaskState
 from podium.service import Podium
 
@@ -150,6 +151,55 @@ def test_sigterm_exits_in_time_while_the_sqlite_store_is_locked(tmp_path):
     finally:
         podium.close()
         kill_all(started)
+
+
+def test_a_lock_held_for_ever_neither_hangs_down_nor_writes(tmp_path):
+    """Another process holds the writer lock and never lets go. ``podium down`` still stops the
+    agents (its writes give up after a few seconds), a write with a timeout fails with one clear
+    line and changes nothing, and the wait it gave up on lets go of the lock once it gets it."""
+    url = f"sqlite://{tmp_path / 'podium.db'}"
+    started = up(url, 2)
+    lock_path = str(tmp_path / "podium.db") + "-writer.lock"
+    try:
+        with open(lock_path, "rb") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            began = time.monotonic()
+            line = down_line(run_cli("down", "--timeout", "5", store_url=url))
+            took = time.monotonic() - began
+            print(f"\npodium down with the writer lock held for ever: {took:.1f}s")
+            assert line == "stopped 2 agent(s): agent-1, agent-2", line
+            assert all(gone(pid) for pid in started.values())
+            assert took < 3 * 3 + 5  # (a few lock waits of 3 s at most, and the stop itself)
+
+            podium = Podium.open(url, lock_timeout_s=0.3)
+            try:
+                began = time.monotonic()
+                with pytest.raises(StoreUnavailable, match="is locked: another process has "
+                                   "held its writer lock for 0.3 s"):
+                    podium.add_task("echo never")
+                assert time.monotonic() - began < 2
+            finally:
+                podium.close()
+        # Released: the given-up wait took the lock and let it go at once.
+        with open(lock_path, "rb") as lock:
+            wait_for(lambda: _try_lock(lock), 5, what="the writer lock to be free")
+        podium = Podium.open(url, lock_timeout_s=0.3)
+        try:
+            assert [t.prompt for t in podium.tasks()] == []  # nothing was changed
+            podium.add_task("echo later")
+        finally:
+            podium.close()
+    finally:
+        kill_all(started)
+
+
+def _try_lock(lock) -> bool:
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    fcntl.flock(lock, fcntl.LOCK_UN)
+    return True
 
 
 def test_records_are_private_whatever_the_umask(tmp_path):
