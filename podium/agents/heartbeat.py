@@ -17,13 +17,25 @@ from podium.models import Task
 from podium.store import HeartbeatReply, Store
 
 
+def idle_interval(lease_s: float, interval_s: float) -> float:
+    """How often an idle agent beats: half as often as a busy one, at most every lease/3.
+
+    A busy agent's beats keep its task's lease; an idle one's only say it is alive (it is
+    found dead a lease after its last beat, three beats missed) and look for work whose
+    wake-up was lost. With hundreds of idle agents these beats are what the team costs at
+    rest (bench/scale.py)."""
+    return max(interval_s, min(2 * interval_s, lease_s / 3))
+
+
 class Heartbeat:
-    """One agent's heartbeat: due every ``interval_s`` (``clock``: seconds, monotonic)."""
+    """One agent's heartbeat: due every ``interval_s`` after a beat for a task, every
+    ``idle_interval`` after an idle one (``clock``: seconds, monotonic)."""
 
     def __init__(self, store: Store, agent_id: str, lease_s: float, interval_s: float,
                  clock: Callable[[], float] = time.monotonic):
         self.store, self.agent_id = store, agent_id
         self.lease_s, self.interval_s = lease_s, interval_s
+        self.idle_interval_s = idle_interval(lease_s, interval_s)
         self.clock = clock
         self.next_due = clock() + interval_s
 
@@ -37,12 +49,14 @@ class Heartbeat:
         """Make the next beat due in ``seconds`` at the latest."""
         self.next_due = min(self.next_due, self.clock() + seconds)
 
-    def beat(self, task: Task | None = None) -> HeartbeatReply:
-        """Beat now, for ``task`` too (its lease) when given. The next beat is due an interval
-        from now, even when this one fails."""
-        self.next_due = self.clock() + self.interval_s
+    def beat(self, task: Task | None = None, roles: list[str] | None = None) -> HeartbeatReply:
+        """Beat now, for ``task`` too (its lease) when given; with ``roles`` (an idle agent's)
+        the reply also says whether work waits for it. The next beat is due an interval from
+        now (the idle one without ``task``), even when this one fails."""
+        self.next_due = self.clock() + (self.idle_interval_s if task is None else
+                                        self.interval_s)
         if task is None:
-            reply = self.store.heartbeat(self.agent_id, self.lease_s)
+            reply = self.store.heartbeat(self.agent_id, self.lease_s, roles=roles)
         else:
             reply = self.store.heartbeat(self.agent_id, self.lease_s, task.id, task.attempts)
         registration.end_taken(self.store.url, reply.taken)

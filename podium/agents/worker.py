@@ -220,7 +220,13 @@ class Worker:
                     self._record_results()
                     return
                 if self.heartbeat.due():
-                    self.heartbeat.beat()
+                    # An idle worker's look for work (a wake-up may have been lost) rides on
+                    # its beat: it claims only when the beat saw work waiting.
+                    reply = self.heartbeat.beat(roles=self.roles if self._look else None)
+                    if reply.work_waiting is False and not self._results:
+                        self._look = False
+                        self._wait_for_work()
+                        continue
                 tasks = self._record_and_claim()
                 if tasks:
                     self._run_claimed(tasks)

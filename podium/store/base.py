@@ -63,6 +63,9 @@ class HeartbeatReply:
     #: (agent id, task id) of running tasks this heartbeat took from agents found gone: the
     #: caller ends what they may have left running on this host (``podium.orphans``).
     taken: list[tuple[str, str]] = field(default_factory=list)
+    #: Asked for with ``roles``: whether a task waited that the agent may take (queued for it,
+    #: its roles or anyone, or handed to it); None when not asked.
+    work_waiting: bool | None = None
 
 
 @dataclass
@@ -127,9 +130,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def heartbeat(
-        self, agent_id: str, lease_s: float, task_id: str | None = None, attempt: int = 0
+        self, agent_id: str, lease_s: float, task_id: str | None = None, attempt: int = 0,
+        roles: list[str] | None = None,
     ) -> HeartbeatReply:
-        """Mark the agent alive, extend its task's lease and recover expired leases."""
+        """Mark the agent alive, extend its task's lease and recover expired leases; with
+        ``roles`` (an idle agent's), also say whether work waits for it (``work_waiting``)."""
 
     @abc.abstractmethod
     def set_agent_state(self, agent_id: str, state: AgentState,

@@ -392,6 +392,13 @@ class PostgresStore(SqlStore):
                         yield tx
 
     @contextlib.contextmanager
+    def _single_statement(self) -> Iterator[Tx]:
+        # (The pool's connections are in autocommit mode: the statement commits by itself.)
+        with self._connection() as conn:
+            with conn.cursor() as cur:
+                yield Tx(cur, _convert)
+
+    @contextlib.contextmanager
     def _reader(self) -> Iterator[Tx]:
         with self._connection() as conn:
             with conn.cursor() as cur:

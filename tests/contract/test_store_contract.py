@@ -283,6 +283,29 @@ def test_heartbeat_extends_lease_and_reports_loss(store):
         store.heartbeat("ghost", 30)
 
 
+def test_an_idle_heartbeat_says_whether_work_waits(store):
+    """The idle look that rides on a heartbeat: work the agent may take, and only that."""
+    reg(store, "a1", ["dev"])
+    reg(store, "a2")
+    assert store.heartbeat("a1", 30).work_waiting is None  # (not asked)
+    assert store.heartbeat("a1", 30, roles=["dev"]).work_waiting is False  # empty queue
+    add(store, "for a2", target_agent="a2")
+    add(store, "for ops", target_role="ops")
+    [first] = add(store, "for a2 too", target_agent="a2")
+    add(store, "blocked", depends_on=[first.id])
+    assert store.heartbeat("a1", 30, roles=["dev"]).work_waiting is False  # none of it is a1's
+    [dev] = add(store, "for dev", target_role="dev")
+    assert store.heartbeat("a1", 30, roles=["dev"]).work_waiting is True
+    assert store.heartbeat("a1", 30, roles=[]).work_waiting is False  # (without the role)
+    assert store.claim("a1", ["dev"], 30).id == dev.id
+    assert store.heartbeat("a1", 30, roles=["dev"]).work_waiting is False
+    # Handed to an idle agent that takes hand-offs: its own, whatever its roles.
+    store.register_agent("a3", [], "echo", "host", 123, 30.0, {}, takes_hand_offs=True)
+    [handed] = add(store, "for a3", target_agent="a3")
+    assert store.get_task(handed.id).agent_id == "a3"
+    assert store.heartbeat("a3", 30, roles=[]).work_waiting is True
+
+
 # -- dependencies -----------------------------------------------------------------------
 
 def test_dependencies_block_then_release(store):

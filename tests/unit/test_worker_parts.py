@@ -19,7 +19,7 @@ import pytest
 
 from podium.agents.backends import MAX_OUTPUT_BYTES, Backend, Run, load
 from podium.agents.execution import RunSupervisor
-from podium.agents.heartbeat import Heartbeat
+from podium.agents.heartbeat import Heartbeat, idle_interval
 from podium.agents.worker import StopMode, StoreBackoff, Worker
 from podium.errors import NotFound, StoreUnavailable
 from podium.models import Outcome, TaskSpec, TaskState
@@ -57,7 +57,7 @@ def echo_worker(store, **kw) -> Worker:
 # -- heartbeat -------------------------------------------------------------------------------
 
 def test_heartbeat_is_due_an_interval_after_it_starts_and_after_each_beat(sqlite):
-    sqlite.register_agent("a1", [], "test", "host", 1, 30, {})
+    task = claimed_task(sqlite)
     clock = FakeClock()
     hb = Heartbeat(sqlite, "a1", lease_s=30, interval_s=5, clock=clock)
     assert not hb.due() and hb.seconds_until_due() == 5
@@ -67,8 +67,17 @@ def test_heartbeat_is_due_an_interval_after_it_starts_and_after_each_beat(sqlite
     assert hb.due() and hb.seconds_until_due() == 0
     clock.now += 3  # late: never a negative wait
     assert hb.due() and hb.seconds_until_due() == 0
-    hb.beat()
+    hb.beat(task)  # a busy beat: due an interval later
     assert hb.next_due == clock.now + 5 and not hb.due()
+    hb.beat()  # an idle one: twice the interval, lease/3 at most
+    assert hb.next_due == clock.now + 10
+
+
+def test_an_idle_heartbeat_comes_half_as_often_within_a_third_of_the_lease():
+    assert idle_interval(30, 5) == 10
+    assert idle_interval(30, 1) == 2
+    assert idle_interval(2, 1 / 3) == pytest.approx(2 / 3)
+    assert idle_interval(2, 1.5) == 1.5  # (never more often than a busy agent beats)
 
 
 def test_heartbeat_brought_forward_only_ever_comes_sooner(sqlite):
@@ -86,7 +95,7 @@ def test_heartbeat_that_fails_is_still_due_again_an_interval_later(sqlite):
     clock.now += 6
     with pytest.raises(NotFound):
         hb.beat()
-    assert hb.next_due == clock.now + 5
+    assert hb.next_due == clock.now + 10
 
 
 def test_heartbeat_extends_the_lease_and_says_when_the_task_is_lost(sqlite):

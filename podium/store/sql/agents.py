@@ -9,9 +9,16 @@ from podium.errors import AgentRunning, InvalidInput, NotFound
 from podium.models import Agent, TaskState
 from podium.store.base import AgentRemoval, HeartbeatReply
 from podium.store.sql import rows
+from podium.store.sql.claims import candidate_sql
 from podium.store.sql.leases import Leases
 
 _LIVE = ("starting", "idle", "busy", "waiting_input")
+#: Whether ``Leases._recover`` would find anything now (the time is the two parameters): an
+#: expired lease, or a live agent whose heartbeat is overdue.
+_RECOVERY_DUE_SQL = (
+    "(EXISTS (SELECT 1 FROM tasks WHERE state = 'running' AND lease_expires < ?) OR EXISTS "
+    f"(SELECT 1 FROM agents WHERE state IN ({', '.join(repr(s) for s in _LIVE)}) "
+    "AND last_heartbeat + lease_s < ?))")
 
 
 class Agents(Leases):
@@ -53,34 +60,58 @@ class Agents(Leases):
                      pid=pid)
             return rows.agent(tx.one("SELECT * FROM agents WHERE id = ?", (name,)))
 
-    def heartbeat(self, agent_id, lease_s, task_id=None, attempt=0) -> HeartbeatReply:
+    def heartbeat(self, agent_id, lease_s, task_id=None, attempt=0, roles=None) -> HeartbeatReply:
         t = now()
         reply = HeartbeatReply()
+        # The agent's row updated, and in the same statement's RETURNING whether anything is
+        # due for recovery (then _recover looks properly) and, for an idle agent, whether work
+        # waits for it. An idle crowd beats all the time: its beat is that one statement.
+        work_sql, work_params = (("NULL", []) if roles is None
+                                 else self._work_waiting_sql(agent_id, roles))
+        sql = ("UPDATE agents SET last_heartbeat = ?, lease_s = ?, "
+               "state = CASE WHEN state = 'dead' THEN ? ELSE state END WHERE id = ? "
+               f"RETURNING {_RECOVERY_DUE_SQL} AS recovery_due, {work_sql} AS work_waiting")
+        params = (t, lease_s, "busy" if task_id else "idle", agent_id, t, t, *work_params)
+        if task_id is None:
+            with self._statement() as tx:
+                beat = tx.one(sql, params)
+            if beat is None:
+                raise NotFound(f"unknown agent {agent_id!r}")
+            if roles is not None:
+                reply.work_waiting = bool(beat["work_waiting"])
+            if beat["recovery_due"]:
+                reply.taken = self.recover()
+            return reply
         with self._write() as tx:
+            beat = tx.one(sql, params)
+            if beat is None:
+                raise NotFound(f"unknown agent {agent_id!r}")
+            # (A task handed over by add_tasks gets its start time here, from the worker's
+            # first heartbeat once its program runs.)
             cur = tx.execute(
-                "UPDATE agents SET last_heartbeat = ?, lease_s = ?, "
-                "state = CASE WHEN state = 'dead' THEN ? ELSE state END WHERE id = ?",
-                (t, lease_s, "busy" if task_id else "idle", agent_id),
+                "UPDATE tasks SET lease_expires = ?, started_at = COALESCE(started_at, ?) "
+                "WHERE id = ? AND agent_id = ? AND attempts = ? AND state = 'running'",
+                (t + lease_s, t, task_id, agent_id, attempt),
             )
             if cur.rowcount == 0:
-                raise NotFound(f"unknown agent {agent_id!r}")
-            if task_id is not None:
-                # (A task handed over by add_tasks gets its start time here, from the worker's
-                # first heartbeat once its program runs.)
-                cur = tx.execute(
-                    "UPDATE tasks SET lease_expires = ?, started_at = COALESCE(started_at, ?) "
-                    "WHERE id = ? AND agent_id = ? AND attempts = ? AND state = 'running'",
-                    (t + lease_s, t, task_id, agent_id, attempt),
-                )
-                if cur.rowcount == 0:
-                    row = tx.one("SELECT state FROM tasks WHERE id = ?", (task_id,))
-                    reply.lost = True
-                    reply.task_state = TaskState(row["state"]) if row else None
-                else:
-                    reply.task_state = TaskState.RUNNING
-            self._recover(tx, t)
+                row = tx.one("SELECT state FROM tasks WHERE id = ?", (task_id,))
+                reply.lost = True
+                reply.task_state = TaskState(row["state"]) if row else None
+            else:
+                reply.task_state = TaskState.RUNNING
+            if beat["recovery_due"]:
+                self._recover(tx, t)
         reply.taken = tx.taken
         return reply
+
+    def _work_waiting_sql(self, agent_id: str, roles: list[str]) -> tuple[str, list]:
+        """An expression and its parameters: whether a task is handed to the agent, or queued
+        for it to claim (``candidate_sql``, without its order and limit)."""
+        candidates, role_params = candidate_sql(roles)
+        candidates = candidates.split(" ORDER BY ")[0]
+        return ("(EXISTS (SELECT 1 FROM tasks WHERE agent_id = ? AND state = 'running' "
+                f"AND started_at IS NULL) OR EXISTS ({candidates}))",
+                [agent_id, agent_id, *role_params])
 
     def set_agent_state(self, agent_id, state, note=None) -> Agent:
         with self._write() as tx:

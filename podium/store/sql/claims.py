@@ -61,6 +61,22 @@ class _Results:
                                _finish_event(o, t - o.started_at))
 
 
+def candidate_sql(roles: list[str]) -> tuple[str, list[Any]]:
+    """The next tasks an agent with ``roles`` may take, best first: the query and its role
+    parameters (its own parameters are the agent's id first, ``LIMIT ?`` last)."""
+    role_sql = "target_role IS NULL"
+    params: list[Any] = []
+    if roles:
+        role_sql = f"(target_role IS NULL OR target_role IN ({', '.join('?' * len(roles))}))"
+        params.extend(roles)
+    sql = (
+        "SELECT seq FROM tasks WHERE state = 'queued' "
+        "AND (target_agent IS NULL OR target_agent = ?) AND " + role_sql +
+        " ORDER BY priority, seq LIMIT ?"
+    )
+    return sql, params
+
+
 class Claims(Queue):
     @functools.cached_property
     def _claim_returning(self) -> str:
@@ -77,26 +93,12 @@ class Claims(Queue):
         return (f"SELECT {self._claim_returning} FROM tasks WHERE agent_id = ? "
                 "AND state = 'running' AND started_at IS NULL ORDER BY priority, seq")
 
-    def _candidate_sql(self, roles: list[str]) -> tuple[str, list[Any]]:
-        """The next tasks this agent may take, best first (``LIMIT ?`` is the last parameter)."""
-        role_sql = "target_role IS NULL"
-        params: list[Any] = []
-        if roles:
-            role_sql = f"(target_role IS NULL OR target_role IN ({', '.join('?' * len(roles))}))"
-            params.extend(roles)
-        sql = (
-            "SELECT seq FROM tasks WHERE state = 'queued' "
-            "AND (target_agent IS NULL OR target_agent = ?) AND " + role_sql +
-            " ORDER BY priority, seq LIMIT ?"
-        )
-        return sql, params
-
     def claim(self, agent_id, roles, lease_s, finish=None) -> Task | None:
         tasks = self.claim_batch(agent_id, roles, lease_s, [finish] if finish else [], 1)
         return tasks[0] if tasks else None
 
     def claim_batch(self, agent_id, roles, lease_s, finishes, limit, handed=False) -> list[Task]:
-        sql, role_params = self._candidate_sql(roles)
+        sql, role_params = candidate_sql(roles)
         params = [agent_id, *role_params]
         if not finishes:
             if limit < 1:

@@ -185,5 +185,18 @@ class SqlBase(Store):
                 _log.warning("podium: committed, but could not wake the agents: %s", e)
         self._after_commit()
 
+    @contextlib.contextmanager
+    def _statement(self) -> Iterator[Tx]:
+        """One write statement, atomic by itself, that needs neither events nor wake-ups (an
+        idle agent's heartbeat). SQLite takes the writer lock as for any write; PostgreSQL
+        overrides ``_single_statement`` to send it alone, without the BEGIN and COMMIT round
+        trips a transaction costs."""
+        with self._single_statement() as tx:
+            yield tx
+        self._after_commit()
+
+    def _single_statement(self) -> contextlib.AbstractContextManager[Tx]:
+        return self._transaction()
+
     def _after_commit(self) -> None:
         """Housekeeping after a write, once the processes it concerns were woken."""
