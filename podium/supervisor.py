@@ -1,14 +1,17 @@
 """Starting and stopping background workers on this machine (``podium up`` / ``podium down``).
 
 Workers are ordinary ``podium agent run`` processes in their own sessions, logging to
-``<store dir>/logs/<name>.log``; the store, not this module, knows which are alive, and this
+``<store dir>/logs/<name>.log``, forked by one spawner that imported Podium once
+(``podium.agents.spawner``); the store, not this module, knows which are alive, and this
 module asks it only through the service. When the store cannot answer, ``down_local`` stops
 them by the records each worker keeps on this host (``podium.service.local``).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import select
 import shlex
 import shutil
 import signal
@@ -25,6 +28,7 @@ from podium.models import Agent, AgentState
 from podium.service import Podium
 from podium.service.hosting import ensure_host_daemon
 from podium.service.local import local_agents, store_url_of
+from podium.service.logs import running_here
 
 
 def log_dir(podium: Podium) -> Path:
@@ -74,31 +78,88 @@ def up(podium: Podium, n: int, backend: str, roles: list[str], options: list[str
     logs.mkdir(mode=0o700, parents=True, exist_ok=True)
     names = free_names(podium, n, prefix)
     started = time.time()
-    procs = {}
     log_starts = {}  # (where this start's lines begin in each appended log)
+    requests = []
     for name in names:
         # (private whatever the umask: a log holds prompts and outputs)
-        fd = os.open(logs / f"{name}.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        log = logs / f"{name}.log"
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         log_starts[name] = os.fstat(fd).st_size
-        with open(fd, "ab") as log:
-            procs[name] = subprocess.Popen(
-                worker_argv(podium, name, backend, roles, options, lease_s, workdir),
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, close_fds=True)
+        os.close(fd)
+        argv = worker_argv(podium, name, backend, roles, options, lease_s, workdir)
+        requests.append({"argv": argv[3:], "log": str(log)})  # (after "python -m podium")
+    spawner = _Spawner(requests)
 
     def check() -> None:
-        for nm, p in procs.items():
-            if p.poll() is not None:
-                with open(logs / f"{nm}.log", "rb") as f:
-                    f.seek(log_starts[nm])
-                    tail = f.read().decode(errors="replace").strip().splitlines()[-3:]
-                if not tail and shutil.disk_usage(logs).free < 64 * 1024:
-                    tail = [f"it could not write its log: the disk holding {logs} is full"]
-                raise PodiumError(f"agent {nm} exited with code {p.returncode} during start-up: "
-                                  + " | ".join(tail))
+        for nm, code in spawner.exits().items():
+            with open(logs / f"{nm}.log", "rb") as f:
+                f.seek(log_starts[nm])
+                tail = f.read().decode(errors="replace").strip().splitlines()[-3:]
+            if not tail and shutil.disk_usage(logs).free < 64 * 1024:
+                tail = [f"it could not write its log: the disk holding {logs} is full"]
+            raise PodiumError(f"agent {nm} exited with code {code} during start-up: "
+                              + " | ".join(tail))
 
-    return wait_registered(podium, names, started, wait_s, check, f"see {logs}",
-                           pids={nm: p.pid for nm, p in procs.items()}, progress=progress)
+    try:
+        return wait_registered(podium, names, started, wait_s, check, f"see {logs}",
+                               pids=spawner.pids, progress=progress)
+    finally:
+        spawner.close()
+
+
+class _Spawner:
+    """``podium.agents.spawner`` in a process of its own, forking the workers asked for; their
+    pids, and the exit codes of those that exit while it runs."""
+
+    def __init__(self, requests: list[dict]):
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "podium.agents.spawner"], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=None, start_new_session=True, close_fds=True)
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._in, self._out = self._proc.stdin, self._proc.stdout
+        self._exits: dict[str, int] = {}
+        try:
+            self._in.write(b"".join(json.dumps(r).encode() + b"\n" for r in requests) + b"{}\n")
+            self._in.flush()
+            self.pids: dict[str, int] = {}
+            while len(self.pids) < len(requests):
+                self._read(block=True)
+        except (OSError, ValueError) as e:
+            self.close()
+            raise PodiumError(f"could not start the agents: the spawner failed ({e})") from None
+
+    def _read(self, block: bool) -> None:
+        while block or select.select([self._out], [], [], 0)[0]:
+            line = self._out.readline()
+            if not line:
+                raise OSError(f"it exited with code {self._proc.wait()}")
+            message = json.loads(line)
+            if "pid" in message:
+                self.pids[message["name"]] = message["pid"]
+            else:
+                self._exits[message["name"]] = message["exit"]
+            block = False
+
+    def exits(self) -> dict[str, int]:
+        """The workers that have exited so far, with their exit codes."""
+        try:
+            self._read(block=False)
+        except (OSError, ValueError):
+            pass  # (the spawner itself gone: what it said is what there is)
+        return dict(self._exits)
+
+    def close(self) -> None:
+        """Let the spawner go; the workers run on."""
+        try:
+            self._in.close()
+        except OSError:
+            pass
+        try:
+            self._proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._out.close()
 
 
 def wait_registered(podium: Podium, names: list[str], started: float, wait_s: float,
@@ -157,17 +218,6 @@ def _alive(pid: int) -> bool:
     return pids.exists(pid)
 
 
-def _runs_agent(pid: int, agent_id: str) -> bool:
-    """Whether process ``pid`` is still the worker of ``agent_id`` (not a pid reused since)."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = f.read().split(b"\0")
-    except OSError:
-        return False
-    name = agent_id.encode()
-    return any(a == b"--name" and b == name for a, b in zip(argv, argv[1:]))
-
-
 def down(podium: Podium, timeout_s: float = 15.0, drain: bool = False,
          names: list[str] | None = None) -> list[str]:
     """Stop the live agents of this host: SIGTERM (SIGINT to drain), then SIGKILL at timeout;
@@ -186,7 +236,7 @@ def down(podium: Podium, timeout_s: float = 15.0, drain: bool = False,
     # stopped too.)
     targets = [(a, a.pid) for a in agents
                if a.host == host and a.pid and (names is None or a.id in names)
-               and (a.state.live or a.state is AgentState.DEAD and _runs_agent(a.pid, a.id))]
+               and (a.state.live or a.state is AgentState.DEAD and running_here(a, podium.url))]
     store = _StoreView(podium)
     sig = signal.SIGINT if drain else signal.SIGTERM
     for _, pid in targets:

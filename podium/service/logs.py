@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from podium import pids
+from podium.agents import local
 from podium.models import Agent, Event, Task
 from podium.service.base import SAFETY_POLL_S
 from podium.service.events import FINISHING_KINDS, EventFollower
@@ -69,13 +70,17 @@ def _tail(f: BinaryIO, n: int) -> bytes:
     return last_lines(data, n)
 
 
-def running_here(agent: Agent) -> bool | None:
-    """Whether the agent's process still runs on this host (its pid, running ``--name`` it, as
-    ``podium down`` checks); None when it is another host's, which only the store knows of."""
+def running_here(agent: Agent, store_url: str) -> bool | None:
+    """Whether the agent's process still runs on this host (its pid, recorded by the worker of
+    that name for the store at ``store_url``, or running ``--name`` it: an agent started
+    by hand before it recorded itself, an interactive one); None when it is another host's,
+    which only the store knows of."""
     if agent.host != socket.gethostname():
         return None
     if not agent.pid or not pids.exists(agent.pid):
         return False
+    if any(r.name == agent.id and r.pid == agent.pid for r in local.live(store_url)):
+        return True  # (the same process: a record's start time is checked)
     try:
         with open(f"/proc/{agent.pid}/cmdline", "rb") as f:
             argv = f.read().split(b"\0")
