@@ -94,7 +94,9 @@ def marked(token: str) -> dict[int, str]:
 
 
 def is_worker(cmd: str) -> bool:
-    return " agent run " in f" {cmd} " and "podium" in cmd
+    """A worker: started as ``podium agent run``, or forked by ``podium up``'s spawner (whose
+    command line it keeps; the spawner itself is gone once ``up`` returns)."""
+    return (" agent run " in f" {cmd} " and "podium" in cmd) or "podium.agents.spawner" in cmd
 
 
 def kill_marked(token: str) -> list[str]:

@@ -67,8 +67,8 @@ def up(podium: Podium, n: int, backend: str, roles: list[str], options: list[str
        wait_s: float | None = None,
        progress: Callable[[int, int], None] | None = None) -> list[Agent]:
     """Start ``n`` workers in the background and wait until each has registered (at most
-    ``wait_s``; by default 20 s and a quarter of a second per agent: each takes ~0.2 s of CPU
-    to start, and 200 of them on 2 cores took over 30 s on PostgreSQL, bench/scale.py)."""
+    ``wait_s``; by default 20 s and a quarter of a second per agent: a margin, on a busy
+    machine, over the ~4 s that 200 forked workers took on 2 cores, bench/scale.py)."""
     if n < 1:
         raise PodiumError("the number of agents must be at least 1")
     if wait_s is None:
