@@ -11,7 +11,18 @@ import sys
 
 import click
 
-from podium.cli import doctor, host, logs, mcp, messages, store, tasks, team, watching  # noqa: F401
+from podium.cli import (  # noqa: F401 - each registers its commands
+    doctor,
+    host,
+    logs,
+    mcp,
+    messages,
+    store,
+    tasks,
+    team,
+    watching,
+    web,
+)
 from podium.cli.base import EXIT_ERROR, cli
 from podium.errors import InvalidInput, PodiumError
 

@@ -56,7 +56,7 @@ def read_arg(value: str, what: str) -> str:
 #: (a mistyped path, or a command run outside the project, must not silently start an empty
 #: store).
 CREATES_STORE = frozenset({"init", "up", "agent run", "agent interactive", "task add",
-                           "broadcast", "context set", "mcp serve"})
+                           "broadcast", "context set", "mcp serve", "web"})
 #: How long a command waits for another process's hold on a SQLite store's writer lock, where
 #: not the service's default: a worker for as long as it takes (its stop watchdog bounds a stop),
 #: ``down`` briefly (it stops this host's agents without the store when it cannot have it).

@@ -1,5 +1,6 @@
-"""Tasks: adding (checked first, so a failed call changes nothing), reading, cancelling,
-retrying, waiting for them; a task id given by its unique prefix (``task_id_of``)."""
+"""Tasks: adding (checked first, so a failed call changes nothing), reading (listings, the
+queue, dependents), cancelling, retrying, waiting for them; a task id given by its unique prefix
+(``task_id_of``)."""
 
 from __future__ import annotations
 
@@ -83,9 +84,12 @@ class TaskCalls(ServiceBase):
         return self.store.get_task(self._task_id(task_id))
 
     def tasks(self, state: str | None = None, agent: str | None = None, limit: int = 100,
-              with_output: bool = False, before: int | None = None) -> list[Task]:
+              with_output: bool = False, before: int | None = None, role: str | None = None,
+              text: str | None = None) -> list[Task]:
         """The newest ``limit`` tasks (oldest first); with ``before``, those older than the
-        task of that ``seq`` (the next page back: ``before=`` the first one's ``seq``)."""
+        task of that ``seq`` (the next page back: ``before=`` the first one's ``seq``). Only
+        those in ``state``, run by ``agent``, targeted at ``role``, or whose prompt holds
+        ``text`` (ASCII letters in any case), when given."""
         st = None
         if state is not None:
             try:
@@ -98,7 +102,32 @@ class TaskCalls(ServiceBase):
             self.store.get_agent(limits.name(agent, "agent id"))
         if before is not None:
             before = limits.integer(before, "before", 1, limits.MAX_EVENT_ID)
-        return self.store.list_tasks(st, agent, limit, with_output, before)
+        role = limits.optional_name(role, "role")
+        if text is not None:
+            text = limits.name(text, "search text")
+        return self.store.list_tasks(st, agent, limit, with_output, before, role, text)
+
+    def queue(self, limit: int = 200) -> dict[TaskState, list[Task]]:
+        """The running, queued and blocked tasks (at most ``limit`` of each) in the order they
+        run: queued and blocked ones by priority, then oldest first; running ones oldest
+        first."""
+        return self.store.list_queue(limits.list_limit(limit))
+
+    def task_states(self, task_ids: list[str]) -> dict[str, TaskState]:
+        """The state of each of these tasks (whole ids) that exists."""
+        states = {}
+        for task_id in task_ids[:limits.MAX_LIST]:
+            try:
+                states[task_id] = self.store.task_state(limits.name(task_id, "task id"))
+            except NotFound:
+                pass  # (pruned, say)
+        return states
+
+    def dependents(self, task_id: str, limit: int = 100) -> list[str]:
+        """The ids of the tasks that depend on this one (at most ``limit``), oldest first."""
+        task_id = self._task_id(task_id)
+        self.store.task_state(task_id)  # (NotFound for an unknown one)
+        return self.store.dependents(task_id, limits.list_limit(limit))
 
     def cancel(self, task_id: str, reason: str = "cancelled by user") -> Task:
         return self.store.cancel(self._task_id(task_id), limits.text(reason, "reason"))

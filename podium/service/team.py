@@ -67,6 +67,17 @@ class TeamCalls(TaskCalls):
     def agent(self, agent_id: str) -> Agent:
         return self.store.get_agent(limits.name(agent_id, "agent id"))
 
+    def agent_pane(self, agent_id: str) -> tuple[str, str | None]:
+        """The tmux pane the agent runs in, and the tmux server's socket (None: the default
+        one); ``NotFound`` for an agent in no pane."""
+        agent = self.agent(agent_id)
+        pane = agent.meta.get("pane")
+        if not isinstance(pane, str) or not pane:
+            raise NotFound(f"agent {agent.id} runs in no tmux pane (only agents started with "
+                           "'podium up --tmux' do)")
+        socket = agent.meta.get("tmux_socket")
+        return pane, socket if isinstance(socket, str) and socket else None
+
     def deregister(self, agent_id: str) -> Agent:
         """Record that the agent stopped (``podium down`` does, for one that could not)."""
         agent_id = limits.name(agent_id, "agent id")

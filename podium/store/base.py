@@ -88,6 +88,51 @@ class AgentRemoval:
     kept: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass
+class FinishedTask:
+    """A finished task to remember: the task without its output, and the output's first
+    ``head`` and last ``tail`` bytes (``output_tail`` is empty when the head holds it all)."""
+
+    task: Task
+    output_head: bytes
+    output_tail: bytes
+    output_bytes: int
+    #: The roles of the agent that ran it (when that agent is still registered).
+    agent_roles: list[str] = field(default_factory=list)
+
+
+@dataclass
+class WorkToRemember:
+    """What finished after the memory cursor: the event id read up to (the cursor's next
+    position), the finished tasks and the context documents set in those events."""
+
+    read_to: int
+    tasks: list[FinishedTask] = field(default_factory=list)
+    contexts: list[ContextEntry] = field(default_factory=list)
+
+
+@dataclass
+class MemoryFilter:
+    """Which memories a search may return (None: any)."""
+
+    kind: str | None = None
+    role: str | None = None
+    since: float | None = None  # created at or after this time
+    not_task: str | None = None  # none of this task's own
+
+
+@dataclass
+class MemoryCounts:
+    """The memories in the store: by kind, by the model of their vector (None: not embedded),
+    their text's size, and how far the memory cursor is behind the event log."""
+
+    by_kind: dict[str, int] = field(default_factory=dict)
+    by_model: dict[str | None, int] = field(default_factory=dict)
+    text_bytes: int = 0
+    cursor: int = 0
+    last_event_id: int = 0
+
+
 class Store(abc.ABC):
     """Abstract store. Methods raise ``NotFound``, ``Conflict`` or ``StoreError``."""
 
@@ -230,10 +275,29 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def list_tasks(
         self, state: TaskState | None = None, agent_id: str | None = None, limit: int = 100,
-        with_output: bool = False, before: int | None = None,
+        with_output: bool = False, before: int | None = None, role: str | None = None,
+        text: str | None = None,
     ) -> list[Task]:
         """The newest ``limit`` tasks (oldest first), only those with ``seq`` below ``before``
-        when it is given: the next page of a listing is ``before=`` its first task's ``seq``."""
+        when it is given: the next page of a listing is ``before=`` its first task's ``seq``.
+        ``role``: only tasks targeted at that role; ``text``: only those whose prompt holds it
+        (ASCII letters in any case)."""
+
+    @abc.abstractmethod
+    def list_queue(self, limit: int) -> dict[TaskState, list[Task]]:
+        """The running, queued and blocked tasks, at most ``limit`` of each, in the order they
+        run: queued and blocked ones by priority then age, running ones oldest first."""
+
+    @abc.abstractmethod
+    def dependents(self, task_id: str, limit: int) -> list[str]:
+        """Up to ``limit`` ids of the tasks that depend on ``task_id``, oldest first."""
+
+    @abc.abstractmethod
+    def cost_buckets(self, since: float, until: float,
+                     bucket_s: float) -> list[tuple[int, str | None, float, int, int]]:
+        """Finished tasks that finished from ``since`` to before ``until``, summed per time
+        bucket (0 the first, ``bucket_s`` seconds each) and agent: (bucket, agent id, cost in
+        USD, tasks, tokens)."""
 
     @abc.abstractmethod
     def counts(self) -> dict[str, int]:

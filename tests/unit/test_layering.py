@@ -12,9 +12,11 @@ PODIUM = Path(__file__).resolve().parents[2] / "podium"
 #: The faces and process management: they import the service and models, never the store.
 FACES = sorted([*(PODIUM / "cli").rglob("*.py"), PODIUM / "tmux.py", PODIUM / "supervisor.py",
                 PODIUM / "demo.py", PODIUM / "render.py",
-                *(PODIUM / "mcp").rglob("*.py"), *(PODIUM / "tui").rglob("*.py")])
+                *(PODIUM / "mcp").rglob("*.py"), *(PODIUM / "tui").rglob("*.py"),
+                *(PODIUM / "web").rglob("*.py")])
 #: What the service must not import: the faces that sit on top of it.
-SERVICE_MUST_NOT_IMPORT = ("podium.tmux", "podium.cli", "podium.mcp", "podium.tui")
+SERVICE_MUST_NOT_IMPORT = ("podium.tmux", "podium.cli", "podium.mcp", "podium.tui",
+                           "podium.web")
 
 
 def _module_name(path: Path, root: Path = PODIUM.parent) -> str:
@@ -49,7 +51,8 @@ def _within(module: str, package: str) -> bool:
 def test_the_faces_are_found():
     names = {_module_name(p) for p in FACES}
     assert {"podium.cli", "podium.tmux", "podium.supervisor", "podium.demo", "podium.render",
-            "podium.mcp.server", "podium.mcp.config", "podium.tui.app"} <= names
+            "podium.mcp.server", "podium.mcp.config", "podium.tui.app", "podium.web.app",
+            "podium.web.api"} <= names
 
 
 @pytest.mark.parametrize("path", FACES, ids=_module_name)

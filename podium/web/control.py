@@ -1,0 +1,143 @@
+"""Starting and stopping agents from the dashboard (``podium up`` / ``podium down`` through
+``podium.supervisor``, as the CLI does), and the read-only view of an agent's tmux pane.
+
+Workers that ``up`` starts are children of the server: a thread per worker waits for it to
+exit, so that none is left a zombie (which ``podium down`` from another process would take for
+a live worker until its timeout).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from podium import limits
+from podium.clock import now
+from podium.errors import InvalidInput, NotFound, PodiumError
+from podium.models import Agent
+from podium.service import Podium
+from podium.web import payloads
+from podium.web.jsonio import blank_none, boolean, json_body, json_response, number_or_none
+
+Call = Callable[..., Awaitable[Any]]
+
+#: ``down``'s wait before it kills, when the request gives none (the CLI's default).
+DOWN_TIMEOUT_S = 15.0
+
+
+def backend_options(value: Any) -> list[str]:
+    """Backend options as ``podium up --option`` takes them (``KEY=VALUE``), from a JSON
+    object (``{"model": "x"}``) or a list of such strings."""
+    value = blank_none(value)
+    if value is None:
+        return []
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    if not isinstance(value, dict):
+        raise InvalidInput(f"options must be an object of backend options, got "
+                           f"{type(value).__name__}")
+    out = []
+    for key, v in value.items():
+        if isinstance(v, bool):
+            v = str(v).lower()
+        elif isinstance(v, list):
+            v = ",".join(str(x) for x in v)
+        elif not isinstance(v, (str, int, float)):
+            raise InvalidInput(f"backend option {key!r} must be text or a number")
+        out.append(f"{limits.name(key, 'backend option')}={v}")
+    return out
+
+
+def _reap_when_done(agents: list[Agent]) -> None:
+    """Wait, on a thread each, for the workers this process started, so none stays a zombie."""
+    def reap(pid: int) -> None:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass  # (reaped already: podium.supervisor.down does it for those it stops)
+
+    for a in agents:
+        if a.pid:
+            threading.Thread(target=reap, args=(a.pid,), name=f"podium-reap-{a.pid}",
+                             daemon=True).start()
+
+
+class TeamControl:
+    """``/api/team/up``, ``/api/team/down`` and ``/api/agents/{id}/pane``."""
+
+    def __init__(self, podium: Podium, call: Call):
+        self.podium = podium
+        self.call = call
+
+    async def up(self, request: Request) -> Response:
+        body = await json_body(request, {"n", "backend", "roles", "options", "prefix",
+                                         "lease_s", "workdir"})
+        n = limits.agent_count(body.get("n", 1))
+        backend = limits.name(blank_none(body.get("backend")) or "shell", "backend")
+        roles = body.get("roles") or []
+        if not isinstance(roles, list):
+            raise InvalidInput(f"roles must be a list of role names, got {type(roles).__name__}")
+        roles = [limits.name(r, "role") for r in roles]
+        options = backend_options(body.get("options"))
+        prefix = limits.agent_prefix(blank_none(body.get("prefix")) or "agent")
+        lease = number_or_none(body.get("lease_s"), "lease_s")
+        lease_s = None if lease is None else limits.lease(lease)[0]
+        workdir = blank_none(body.get("workdir"))
+        if workdir is not None:
+            workdir = limits.given(workdir, "workdir")
+            if not Path(workdir).is_dir():
+                raise InvalidInput(f"workdir {workdir!r} is not a directory")
+
+        def start() -> list[Agent]:
+            from podium.agents import backends
+            from podium.supervisor import up
+
+            # As 'podium up' does: options checked, and whether the backend can run here
+            # (cheap: no model loaded, no network), before any worker or log is made.
+            backends.load(backend)(backends.parse_options(options),
+                                   Path(workdir or ".")).preflight()
+            started = up(self.podium, n, backend, roles, options, prefix, lease_s, workdir)
+            _reap_when_done(started)
+            return started
+        started = await self.call(start)
+        at = now()
+        return json_response({"started": [a.id for a in started],
+                              "agents": [payloads.agent(a, at) for a in started]}, 201)
+
+    async def down(self, request: Request) -> Response:
+        body = await json_body(request, {"agents", "drain", "timeout_s"})
+        names = body.get("agents")
+        if names is not None:
+            if not isinstance(names, list):
+                raise InvalidInput(f"agents must be a list of agent names or null, got "
+                                   f"{type(names).__name__}")
+            names = [limits.name(nm, "agent name") for nm in names]
+        drain = boolean(body.get("drain"), "drain")
+        timeout = number_or_none(body.get("timeout_s"), "timeout_s")
+        timeout_s = DOWN_TIMEOUT_S if timeout is None else limits.wait_timeout(timeout)
+        assert timeout_s is not None
+
+        def stop() -> list[str]:
+            from podium.supervisor import down
+
+            return down(self.podium, timeout_s, drain, names or None)
+        return json_response({"stopped": await self.call(stop)})
+
+    async def pane(self, request: Request) -> Response:
+        agent_id = request.path_params["agent_id"]
+
+        def capture() -> str:
+            from podium.tmux import Tmux
+
+            pane, socket = self.podium.agent_pane(agent_id)
+            try:
+                return Tmux(socket_path=socket).capture(pane).rstrip("\n") + "\n"
+            except PodiumError as e:
+                raise NotFound(f"the pane of agent {agent_id} cannot be read: {e}") from None
+        return json_response({"text": await self.call(capture)})

@@ -1,0 +1,223 @@
+"""The API's OpenAPI 3 document (``GET /api/openapi.json``): every route, its parameters, body
+and answers, declared here once; ``document`` checks that the routes served and the routes
+declared are the same (a route added without its description fails at start-up, and in tests).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from podium import __version__
+
+Schema = dict[str, Any]
+
+STR: Schema = {"type": "string"}
+NUM: Schema = {"type": "number"}
+INT: Schema = {"type": "integer"}
+BOOL: Schema = {"type": "boolean"}
+OBJ: Schema = {"type": "object"}
+IDS: Schema = {"type": "array", "items": STR}
+NULL_STR: Schema = {"type": ["string", "null"]}
+NULL_NUM: Schema = {"type": ["number", "null"]}
+PRIORITY: Schema = {"oneOf": [{"enum": ["high", "normal", "low"]}, {"enum": [0, 1, 2]},
+                              {"type": "null"}],
+                    "description": "high, normal (the default) or low; or 0, 1, 2 for those"}
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _obj(props: dict[str, Schema], required: tuple[str, ...] = ()) -> Schema:
+    return {"type": "object", "properties": props, "required": list(required),
+            "additionalProperties": False}
+
+
+def _list(key: str, item: Schema) -> Schema:
+    return {"type": "object", "properties": {key: {"type": "array", "items": item}}}
+
+
+COMPONENTS: dict[str, Schema] = {
+    "Error": {"type": "object", "properties": {"error": STR}, "required": ["error"]},
+    "Agent": {"type": "object", "description": "An agent (times in Unix seconds), with "
+              "heartbeat_age_s, current_task, tokens and cost_usd."},
+    "Task": {"type": "object", "description": "A task (times in Unix seconds): prompt, "
+             "context, priority, target, depends_on, state, attempts, tokens, cost_usd, "
+             "duration_s; a single task also output, stderr (base64 when output_encoding "
+             "says so), result, dependents and the states of its neighbours."},
+    "Message": {"type": "object"},
+    "ContextEntry": {"type": "object", "properties": {"key": STR, "value": STR, "version": INT,
+                                                      "updated_at": NUM,
+                                                      "updated_by": NULL_STR}},
+    "Event": {"type": "object", "properties": {"id": INT, "ts": STR, "at": NUM, "kind": STR,
+                                               "agent_id": NULL_STR, "task_id": NULL_STR,
+                                               "data": OBJ}},
+}
+
+PATH_PARAMS = {"agent_id": "An agent's id (its name).",
+               "task_id": "A task's id, or a unique prefix of it.",
+               "key": "A shared context key."}
+
+# (method, path): (summary, query parameters {name: (schema, help)}, body schema or None,
+# success status, success schema)
+ROUTES: dict[tuple[str, str], tuple[str, dict[str, tuple[Schema, str]], Schema | None, int,
+                                    Schema]] = {
+    ("GET", "/api/session"): (
+        "The page's session: its CSRF header value, Podium's version, the store", {}, None,
+        200, _obj({"csrf": STR, "version": STR, "store": STR, "events": STR})),
+    ("GET", "/api/status"): (
+        "The team at a glance (as 'podium status --json')", {}, None, 200, OBJ),
+    ("GET", "/api/agents"): ("Every agent", {}, None, 200, _list("agents", _ref("Agent"))),
+    ("GET", "/api/agents/{agent_id}"): (
+        "One agent with its recent tasks (up to 50), inbox and outbox", {}, None, 200,
+        {"type": "object", "properties": {"agent": _ref("Agent"),
+                                          "tasks": {"type": "array", "items": _ref("Task")},
+                                          "inbox": {"type": "array", "items": _ref("Message")},
+                                          "outbox": {"type": "array",
+                                                     "items": _ref("Message")}}}),
+    ("GET", "/api/agents/{agent_id}/log"): (
+        "The end of the agent's log (a background agent's)",
+        {"lines": (INT, "How many lines (default 200)")}, None, 200, _obj({"text": STR})),
+    ("GET", "/api/agents/{agent_id}/pane"): (
+        "The text of the agent's tmux pane (404 when it has none)", {}, None, 200,
+        _obj({"text": STR})),
+    ("POST", "/api/agents/{agent_id}/messages"): (
+        "Send the agent a message (typed into its pane when it is interactive)", {},
+        _obj({"body": STR}, ("body",)), 201, _ref("Message")),
+    ("POST", "/api/team/up"): (
+        "Start agents on this host, as 'podium up'", {},
+        _obj({"n": INT, "backend": STR, "roles": IDS, "options": OBJ, "prefix": STR,
+              "lease_s": NUM, "workdir": STR}), 201,
+        {"type": "object", "properties": {"started": IDS,
+                                          "agents": {"type": "array",
+                                                     "items": _ref("Agent")}}}),
+    ("POST", "/api/team/down"): (
+        "Stop this host's agents (all, or those named), as 'podium down'", {},
+        _obj({"agents": {"type": ["array", "null"], "items": STR}, "drain": BOOL,
+              "timeout_s": NUM}), 200, _obj({"stopped": IDS})),
+    ("GET", "/api/queue"): (
+        "Running, queued and blocked tasks, each in the order they run",
+        {"limit": (INT, "At most this many of each (default 200)")}, None, 200,
+        {"type": "object", "properties": {
+            k: {"type": "array", "items": _ref("Task")} for k in ("running", "queued",
+                                                                 "blocked")}}),
+    ("GET", "/api/tasks"): (
+        "Task history, newest first, paged by cursor",
+        {"state": (STR, "Only this state"), "agent": (STR, "Only tasks this agent ran"),
+         "role": (STR, "Only tasks for this role"),
+         "q": (STR, "Only tasks whose prompt holds this text (ASCII letters in any case)"),
+         "before": (INT, "The page after the one whose 'next' this is"),
+         "limit": (INT, "Tasks per page, 1-1000 (default 50)")}, None, 200,
+        {"type": "object", "properties": {"tasks": {"type": "array", "items": _ref("Task")},
+                                          "next": {"type": ["integer", "null"]}}}),
+    ("POST", "/api/tasks"): (
+        "Add a task", {},
+        _obj({"prompt": STR, "agent": NULL_STR, "role": NULL_STR, "priority": PRIORITY,
+              "depends_on": IDS, "timeout_s": NULL_NUM, "context": NULL_STR,
+              "max_attempts": INT, "retry": BOOL}, ("prompt",)), 201,
+        {"type": "object", "properties": {"task": _ref("Task")}}),
+    ("GET", "/api/tasks/{task_id}"): (
+        "One task with its output, result, dependencies and dependents", {}, None, 200,
+        {"type": "object", "properties": {"task": _ref("Task")}}),
+    ("GET", "/api/tasks/{task_id}/output"): (
+        "The task's output: stored once it finished, streamed so far while it runs", {},
+        None, 200, {"type": "object", "properties": {
+            "output": NULL_STR, "output_encoding": STR, "stderr": NULL_STR,
+            "stderr_encoding": STR, "notes": IDS, "state": STR}}),
+    ("POST", "/api/tasks/{task_id}/cancel"): (
+        "Cancel a task (and its dependents)", {}, _obj({"reason": STR}), 200,
+        {"type": "object", "properties": {"task": _ref("Task")}}),
+    ("POST", "/api/tasks/{task_id}/retry"): (
+        "Run a failed or cancelled task again (409 in any other state)", {}, _obj({}), 200,
+        {"type": "object", "properties": {"task": _ref("Task")}}),
+    ("POST", "/api/broadcast"): (
+        "One task per live agent", {}, _obj({"prompt": STR, "context": NULL_STR},
+                                            ("prompt",)), 201,
+        {"type": "object", "properties": {"broadcast_id": STR,
+                                          "tasks": {"type": "array", "items": _ref("Task")}}}),
+    ("GET", "/api/context"): ("Every shared context entry", {}, None, 200,
+                              _list("context", _ref("ContextEntry"))),
+    ("PUT", "/api/context/{key}"): (
+        "Set a shared context entry (a new version)", {}, _obj({"value": STR}, ("value",)),
+        200, {"type": "object", "properties": {"entry": _ref("ContextEntry")}}),
+    ("GET", "/api/costs"): ("Tokens and cost per agent, role and backend, and in all", {},
+                            None, 200, OBJ),
+    ("GET", "/api/costs/series"): (
+        "Cost over time, in all, per agent and per role",
+        {"bucket_s": (INT, "Seconds per bucket (default 3600)"),
+         "buckets": (INT, "How many buckets, the last holding now (default 48, at most 1000)")},
+        None, 200, {"type": "object", "properties": {
+            "bucket_s": INT, "points": {"type": "array", "items": OBJ},
+            "by_agent": OBJ, "by_role": OBJ}}),
+    ("GET", "/api/events"): (
+        "Events after a cursor, oldest first",
+        {"after": (INT, "After this event id (default 0)"),
+         "limit": (INT, "At most this many (default 200)"),
+         "task": (STR, "Only this task's events")}, None, 200,
+        {"type": "object", "properties": {"events": {"type": "array", "items": _ref("Event")},
+                                          "cursor": INT}}),
+    ("GET", "/api/events/ws"): (
+        "WebSocket: live events. Text frames {\"events\": [...], \"cursor\": N}; with after=N, "
+        "every event after N first", {"after": (INT, "The last event id the page has "
+                                                     "(omitted: from now)"),
+                                       "token": (STR, "The token, when no cookie is sent")},
+        None, 101, OBJ),
+    ("GET", "/api/openapi.json"): ("This document", {}, None, 200, OBJ),
+}
+
+_CONVERTER = re.compile(r"\{(\w+):\w+\}")
+
+
+def openapi_path(path: str) -> str:
+    """A route's path as OpenAPI writes it (``{key:path}`` -> ``{key}``)."""
+    return _CONVERTER.sub(r"{\1}", path)
+
+
+def _operation(method: str, path: str) -> dict[str, Any]:
+    summary, query, body, status, schema = ROUTES[(method, path)]
+    params = [{"name": name, "in": "path", "required": True, "schema": STR,
+               "description": PATH_PARAMS[name]} for name in re.findall(r"\{(\w+)\}", path)]
+    params += [{"name": name, "in": "query", "required": False, "schema": s,
+                "description": text} for name, (s, text) in query.items()]
+    errors = {"401": "No or a wrong token", "403": "Wrong Origin, or no CSRF header",
+              "404": "Unknown id", "409": "Conflict with the current state",
+              "421": "Wrong Host", "422": "Bad input"}
+    op: dict[str, Any] = {
+        "summary": summary, "parameters": params,
+        "responses": {str(status): {"description": "OK", "content": {
+            "application/json": {"schema": schema}}},
+            **{code: {"description": text, "content": {"application/json": {
+                "schema": _ref("Error")}}} for code, text in errors.items()}}}
+    if body is not None:
+        op["requestBody"] = {"required": bool(body.get("required")), "content": {
+            "application/json": {"schema": body}}}
+        op["parameters"].append({"name": "X-Podium-CSRF", "in": "header", "required": True,
+                                 "schema": STR, "description": "csrf from GET /api/session"})
+    return op
+
+
+def document(routes: list[tuple[str, str]]) -> dict[str, Any]:
+    """The document for the routes served (``(method, path)``, Starlette's spelling)."""
+    served = {(m, openapi_path(p)) for m, p in routes} | {("GET", "/api/events/ws"),
+                                                           ("GET", "/api/openapi.json")}
+    if served != set(ROUTES):
+        raise AssertionError(f"the OpenAPI document and the routes differ: "
+                             f"{sorted(served ^ set(ROUTES))}")
+    paths: dict[str, dict[str, Any]] = {}
+    for method, path in ROUTES:
+        paths.setdefault(path, {})[method.lower()] = _operation(method, path)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Podium web dashboard API", "version": __version__,
+                 "description": "The dashboard's JSON API. Authenticate with the cookie the "
+                                "printed link sets, or 'Authorization: Bearer TOKEN'; POST "
+                                "and PUT need Content-Type: application/json and the "
+                                "X-Podium-CSRF header. Times are Unix seconds."},
+        "paths": paths,
+        "components": {"schemas": COMPONENTS,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
+                                           "cookie": {"type": "apiKey", "in": "cookie",
+                                                      "name": "podium_token"}}},
+        "security": [{"bearer": []}, {"cookie": []}],
+    }
