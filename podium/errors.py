@@ -43,6 +43,11 @@ class BackendUnavailable(PodiumError):
     """A backend cannot run here: its program or model is missing, or it is not logged in."""
 
 
+class MemoryUnavailable(PodiumError):
+    """Semantic memory cannot work here: its embedding model is missing or not the pinned
+    file, or its vector store's package or server is not there. Never a silent fall-back."""
+
+
 class StoreUnavailable(StoreError):
     """The store cannot be used right now — its server is unreachable, its disk is full, a
     lock is held too long — and a retry may succeed."""

@@ -33,6 +33,8 @@ MAX_TEXT_BYTES = 64 * 1024 * 1024
 MAX_AGE_SECONDS = 36500 * 86400
 #: The units of an age: seconds, minutes, hours, days.
 AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+#: The most memories recalled into one prompt (``--recall K``).
+MAX_RECALL = 20
 #: The longest name (agent id, role, prefix, sender, session, context key, task id), in bytes
 #: of UTF-8: agent names become log file names, which most file systems cap at 255 bytes.
 MAX_NAME_BYTES = 200
@@ -125,6 +127,11 @@ def lease(lease_s: Any, heartbeat_s: Any | None = None) -> tuple[float, float | 
         raise InvalidInput(f"bad heartbeat {_shown(heartbeat_s)}: expected --heartbeat between "
                            f"0 and the lease ({float(lease_s):g} s), both excluded")
     return float(lease_s), float(heartbeat_s)
+
+
+def recall(value: Any, what: str = "recall") -> int:
+    """How many memories to recall into a prompt (0: none)."""
+    return integer(value, what, 0, MAX_RECALL)
 
 
 def list_limit(value: Any) -> int:

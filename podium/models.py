@@ -143,6 +143,8 @@ class Task:
     session_id: str | None = None
     broadcast_id: str | None = None
     workflow_id: str | None = None  # the workflow whose step this task is (none yet)
+    #: Memories to recall into its prompt (None: the agent's setting; see podium.service.recall).
+    recall: int | None = None
     seq: int = 0
     #: Set on claimed tasks: a number that changes whenever shared context changes.
     context_generation: int | None = None
@@ -206,6 +208,8 @@ class Task:
             "broadcast_id": self.broadcast_id,
             "workflow_id": self.workflow_id,
         }
+        if self.recall is not None:
+            d["recall"] = self.recall
         if with_output:
             d["result"] = self.result()
         return d
@@ -227,6 +231,7 @@ class TaskSpec:
     broadcast_id: str | None = None
     session_id: str | None = None
     workflow_id: str | None = None
+    recall: int | None = None
 
 
 @dataclass
@@ -311,6 +316,40 @@ class ContextEntry:
             "updated_at": iso(self.updated_at),
             "updated_by": self.updated_by,
         }
+
+
+#: What a memory is: a finished task (a chunk of its prompt and output), a note someone added,
+#: or a version of a shared context document.
+MEMORY_KINDS = ("task", "note", "context")
+#: Who added it: Podium itself (a finished task, a context version), or a note from the CLI, an
+#: agent (``podium remember`` inside a task), an MCP client or a Python caller.
+MEMORY_SOURCES = ("auto", "cli", "agent", "mcp", "api")
+
+
+@dataclass
+class Memory:
+    """A remembered item with its provenance (see ``podium.service.memory``)."""
+
+    id: str
+    kind: str  # one of MEMORY_KINDS
+    title: str  # one line saying what it is (a task's prompt's first line, a note's)
+    text: str  # what is searched, embedded and shown
+    source: str  # one of MEMORY_SOURCES
+    created_at: float  # when it happened (a task: when it finished)
+    task_id: str | None = None
+    agent_id: str | None = None
+    role: str | None = None
+    #: The model of its vector in the vector store; None while it has none.
+    model_id: str | None = None
+    #: More provenance: a task's state, exit code, tokens and chunk; a context key's version.
+    meta: dict[str, Any] = field(default_factory=dict)
+    seq: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "title": self.title, "text": self.text,
+                "source": self.source, "created_at": iso(self.created_at),
+                "task_id": self.task_id, "agent_id": self.agent_id, "role": self.role,
+                "model_id": self.model_id, "meta": self.meta}
 
 
 # -- reports: what the service sums up for every face ------------------------------------------

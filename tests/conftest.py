@@ -29,6 +29,10 @@ def _isolate(tmp_path, monkeypatch):
     monkeypatch.delenv("PODIUM_STORE", raising=False)
     monkeypatch.delenv("PODIUM_AGENT_ID", raising=False)
     monkeypatch.delenv("PODIUM_TASK_ID", raising=False)
+    # Workers remember finished tasks when memory is read, not in the background: a test that
+    # is not about memory does not load the embedding model (tests/integration/test_memory.py
+    # turns it on where it is tested).
+    monkeypatch.setenv("PODIUM_MEMORY_INDEX", "lazy")
     monkeypatch.chdir(tmp_path)
 
 

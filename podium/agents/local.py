@@ -178,3 +178,17 @@ def live(store_url: str) -> list[LocalAgent]:
             with contextlib.suppress(OSError):
                 path.unlink()
     return sorted(found, key=lambda a: (a.name, a.pid))
+
+
+def any_live(store_url: str) -> bool:
+    """Whether any recorded agent of the store at ``store_url`` still runs (``live``, stopping
+    at the first: asked often by the memory indexer, whatever the team's size)."""
+    d = records_dir(store_url)
+    if not d.exists():
+        return False
+    wake.check_private(d)
+    for path in d.glob("*.json"):
+        agent = _read(path)
+        if agent is not None and agent.running():
+            return True
+    return False

@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from podium import orphans
 from podium.agents import local, reaper, registration
@@ -44,6 +45,9 @@ from podium.models import Outcome, Task
 from podium.prompt import compose
 from podium.store import Finish, Store
 from podium.store.base import Waiter
+
+if TYPE_CHECKING:
+    from podium.service.recall import WorkerMemory
 
 #: Tasks an inline (in-process, instant) backend claims per transaction.
 CLAIM_BATCH = int(os.environ.get("PODIUM_CLAIM_BATCH", 64))
@@ -107,6 +111,7 @@ class Worker:
         log: Callable[[str], None] | None = None,
         meta: dict | None = None,
         echo_output: bool = False,
+        memory: WorkerMemory | None = None,
     ):
         self.store = store
         self.name = name
@@ -124,6 +129,8 @@ class Worker:
         self._notes_due = 0.0
         self.meta = {**(meta or {}), **_tmux_pane()}
         self.echo_output = echo_output
+        #: Recall into prompts; starts the host's memory indexer (podium.service.recall).
+        self.memory = memory
         self.stop: StopMode | None = None
         self._stop_deadline: float | None = None  # (monotonic; set when told to stop now)
         self._watchdog: _StopWatchdog | None = None
@@ -240,6 +247,8 @@ class Worker:
         """Register the agent (ending what a killed previous run of it left running), then
         listen for wake-ups; the heartbeat and the run supervisor start here."""
         self.backend.check()
+        if self.memory is not None:  # (first: the indexer it may start is no child of it)
+            self.memory.start_indexer()
         reaper.adopt_orphans()  # (what its tasks' programs leave behind comes back to it)
         _, killed = registration.register(
             self.store, self.name, self.roles, self.backend.name, self.lease_s,
@@ -268,6 +277,8 @@ class Worker:
     def _deregister(self) -> None:
         """Let the runner thread and the wake-up socket go; tell the store the agent stopped."""
         self._supervisor.close()
+        if self.memory is not None:
+            self.memory.close()
         # Free the wake-up socket first: once deregistered, a new agent of the same name may
         # start and bind it.
         assert self.waiter is not None  # run() deregisters only what _register set up
@@ -318,7 +329,8 @@ class Worker:
         """Run one claimed task; None when it was handed back because the worker is stopping."""
         prompt = task.prompt
         if self.backend.takes_context:
-            prompt = compose(task.prompt, task.context, self._shared_context(task))
+            recalled = self.memory.recalled(task) if self.memory is not None else []
+            prompt = compose(task.prompt, task.context, self._shared_context(task), recalled)
         return self._supervisor.execute(task, prompt)
 
     def _shared_context(self, task: Task) -> list:

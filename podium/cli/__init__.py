@@ -16,6 +16,7 @@ from podium.cli import (  # noqa: F401 - each registers its commands
     host,
     logs,
     mcp,
+    memory,
     messages,
     store,
     tasks,

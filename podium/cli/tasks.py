@@ -43,14 +43,18 @@ def task() -> None:
 @click.option("--session", metavar="NAME",
               help="Run in this named agent session: the agent CLI's conversation (a Claude "
                    "Code session), continued by every task naming it.")
+@click.option("--recall", type=int, metavar="K",
+              help="Put the K memories most like the prompt in front of it (0: none, whatever "
+                   "the agent's --recall).")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def task_add(c: Ctx, prompt, agent, role, priority, depends_on, context, timeout, max_attempts,
-             retry, session, as_json) -> None:
+             retry, session, recall, as_json) -> None:
     """Queue a task; PROMPT '-' reads it from stdin. Prints the task id."""
     t = c.podium.add_task(read_arg(prompt, "prompt"), agent=agent, role=role, priority=priority,
                           depends_on=list(depends_on), context=context, timeout_s=timeout,
-                          max_attempts=max_attempts, retry=retry, session=session)
+                          max_attempts=max_attempts, retry=retry, session=session,
+                          recall=recall)
     why = c.podium.why_waiting(t)
     if why is not None:  # (accepted all the same: the agent may be started later)
         click.echo(f"podium: warning: {t.id} will wait: {why}", err=True)

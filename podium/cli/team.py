@@ -188,9 +188,12 @@ def agent_list(c: Ctx, as_json: bool) -> None:
 @click.option("--heartbeat", type=float, help="Heartbeat interval (default lease/6).")
 @click.option("--workdir", type=click.Path(file_okay=False, exists=True))
 @click.option("--echo-output", is_flag=True, help="Also print tasks and their output (for panes).")
+@click.option("--recall", type=int, default=0, envvar="PODIUM_RECALL", show_default=True,
+              metavar="K", help="Put the K memories most like each task's prompt in front of "
+                                "it (env PODIUM_RECALL; a task's own --recall wins).")
 @pass_ctx
 def agent_run(c: Ctx, name, roles, backend, options, lease, heartbeat, workdir,
-              echo_output) -> None:
+              echo_output, recall) -> None:
     """Run one agent in the foreground: pull tasks and run them until stopped."""
     from podium.agents import backends
 
@@ -200,8 +203,9 @@ def agent_run(c: Ctx, name, roles, backend, options, lease, heartbeat, workdir,
     wd = Path(workdir).resolve() if workdir else Path.cwd()
     # (made before the store opens: a bad option is refused without touching it)
     worker_backend = cls(backends.parse_options(options), wd)
+    recall = limits.recall(recall, "--recall")
     worker = c.podium.worker(name, worker_backend, list(roles), lease, heartbeat, wd,
-                             echo_output)
+                             echo_output, recall)
     worker.install_signal_handlers()
     sys.exit(worker.run())
 

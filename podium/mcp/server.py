@@ -44,6 +44,9 @@ get_agent_response gives its latest report or result. Shared context (update_sha
 get_shared_context) is put in front of the prompt of every agent that takes context.
 Results: status is completed, failed or cancelled when finished; output is the agent's output
 (base64 when output_encoding says so); error says why a task failed.
+The team's memory holds every finished task, shared context versions and notes: similar_tasks
+asks whether the team solved something before, search_memory searches all of it (by keywords
+and meaning), remember adds a note for agents to find later.
 """
 
 # Parameter types. Text parameters are plain ``str`` (never ``str | None``): the SDK parses a
@@ -227,6 +230,52 @@ def build_server(podium: Podium, name: str = "podium") -> MCPServer:
             if key:
                 return podium.get_context(key).to_dict()
             return {"entries": [e.to_dict() for e in podium.list_context()]}
+
+    # -- memory ---------------------------------------------------------------------------
+    @mcp.tool(annotations=READ)
+    def search_memory(
+        query: Annotated[str, _d("What to look for, in words (keywords and meaning both "
+                                 "count).")],
+        k: Annotated[int, Field(ge=1, le=100, description="How many results (1-100).")] = 5,
+        kind: Annotated[Literal["", "task", "note", "context"],
+                        _d("Only finished tasks, notes or shared context versions ('' = "
+                           "all).")] = "",
+        role: Annotated[str, _d("Only memories of this role ('' = any).")] = "",
+        mode: Annotated[Literal["hybrid", "keyword", "vector"],
+                        _d("hybrid ranks by keywords and meaning; or by one of them.")] =
+        "hybrid",
+    ) -> dict[str, Any]:
+        """Search the team's memory: finished tasks (prompt and output), notes and shared
+        context versions. Each hit has a score (1.0 best), its keyword and vector parts, where
+        it came from (kind, task_id, agent_id, role, source, created_at) and a snippet."""
+        with _errors():
+            hits = podium.memory_search(query, k=k, kind=_opt(kind), role=_opt(role),
+                                        mode=mode)
+            return {"hits": [h.to_dict() for h in hits]}
+
+    @mcp.tool(annotations=WRITE)
+    def remember(
+        text: Annotated[str, _d("What to remember: a finding, a decision, how something was "
+                                "solved.")],
+        task_id: Annotated[str, _d("The task it is about ('' = none).")] = "",
+        role: Annotated[str, _d("The role it is for ('' = none).")] = "",
+    ) -> dict[str, Any]:
+        """Add a note to the team's memory (source mcp); agents find it with search_memory and
+        in recalled memories. Returns the memories made (a long note is cut into several)."""
+        with _errors():
+            made = podium.remember(text, task_id=_opt(task_id), role=_opt(role), source="mcp")
+            return {"memories": [m.to_dict() for m in made]}
+
+    @mcp.tool(annotations=READ)
+    def similar_tasks(
+        task_or_text: Annotated[str, _d("A task id (t-...): tasks like its prompt; or any "
+                                        "text: tasks like it.")],
+        k: Annotated[int, Field(ge=1, le=100, description="How many results (1-100).")] = 5,
+    ) -> dict[str, Any]:
+        """Has the team solved this before? The finished tasks most like a task or a text,
+        best first: each with its task_id, score, state and a snippet of prompt and output."""
+        with _errors():
+            return {"hits": [h.to_dict() for h in podium.similar_tasks(task_or_text, k=k)]}
 
     @mcp.tool(annotations=WRITE)
     def retry_task(task_id: TaskId) -> dict[str, Any]:

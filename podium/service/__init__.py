@@ -7,7 +7,9 @@ following events, broadcast). It imports no face: typing a message into an agent
 given to it as a ``PaneDelivery`` (``podium.tmux.TmuxPanes``).
 
 Its parts: ``tasks``, ``team`` (agents and their mailboxes), ``context``, ``events`` (one
-follower of the event log), ``reports`` (status, costs), ``history`` (pruning);
+follower of the event log), ``reports`` (status, costs), ``history`` (pruning), ``memory``
+(semantic memory: ``memory_index`` searches, ``memory_text`` says what is remembered, ``recall``
+puts memories into prompts and remembers while a worker idles);
 ``delivery`` is the interface for typing into panes.
 """
 
@@ -22,6 +24,7 @@ from podium.service.context import ContextCalls
 from podium.service.delivery import Delivery, PaneDelivery
 from podium.service.events import EventCalls, EventFollower
 from podium.service.history import HistoryCalls
+from podium.service.memory import MemoryCalls
 from podium.service.reports import ReportCalls
 from podium.store import (
     WRITER_LOCK_TIMEOUT_S,
@@ -37,7 +40,7 @@ __all__ = ["Podium", "Delivery", "PaneDelivery", "EventFollower", "SAFETY_POLL_S
            "WRITER_LOCK_TIMEOUT_S"]
 
 
-class Podium(ReportCalls, EventCalls, ContextCalls, HistoryCalls):
+class Podium(ReportCalls, EventCalls, ContextCalls, HistoryCalls, MemoryCalls):
     """Service facade over a store; ``panes`` types messages into interactive agents' panes
     (without it, ``send`` puts them in the inbox only, and says so)."""
 
@@ -52,6 +55,7 @@ class Podium(ReportCalls, EventCalls, ContextCalls, HistoryCalls):
         return cls(open_store(url, init, create, lock_timeout_s), panes)
 
     def close(self) -> None:
+        self.close_memory()
         self.store.close()
 
     # -- the store itself ---------------------------------------------------------------

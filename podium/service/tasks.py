@@ -46,7 +46,7 @@ class TaskCalls(ServiceBase):
         self, prompt: Any, agent: str | None = None, role: str | None = None,
         priority: str | Priority | None = None, depends_on: list[str] | tuple[str, ...] = (),
         context: str | None = None, timeout_s: float | None = None, max_attempts: int = 3,
-        retry: bool = False, session: str | None = None,
+        retry: bool = False, session: str | None = None, recall: int | None = None,
     ) -> TaskSpec:
         """Validate a task request; raises ``InvalidInput`` without writing to the store (a
         dependency given by a prefix of its id is looked up)."""
@@ -72,6 +72,7 @@ class TaskCalls(ServiceBase):
             max_attempts=limits.max_attempts(max_attempts),
             retry_on_failure=retry,
             session_id=limits.optional_name(session, "session"),
+            recall=None if recall is None else limits.recall(recall),
         )
 
     def add_task(self, prompt: Any, **kwargs: Any) -> Task:

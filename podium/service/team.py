@@ -30,13 +30,17 @@ REGISTER_POLL_S = 0.2
 
 class TeamCalls(TaskCalls):
     def worker(self, name: str, backend: Backend, roles: list[str], lease_s: float,
-               heartbeat_s: float | None, workdir: Path, echo_output: bool = False) -> Worker:
-        """This process as agent ``name``, a worker over this service's store (``run()``)."""
+               heartbeat_s: float | None, workdir: Path, echo_output: bool = False,
+               recall: int = 0) -> Worker:
+        """This process as agent ``name``, a worker over this service's store (``run()``);
+        ``recall``: memories put in front of each task's prompt (``podium.service.recall``)."""
         from podium.agents.worker import Worker
+        from podium.service.recall import WorkerMemory
 
         return Worker(self.store, limits.name(name, "agent name"), backend,
                       [limits.name(r, "role") for r in roles], lease_s=lease_s,
-                      heartbeat_s=heartbeat_s, workdir=workdir, echo_output=echo_output)
+                      heartbeat_s=heartbeat_s, workdir=workdir, echo_output=echo_output,
+                      memory=WorkerMemory(self.store.url, recall))
 
     def interactive_agent(self, name: str, command: list[str], roles: list[str],
                           lease_s: float) -> InteractiveAgent:

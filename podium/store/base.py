@@ -12,7 +12,7 @@ contract test suite (``tests/contract/test_store_contract.py``) runs against eac
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -22,6 +22,7 @@ from podium.models import (
     AgentState,
     ContextEntry,
     Event,
+    Memory,
     Message,
     Outcome,
     Task,
@@ -360,6 +361,62 @@ class Store(abc.ABC):
         ``keep_results`` keeps those tasks and their results but clears their output and
         stderr (``output_pruned``). Unfinished tasks, agents and shared context are never
         touched. Done in short transactions; ``dry_run`` only counts."""
+
+    # -- memory (podium.store.sql.memory) -------------------------------------------
+    @abc.abstractmethod
+    def memory_cursor(self) -> int:
+        """The event id up to which finished work was turned into memories."""
+
+    @abc.abstractmethod
+    def work_to_remember(self, after: int, limit: int, head: int,
+                         tail: int) -> WorkToRemember:
+        """The tasks that completed or failed and the context documents set in the events
+        after ``after``: up to ``limit`` of them, each task with the first ``head`` and last
+        ``tail`` bytes of its output. ``read_to`` is where the next read starts."""
+
+    @abc.abstractmethod
+    def add_memories(self, memories: list[Memory], replace_tasks: Collection[str] = (),
+                     cursor: tuple[int, int] | None = None) -> list[str] | None:
+        """Add memories (one whose id exists already is left as it is), first removing the
+        automatic memories of the tasks in ``replace_tasks``; returns the ids removed. With
+        ``cursor`` (from, to), the memory cursor moves from ``from`` to ``to`` in the same
+        transaction, and when it is no longer at ``from`` (another process remembered that
+        work meanwhile) nothing is written and the result is None."""
+
+    @abc.abstractmethod
+    def get_memories(self, ids: Collection[str]) -> dict[str, Memory]:
+        """The memories of these ids that exist, by id."""
+
+    @abc.abstractmethod
+    def keyword_search(self, terms: list[str], limit: int,
+                       where: MemoryFilter | None = None) -> list[tuple[str, float]]:
+        """The ``limit`` memories most relevant to any of ``terms`` by full-text search
+        (stemmed words), best first, with the dialect's relevance (higher is better)."""
+
+    @abc.abstractmethod
+    def memory_ids(self, where: MemoryFilter, limit: int) -> list[str]:
+        """Ids of up to ``limit`` memories that ``where`` lets through, newest first."""
+
+    @abc.abstractmethod
+    def forget_memories(self, ids: Collection[str] = (),
+                        task_id: str | None = None) -> list[str]:
+        """Remove these memories, and every memory of ``task_id``; returns the ids removed."""
+
+    @abc.abstractmethod
+    def memories_to_embed(self, model_id: str, limit: int, after_seq: int = 0) -> list[Memory]:
+        """Up to ``limit`` memories (``seq`` above ``after_seq``, in order) whose vector is
+        missing or was made by another model than ``model_id``."""
+
+    @abc.abstractmethod
+    def mark_embedded(self, ids: Collection[str], model_id: str) -> None:
+        """Record that these memories' vectors, made by ``model_id``, are in the vector store."""
+
+    @abc.abstractmethod
+    def forget_embeddings(self) -> int:
+        """Mark every memory as not embedded (a reindex); returns how many were."""
+
+    @abc.abstractmethod
+    def memory_counts(self) -> MemoryCounts: ...
 
     def compact(self) -> tuple[int, int] | None:
         """Give the space that pruning freed back to the file system; returns the store's

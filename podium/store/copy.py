@@ -13,7 +13,12 @@ from podium.store.base import Store
 from podium.store.sql import SqlStore
 
 #: Tables in an order that keeps references meaningful while loading.
-TABLES = ["agents", "tasks", "task_deps", "messages", "events", "context"]
+TABLES = ["agents", "tasks", "task_deps", "messages", "events", "context", "memories"]
+#: Tables that a new store's migrations fill with rows of their own: the copied rows replace
+#: them (the memory cursor: how far the copied events were remembered).
+SEEDED = ["memory_cursor"]
+#: Columns that a dialect computes itself (PostgreSQL's keyword index of memories): not copied.
+COMPUTED = {"memories": {"tsv"}}
 BATCH = 1000
 
 
@@ -29,12 +34,14 @@ def copy_store(src: Store, dst: Store,
             if out.one(f"SELECT 1 FROM {table} LIMIT 1") is not None:
                 raise Conflict(f"destination {dst.url} is not empty (table {table} has rows); "
                                "copy into a new store")
-        for table in TABLES:
+        for table in TABLES + SEEDED:
             n = 0
+            if table in SEEDED:
+                out.execute(f"DELETE FROM {table}")
             with src._reader() as inp:
                 rows = inp.all(f"SELECT * FROM {table}")
             if rows:
-                cols = list(rows[0].keys())
+                cols = [c for c in rows[0].keys() if c not in COMPUTED.get(table, ())]
                 sql = (f"INSERT INTO {table} ({', '.join(cols)}) "
                        f"VALUES ({', '.join('?' * len(cols))})")
                 for i in range(0, len(rows), BATCH):

@@ -244,6 +244,75 @@ INSERT INTO housekeeping (name, done_at) VALUES ('prune', 0);
 """,
     ),
     (
+        # Semantic memory (podium.store.sql.memory): remembered items with their provenance and
+        # keyword search — SQLite FTS5 over an external-content table kept in step by the
+        # statements that write memories (no triggers), PostgreSQL a generated tsvector with a
+        # GIN index (of the text with / . @ : as spaces, so that openssl/ssl.h or a host name
+        # is words, as FTS5 reads it, not one file or host token). model_id names the model of
+        # a memory's vector (the vectors themselves are in a vector store, podium.memory);
+        # NULL while it has none. memory_cursor: the event up to which finished tasks and
+        # context versions were turned into memories. The
+        # cursor starts at 0, so a store's whole history is remembered. tasks.recall: how many
+        # memories to put in front of the task's prompt (NULL: the agent's setting).
+        "m009_memory",
+        {"sqlite": """
+CREATE TABLE memories (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    title TEXT NOT NULL,
+    text TEXT NOT NULL,
+    task_id TEXT,
+    agent_id TEXT,
+    role TEXT,
+    source TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    model_id TEXT,
+    meta TEXT NOT NULL DEFAULT '{{}}'
+);
+CREATE INDEX memories_task ON memories (task_id) WHERE task_id IS NOT NULL;
+CREATE INDEX memories_model ON memories (model_id, seq);
+CREATE INDEX memories_kind ON memories (kind, created_at);
+CREATE VIRTUAL TABLE memories_fts USING fts5(
+    text, content = 'memories', content_rowid = 'seq',
+    tokenize = 'porter unicode61 remove_diacritics 2'
+);
+CREATE TABLE memory_cursor (
+    name TEXT PRIMARY KEY,
+    position BIGINT NOT NULL
+);
+INSERT INTO memory_cursor (name, position) VALUES ('events', 0);
+ALTER TABLE tasks ADD COLUMN recall INTEGER;
+""", "postgresql": """
+CREATE TABLE memories (
+    seq BIGSERIAL PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    title TEXT NOT NULL,
+    text TEXT NOT NULL,
+    task_id TEXT,
+    agent_id TEXT,
+    role TEXT,
+    source TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    model_id TEXT,
+    meta TEXT NOT NULL DEFAULT '{{}}',
+    tsv tsvector GENERATED ALWAYS AS
+        (to_tsvector('english', translate(text, '/.@:', '    '))) STORED
+);
+CREATE INDEX memories_task ON memories (task_id) WHERE task_id IS NOT NULL;
+CREATE INDEX memories_model ON memories (model_id, seq);
+CREATE INDEX memories_kind ON memories (kind, created_at);
+CREATE INDEX memories_tsv ON memories USING GIN (tsv);
+CREATE TABLE memory_cursor (
+    name TEXT PRIMARY KEY,
+    position BIGINT NOT NULL
+);
+INSERT INTO memory_cursor (name, position) VALUES ('events', 0);
+ALTER TABLE tasks ADD COLUMN recall INTEGER;
+"""},
+    ),
+    (
         # The dashboard's history filtered by role pages through the tasks for that role alone
         # (a rare role was a scan of every task: 10 ms at 100,000); tasks for anyone (most of
         # them) are left out of the index, so adding those costs nothing more.

@@ -261,6 +261,7 @@ class PostgresStore(SqlStore):
     precheck_claims = False  # a claim that finds nothing is one short read-only transaction
     concat_sql = "string_agg(depends_on, ' ')"
     events_in_one_statement = True
+    keyword_index = "tsvector"  # (memories: a generated tsvector column, see migration m009)
     float_type = TYPES["float"]
     blob_type = TYPES["blob"]
 

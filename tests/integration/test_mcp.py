@@ -36,7 +36,8 @@ JSONISH = '{"context": ["is", "json", 1]}'
 
 TOOLS = {"get_agents", "assign_task", "broadcast_task", "get_task_result", "wait_for_task",
          "get_all_results", "cancel_task", "retry_task", "send_to_agent", "get_agent_messages",
-         "get_agent_response", "update_shared_context", "get_shared_context", "get_system_status"}
+         "get_agent_response", "update_shared_context", "get_shared_context", "get_system_status",
+         "search_memory", "remember", "similar_tasks"}
 
 
 class HttpServer:

@@ -77,6 +77,7 @@ TASK_COLUMNS: tuple[Column, ...] = (
     Column("session_id"),
     Column("broadcast_id"),
     Column("workflow_id"),
+    Column("recall"),
 )
 
 #: Every column but the output ones (listings, claims), and all of them.

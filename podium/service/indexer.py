@@ -1,0 +1,240 @@
+"""The host's memory indexer: a process of its own that remembers the team's finished work as
+it finishes, so that no worker pays for it.
+
+Turning a finished task into memories needs the embedding model: tens of milliseconds of CPU
+per task and 150-300 MB of memory once loaded. A worker's own thread would share its GIL, and
+a claim waiting for the GIL behind a model run costs milliseconds (measured: the dispatch p50
+went from 0.8 to 8 ms); a worker's child would be one more process its reaper must look
+through after every program. So one process per host and store does it, ``podium memory index
+--follow``: it holds the election lock (a ``flock`` on a file in this user's private runtime
+directory), follows the event log by polling the memory cursor once a second (nothing is added
+to any commit), and runs at the lowest CPU priority from its first instruction (nice 19; and,
+where the kernel schedules sessions as groups — autogroup, on by default in most
+distributions — in a session of its own whose group is niced to 19 too: otherwise its session
+would get as large a share of the CPU as any worker's, whatever the nice value of its
+process). Its writes are short transactions of a few rows; after each one it pauses for PACE
+times as long as the transaction took, so it holds the store's writer lock a small share of
+the time however fast tasks finish. (A writer that waits for that lock sleeps, so the indexer,
+low as its priority is, then has the CPU to finish its transaction; only a machine whose every
+core is kept busy by other work can make that wait long.)
+
+Started by a worker (``WorkerMemory.start_indexer``, when ``PODIUM_MEMORY_INDEX`` is ``on``, the
+default) that finds the lock free as it starts, before it becomes a subreaper, through a shell
+that leaves it to init: it is nobody's child. It exits once this host has had no live agent of
+the store (``podium.agents.local``) for ``LINGER_S``; by hand (``podium memory index --follow``)
+it runs until stopped. Whatever it has not got to is remembered by the next read of memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from podium.errors import Conflict, PodiumError, StoreError
+from podium.service.memory_index import MemoryIndex
+from podium.store.postgres import without_password
+from podium.wake import channel_dir, private_dir
+
+#: How often an idle indexer looks for new work without being woken: it sleeps on the store's
+#: event wake-ups (a task that finished wakes it), so this is only a safety net, and what an
+#: idle team pays for it (one look; 200 idle agents' records are read at most every LINGER_S).
+LOOK_EVERY_S = 5.0
+#: A spawned indexer exits once its host has had no live agent of its store for this long.
+LINGER_S = 5.0
+#: Memories embedded per model run, and finished tasks remembered per transaction: each of
+#: its transactions holds the store's writer lock for a fraction of a millisecond.
+BATCH = 8
+#: Seconds of remembering, then of embedding, before the indexer turns to the other.
+SLICE_S = 1.0
+#: After a transaction of remembering, the indexer pauses this many times as long as it took.
+PACE = 4.0
+#: After a failure (no model, the store away), how long before it tries again.
+RETRY_AFTER_S = 30.0
+#: Environment a task's programs carry (``podium.orphans``): the indexer is no task's.
+TASK_MARKERS = ("PODIUM_AGENT_ID", "PODIUM_TASK_ID", "PODIUM_TASK_CONTEXT")
+
+
+def _dir_of(store_url: str) -> Path:
+    return channel_dir(f"podium memory indexer {without_password(store_url)[0]}")
+
+
+def indexer_dir(store_url: str) -> Path:
+    """This user's private directory for the indexer of the store at ``store_url`` (made and
+    checked: 0700, this user's, not a link)."""
+    return private_dir(_dir_of(store_url))
+
+
+def try_lock(store_url: str) -> int | None:
+    """The election lock's descriptor, locked, or None when another process holds it."""
+    fd = os.open(indexer_dir(store_url) / "indexer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def running_indexer(store_url: str) -> int | None:
+    """The pid of the indexer that holds the store's lock on this host, or None (nothing is
+    made when there has been none)."""
+    path = _dir_of(store_url) / "indexer.lock"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None  # (free: nobody holds it)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    try:
+        return int(path.read_text().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+def lowest_priority(own_session: bool) -> None:
+    """Nice 19 for this process; with ``own_session`` (spawned), in a session of its own whose
+    scheduling group (Linux's autogroup; nothing where there is none) is niced to 19 too."""
+    with contextlib.suppress(OSError):
+        os.nice(max(0, 19 - os.nice(0)))
+    if own_session:
+        with contextlib.suppress(OSError):
+            os.setsid()  # (the shell that started it made a session; it leads one of its own)
+    if own_session and os.getsid(0) == os.getpid():
+        with contextlib.suppress(OSError), open("/proc/self/autogroup", "w") as f:
+            f.write("19")
+
+
+def spawn(store_url: str, lock_fd: int) -> None:
+    """Start ``podium memory index --follow`` holding ``lock_fd`` (locked), through a shell
+    that puts it in the background and exits: init adopts it, not the caller. The store's URL
+    goes in the environment (a password in an argument would show in ``ps``)."""
+    log_path = indexer_dir(store_url) / "indexer.log"
+    log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    env = {k: v for k, v in os.environ.items() if k not in TASK_MARKERS}
+    env["PODIUM_STORE"] = store_url
+    nice = shutil.which("nice")
+    argv = [*([nice, "-n", "19"] if nice else []), sys.executable, "-m", "podium", "memory",
+            "index", "--follow", "--lock-fd", str(lock_fd)]
+    try:
+        os.set_inheritable(lock_fd, True)
+        subprocess.run(["/bin/sh", "-c", '"$@" </dev/null &', "sh", *argv],
+                       pass_fds=(lock_fd,), env=env, stdin=subprocess.DEVNULL, stdout=log,
+                       stderr=log, start_new_session=True, check=True, timeout=10)
+    finally:
+        os.close(log)
+
+
+class HostIndexer:
+    """The loop of ``podium memory index --follow`` over ``index``; ``lock_fd``: the election
+    lock it was given (None: it takes it); ``linger``: exit once the host has no live agent."""
+
+    def __init__(self, index: MemoryIndex, lock_fd: int | None, linger: bool,
+                 say: Callable[[str], None]):
+        self.index = index
+        self.url = index.store.url
+        self.linger = linger
+        self.say = say
+        self.stopping = False
+        if lock_fd is None:
+            lock_fd = try_lock(self.url)
+            if lock_fd is None:
+                pid = running_indexer(self.url)
+                raise Conflict(f"the memory indexer of this store already runs on this host"
+                               f"{f' (pid {pid})' if pid else ''}")
+        else:  # (given by the worker that started it: check that it is the locked file)
+            try:
+                given, lock = os.fstat(lock_fd), os.stat(indexer_dir(self.url) / "indexer.lock")
+                if (given.st_dev, given.st_ino) != (lock.st_dev, lock.st_ino):
+                    raise OSError("another file")
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                raise StoreError(f"--lock-fd {lock_fd}: not the indexer's lock ({e})") from None
+        self.lock_fd = lock_fd
+        os.ftruncate(lock_fd, 0)
+        os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
+        lowest_priority(own_session=linger)
+
+    def _agents_here(self) -> bool:
+        from podium.agents import local
+
+        try:
+            return local.any_live(self.url)
+        except (OSError, PodiumError):
+            return True
+
+    def _stop(self, *_: object) -> None:
+        self.stopping = True
+        self._waiter.poke()
+
+    def run(self) -> int:
+        """Remember until stopped (or, lingering, until the host's agents are gone)."""
+        self._waiter = self.index.store.event_waiter()
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        self.say(f"remembering the finished work of {self.index.store.url} (pid {os.getpid()})")
+        alone_since: float | None = None
+        retry_at = 0.0
+        agents_seen = -math.inf  # (when the host's agents were last counted)
+        try:
+            while not self.stopping:
+                busy = False
+                if time.monotonic() >= retry_at:
+                    try:
+                        busy = self._remember()
+                        busy = bool(self.index.embed_pending(
+                            deadline=time.monotonic() + SLICE_S, batch=BATCH,
+                            keep_going=lambda: not self.stopping)) or busy
+                    except PodiumError as e:
+                        self.say(f"could not remember (trying again in {RETRY_AFTER_S:.0f} s): "
+                                 f"{e}")
+                        retry_at = time.monotonic() + RETRY_AFTER_S
+                if self.linger and time.monotonic() - agents_seen >= LINGER_S / 2:
+                    agents_seen = time.monotonic()
+                    if self._agents_here():
+                        alone_since = None
+                    elif alone_since is None:
+                        alone_since = time.monotonic()
+                    elif time.monotonic() - alone_since >= LINGER_S:
+                        self.say("no agent of this store runs on this host any more: exiting")
+                        break
+                if not busy and not self.stopping:
+                    wait = LOOK_EVERY_S if not self.linger else min(LOOK_EVERY_S, LINGER_S / 2)
+                    self._waiter.wait(wait)
+        finally:
+            self._waiter.close()
+            os.close(self.lock_fd)
+        return 0
+
+    def _remember(self) -> bool:
+        """Remember finished work for a slice of time, pausing after each transaction for
+        PACE times as long as it took: the indexer holds the store's writer lock a small
+        share of the time however much work there is. Whether there was any."""
+        end = time.monotonic() + SLICE_S
+        found = False
+        while not self.stopping and time.monotonic() < end:
+            started = time.monotonic()
+            moved, _ = self.index.remember_batch(BATCH)
+            if not moved:
+                break
+            found = True
+            self._sleep(PACE * (time.monotonic() - started))
+        return found
+
+    def _sleep(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while not self.stopping and time.monotonic() < end:
+            time.sleep(min(0.1, end - time.monotonic()))
