@@ -18,13 +18,13 @@ import contextlib
 import fcntl
 import os
 import sqlite3
-import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from podium.errors import StoreError, StoreNotFound, StoreUnavailable
 from podium.memory.matrix import BlobVectors
+from podium.store.sqlite import unchecked_wal_pages
 
 #: Log pages past the last checkpoint after which a writer runs a passive checkpoint (as the
 #: task store does: ``podium.store.sqlite.CHECKPOINT_PAGES``).
@@ -79,7 +79,6 @@ class SQLiteVectors(BlobVectors):
             raise StoreNotFound(f"no store at {self.path}: its vectors live in it; 'podium "
                                 "init' makes one, or give --store URL")
         self._data_version: int | None = None
-        self._shm: int | None = None
         try:
             os.close(_open_private(str(self.path), os.O_RDWR))  # (a new file: private)
             self._lockfile = _open_private(f"{self.path}-writer.lock", os.O_RDWR)
@@ -162,17 +161,9 @@ class SQLiteVectors(BlobVectors):
                 self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def _unchecked_pages(self) -> int:
-        """Pages in the write-ahead log not yet checkpointed (the ``-shm`` file's header)."""
-        try:
-            if self._shm is None:
-                self._shm = os.open(f"{self.path}-shm", os.O_RDONLY)
-            header = os.pread(self._shm, 100, 0)
-        except OSError:
-            return 0
-        if len(header) < 100:
-            return 0
-        return int(struct.unpack_from("=I", header, 16)[0] -
-                   struct.unpack_from("=I", header, 96)[0])
+        """Pages in the write-ahead log not yet checkpointed (the ``-shm`` file's header; its
+        descriptor is the process's one, never closed: see ``podium.store.sqlite``)."""
+        return int(unchecked_wal_pages(self.path))
 
     # -- the rest ------------------------------------------------------------------------
     def describe(self) -> str:
@@ -189,11 +180,10 @@ class SQLiteVectors(BlobVectors):
         if conn is not None:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
-        for fd in (getattr(self, "_lockfile", -1), self._shm):
-            if fd is not None and fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        self._shm = None
+        fd = getattr(self, "_lockfile", -1)
+        if fd is not None and fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def close(self) -> None:
         with self._mutex:

@@ -101,6 +101,37 @@ def _refuse_foreign(conn: sqlite3.Connection, path: Path) -> None:
                          f"{', '.join(sorted(names)[:5])}), not a Podium store")
 
 
+#: One read-only descriptor of each ``-shm`` file this process reads the header of, kept open
+#: for the life of the process. Never closed: closing any descriptor of a file drops every
+#: POSIX lock the process holds on it -- SQLite's own included, whose lock on the ``-shm`` says
+#: "a connection is open here". Without it, another process's last connection to close takes
+#: itself for the last one anywhere and deletes the write-ahead log from under this process's
+#: other connections, which then write to a log no other process reads (a store opened and
+#: closed beside another of the same file, as the web server and the memory index do).
+_SHM_FDS: dict[str, int] = {}
+_SHM_OPENING = threading.Lock()
+
+
+def unchecked_wal_pages(db_path: str | os.PathLike) -> int:
+    """Pages in the write-ahead log of the database at ``db_path`` that no checkpoint has
+    copied yet: the wal-index header in its ``-shm`` file (``mxFrame`` at byte 16,
+    ``nBackfill`` at byte 96, sqlite.org/walformat.html); 0 when it cannot be read."""
+    path = f"{os.fspath(db_path)}-shm"
+    fd = _SHM_FDS.get(path)
+    try:
+        if fd is None:
+            with _SHM_OPENING:
+                fd = _SHM_FDS.get(path)
+                if fd is None:
+                    fd = _SHM_FDS[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        header = os.pread(fd, 100, 0)
+    except OSError:
+        return 0
+    if len(header) < 100:
+        return 0
+    return struct.unpack_from("=I", header, 16)[0] - struct.unpack_from("=I", header, 96)[0]
+
+
 class SQLiteStore(SqlStore):
     def __init__(self, path: str | os.PathLike, synchronous: str = "NORMAL", migrate: bool = True,
                  create_in_empty_file: bool = False,
@@ -151,7 +182,6 @@ class SQLiteStore(SqlStore):
             self._conn.execute(f"PRAGMA synchronous = {sync}")
             self._conn.execute("PRAGMA wal_autocheckpoint = 0")
             self._conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT_PAGES * 4096}")
-            self._shm: int | None = None
             self._checkpointer: _Checkpointer | None = None
             self._channel = WakeChannel(str(self.path))
             if migrate:
@@ -267,15 +297,7 @@ class SQLiteStore(SqlStore):
 
     def _unchecked_pages(self) -> int:
         """Pages in the write-ahead log that no checkpoint has copied yet (see above)."""
-        try:
-            if self._shm is None:
-                self._shm = os.open(str(self.path) + "-shm", os.O_RDONLY)
-            header = os.pread(self._shm, 100, 0)
-        except OSError:
-            return 0
-        if len(header) < 100:
-            return 0
-        return struct.unpack_from("=I", header, 16)[0] - struct.unpack_from("=I", header, 96)[0]
+        return unchecked_wal_pages(self.path)
 
     @contextlib.contextmanager
     def _reader(self) -> Iterator[Tx]:
@@ -359,9 +381,6 @@ class SQLiteStore(SqlStore):
         self._stop_pruning()
         if self._checkpointer is not None:
             self._checkpointer.stop()
-        if self._shm is not None:
-            os.close(self._shm)
-            self._shm = None
         with self._lock:
             self._channel.close()
             try:
