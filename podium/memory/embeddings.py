@@ -156,6 +156,10 @@ class MiniLMEmbedder(Embedder):
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Without onnxruntime's memory arena: with it, a process that embedded one batch of 64
+        # chunks of 1,000 characters kept 1,083 MB resident (300 MB without), for batches
+        # ~9 % faster and queries no faster (3.7 against 3.6 ms p50), measured here.
+        so.enable_cpu_mem_arena = False
         so.log_severity_level = 3  # errors only: nothing on the user's terminal otherwise
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.add_session_config_entry("session.inter_op.allow_spinning", "0")

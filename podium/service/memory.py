@@ -19,6 +19,7 @@ remembers without embedding. ``PODIUM_MEMORY_INDEX`` (``on``, ``lazy``, ``off``)
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -113,6 +114,10 @@ def _since(value: Any) -> float | None:
     return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
 
 
+#: Held while a service opens its memory index (rarely: once per service).
+_OPENING = threading.Lock()
+
+
 class MemoryCalls(ServiceBase):
     _memory: MemoryIndex | None = None
     _memory_url: str | None = None
@@ -131,8 +136,12 @@ class MemoryCalls(ServiceBase):
 
     @property
     def memory(self) -> MemoryIndex:
+        """The memory index, opened on first use (by one thread: faces such as the web server
+        call the service from several)."""
         if self._memory is None:
-            self._memory = MemoryIndex(self.store, self._memory_url, self._embedder)
+            with _OPENING:
+                if self._memory is None:
+                    self._memory = MemoryIndex(self.store, self._memory_url, self._embedder)
         return self._memory
 
     def close_memory(self) -> None:
