@@ -52,6 +52,22 @@ def _error(e: sqlite3.Error, path: Path) -> StoreError:
     return StoreError(f"vector store {path}: {msg}")
 
 
+def _create_private(path: Path) -> None:
+    """Make the database file, readable by this user only, when there is none. An existing
+    one is never opened here: closing any descriptor of a file drops every POSIX lock this
+    process holds on it, SQLite's included, and with them its claim that a connection is open
+    (another process's last connection would then delete the write-ahead log from under this
+    process's task store: see ``podium.store.sqlite``)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
 def _open_private(path: str, flags: int) -> int:
     """A descriptor on ``path``, which is made readable by this user only if it is new."""
     fd = os.open(path, flags | os.O_CREAT, 0o600)
@@ -80,7 +96,7 @@ class SQLiteVectors(BlobVectors):
                                 "init' makes one, or give --store URL")
         self._data_version: int | None = None
         try:
-            os.close(_open_private(str(self.path), os.O_RDWR))  # (a new file: private)
+            _create_private(self.path)
             self._lockfile = _open_private(f"{self.path}-writer.lock", os.O_RDWR)
         except OSError as e:
             raise StoreError(f"cannot open vector store {self.path}: {e.strerror}") from None
