@@ -3,7 +3,8 @@ a worker thread, and renders what they return (``podium.web.payloads``); no logi
 
 Errors are ``{"error": message}``: an unknown id 404, bad input 422 (``InvalidInput``, a
 backend that cannot run), a conflict with the task's state 409, a body too large 413, the store
-unavailable for now 503. Every route is listed in ``podium.web.openapi`` (``GET
+unavailable for now 503 (and semantic memory that cannot work here: its model or vector store
+missing, ``MemoryUnavailable``). Every route is listed in ``podium.web.openapi`` (``GET
 /api/openapi.json``).
 """
 
@@ -21,6 +22,7 @@ from podium.clock import now
 from podium.errors import InvalidInput
 from podium.models import TaskState
 from podium.service import Podium
+from podium.service.memory import MAX_K
 from podium.web import payloads
 from podium.web.calls import ServiceCalls
 from podium.web.jsonio import (
@@ -43,6 +45,8 @@ SENDER = "web"
 #: How many of an agent's tasks its page shows, and how many of a task's neighbours.
 AGENT_TASKS = 50
 NEIGHBOURS = 100
+#: How many memories a search gives unless asked (at most ``MAX_K``).
+MEMORY_K = 10
 
 # -- the routes ---------------------------------------------------------------------------
 
@@ -81,6 +85,8 @@ class Api:
             ("GET", "/api/costs", self.costs),
             ("GET", "/api/costs/series", self.cost_series),
             ("GET", "/api/events", self.events),
+            ("GET", "/api/memory/search", self.memory_search),
+            ("GET", "/api/memory/stats", self.memory_stats),
         ]
         document = openapi.document([(m, p) for m, p, _ in table])
 
@@ -243,3 +249,16 @@ class Api:
         found = await self.call(self.podium.events, after, limit, query_text(request, "task"))
         return json_response({"events": [payloads.event(e) for e in found],
                               "cursor": found[-1].id if found else after})
+
+    # -- semantic memory ------------------------------------------------------------------
+    async def memory_search(self, request: Request) -> Response:
+        k = query_int(request, "k", MEMORY_K, 1, MAX_K) or MEMORY_K
+        found = await self.call(functools.partial(
+            self.podium.memory_search, request.query_params.get("q", ""),
+            k=k, kind=query_text(request, "kind"), role=query_text(request, "role"),
+            since=query_text(request, "since"), mode=query_text(request, "mode") or "hybrid"))
+        return json_response({"hits": [payloads.memory_hit(h) for h in found]})
+
+    async def memory_stats(self, request: Request) -> Response:
+        stats = await self.call(self.podium.memory_stats)
+        return json_response(stats.to_dict())

@@ -17,6 +17,7 @@ from podium.errors import (
     BackendUnavailable,
     Conflict,
     InvalidInput,
+    MemoryUnavailable,
     NotFound,
     PodiumError,
     StoreUnavailable,
@@ -46,7 +47,7 @@ def status_of(e: PodiumError) -> int:
         return 422
     if isinstance(e, Conflict):
         return 409
-    if isinstance(e, StoreUnavailable):
+    if isinstance(e, (StoreUnavailable, MemoryUnavailable)):
         return 503
     return 400
 

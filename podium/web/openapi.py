@@ -53,6 +53,17 @@ COMPONENTS: dict[str, Schema] = {
     "Event": {"type": "object", "properties": {"id": INT, "ts": STR, "at": NUM, "kind": STR,
                                                "agent_id": NULL_STR, "task_id": NULL_STR,
                                                "data": OBJ}},
+    "MemoryHit": {"type": "object", "description": "A memory found, as 'podium memory search "
+                  "--json' gives it (created_at in Unix seconds): its score (0-1, best first), "
+                  "keyword (the share of the query's words it holds) and vector (cosine; null: "
+                  "not among the nearest) with their ranks, and the snippet.",
+                  "properties": {"id": STR, "kind": {"enum": ["task", "note", "context"]},
+                                 "title": STR, "text": STR, "snippet": STR, "source": STR,
+                                 "created_at": NUM, "task_id": NULL_STR, "agent_id": NULL_STR,
+                                 "role": NULL_STR, "model_id": NULL_STR, "meta": OBJ,
+                                 "score": NUM, "keyword": NULL_NUM, "vector": NULL_NUM,
+                                 "keyword_rank": {"type": ["integer", "null"]},
+                                 "vector_rank": {"type": ["integer", "null"]}}},
 }
 
 PATH_PARAMS = {"agent_id": "An agent's id (its name).",
@@ -157,6 +168,20 @@ ROUTES: dict[tuple[str, str], tuple[str, dict[str, tuple[Schema, str]], Schema |
          "task": (STR, "Only this task's events")}, None, 200,
         {"type": "object", "properties": {"events": {"type": "array", "items": _ref("Event")},
                                           "cursor": INT}}),
+    ("GET", "/api/memory/search"): (
+        "The memories most relevant to a text, best first (as 'podium memory search'); 503 "
+        "when semantic memory cannot work here (its model missing)",
+        {"q": (STR, "What to look for (required)"),
+         "k": (INT, "How many, 1-100 (default 10)"),
+         "kind": ({"enum": ["task", "note", "context"]}, "Only memories of this kind"),
+         "role": (STR, "Only memories of this role"),
+         "since": (STR, "Only memories since: an age (7d, 12h) or an ISO date or time"),
+         "mode": ({"enum": ["hybrid", "keyword", "vector"]},
+                  "Rank by keywords and meaning (hybrid, the default), or by one of them")},
+        None, 200, _list("hits", _ref("MemoryHit"))),
+    ("GET", "/api/memory/stats"): (
+        "What is remembered, by kind; embedded by which model; the vector store and sizes (as "
+        "'podium memory stats --json')", {}, None, 200, OBJ),
     ("GET", "/api/events/ws"): (
         "WebSocket: live events. Text frames {\"events\": [...], \"cursor\": N}; with after=N, "
         "every event after N first", {"after": (INT, "The last event id the page has "
@@ -182,7 +207,8 @@ def _operation(method: str, path: str) -> dict[str, Any]:
                 "description": text} for name, (s, text) in query.items()]
     errors = {"401": "No or a wrong token", "403": "Wrong Origin, or no CSRF header",
               "404": "Unknown id", "409": "Conflict with the current state",
-              "421": "Wrong Host", "422": "Bad input"}
+              "421": "Wrong Host", "422": "Bad input",
+              "503": "The store (or semantic memory) is unavailable here for now"}
     op: dict[str, Any] = {
         "summary": summary, "parameters": params,
         "responses": {str(status): {"description": "OK", "content": {

@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from podium.models import Agent, ContextEntry, Event, Message, Task, TeamStatus, decode_output
+from podium.service.memory import MemoryHit
 
 #: The time fields of each model (the same names as in its ``to_dict``).
 AGENT_TIMES = ("registered_at", "last_heartbeat")
@@ -71,6 +72,15 @@ def message(m: Message) -> dict[str, Any]:
 
 def context_entry(e: ContextEntry) -> dict[str, Any]:
     return _times(e.to_dict(), e, ("updated_at",))
+
+
+def memory_hit(hit: MemoryHit) -> dict[str, Any]:
+    """A search result as ``podium memory search --json`` gives it (the memory's provenance,
+    text and meta; score, keyword and vector parts, their ranks, the snippet), ``created_at``
+    in Unix seconds."""
+    d = hit.to_dict()
+    d["created_at"] = hit.memory.created_at
+    return d
 
 
 def event(ev: Event) -> dict[str, Any]:

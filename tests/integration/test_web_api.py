@@ -308,6 +308,69 @@ def test_history_is_paged_and_filtered(api):
         api.post(f"/api/tasks/{i}/cancel", json={"reason": "tidy up"})
 
 
+# -- semantic memory --------------------------------------------------------------------------
+
+def test_memory_search_and_stats(web, api):
+    p = Podium.open(web.store_url)  # (loads the model in this process, to embed the notes)
+    try:
+        t = p.add_task("echo the task a memory is about", role=NOBODY)
+        text = f"zanzibarquux deploys need the VPN up first. {WEIRD}"
+        note = p.remember(text, task_id=t.id, agent="mem-agent", role="writer")[0]
+        other = p.remember("The release notes live in docs/RELEASE.md.")[0]
+    finally:
+        p.close()
+    r = api.get("/api/memory/search", params={"q": "zanzibarquux VPN deploys", "k": 3})
+    assert r.status_code == 200, r.text
+    hits = r.json()["hits"]
+    assert hits, r.text
+    top = hits[0]
+    assert top["id"] == note.id and top["text"] == text  # byte for byte, <script> and all
+    assert (top["kind"], top["source"], top["task_id"], top["agent_id"], top["role"]) == \
+        ("note", "api", t.id, "mem-agent", "writer")
+    assert top["title"] == note.title and "zanzibarquux" in top["snippet"]
+    assert isinstance(top["created_at"], float) and abs(top["created_at"] - note.created_at) < 1e-3
+    assert 0 < top["score"] <= 1 and top["keyword"] > 0 and top["vector"] > 0
+    assert top["keyword_rank"] == 1 and top["vector_rank"] >= 1 and top["meta"] == {}
+    assert len(hits) <= 3
+    keyword = api.get("/api/memory/search", params={"q": "zanzibarquux", "mode": "keyword"})
+    assert [(h["id"], h["vector"]) for h in keyword.json()["hits"]] == [(note.id, None)]
+    release = api.get("/api/memory/search", params={"q": "where are the release notes",
+                                                    "kind": "note", "mode": "vector"})
+    assert release.json()["hits"][0]["id"] == other.id
+    assert api.get("/api/memory/search", params={"q": "zanzibarquux", "kind": "task"}
+                   ).json()["hits"] == []
+    assert api.get("/api/memory/search", params={"q": "zanzibarquux", "role": "writer",
+                                                 "since": "1h"}).json()["hits"][0]["id"] \
+        == note.id
+    for params in ({"q": "x", "k": 0}, {"q": "x", "k": 101}, {"q": "x", "k": "many"}, {"q": ""},
+                   {"q": "   "}, {}, {"q": "x", "kind": "dream"}, {"q": "x", "mode": "fuzzy"},
+                   {"q": "x", "since": "a while ago"}):
+        bad = api.get("/api/memory/search", params=params)
+        assert bad.status_code == 422 and bad.json()["error"], (params, bad.text)
+    stats = api.get("/api/memory/stats").json()
+    assert stats["memories"] >= 2 and stats["by_kind"]["note"] >= 2
+    assert stats["embedded"] >= 2 and stats["model_id"].startswith("all-MiniLM-L6-v2")
+    assert stats["dimension"] == 384 and stats["vector_store"].startswith("SQLite ")
+
+
+def test_memory_that_cannot_work_is_a_clear_error(tmp_path, monkeypatch):
+    """No silent fall-back: an embedder that is not there is the service's error (a missing
+    model file, ``MemoryUnavailable``, a 503); keyword search needs no model."""
+    from podium.errors import MemoryUnavailable
+    from podium.web.jsonio import status_of
+
+    assert status_of(MemoryUnavailable("no model")) == 503
+    monkeypatch.setenv("PODIUM_EMBEDDER", "nonexistent")
+    with app_in_a_thread(tmp_path) as (port, _app, _store), httpx.Client(
+            base_url=f"http://127.0.0.1:{port}", timeout=30,
+            headers={"Authorization": "Bearer tok"}) as c:
+        r = c.get("/api/memory/search", params={"q": "anything"})
+        assert r.status_code == 422 and r.json()["error"].startswith(
+            "unknown embedder 'nonexistent'"), r.text
+        r = c.get("/api/memory/search", params={"q": "anything", "mode": "keyword"})
+        assert r.status_code == 200 and r.json() == {"hits": []}
+
+
 # -- a real team, live ------------------------------------------------------------------------
 
 def test_team_runs_a_task_added_through_the_api_live(web, api):

@@ -460,3 +460,38 @@ def test_shared_context_is_edited_from_the_page_and_changes_elsewhere_show_live(
     expect(entry.locator('[data-field="version"]')).to_have_text("v2")
     expect(entry.locator("pre")).to_have_text("step 2 (set elsewhere)")
     expect(page.locator("#context-note")).to_contain_text("changed to version 2")
+
+
+def test_memory_is_searched_from_the_page_and_shows_text_verbatim(page, server, store):
+    word = "quokkaflux"
+    text = f"{word} deploys: keep <img src=x onerror=alert(1)> and <script>alert(3)</script> as is"
+    podium = Podium.open(store[0])
+    try:
+        t = podium.add_task("echo the task the memory is about", role="nobody-takes-this")
+        memory = podium.remember(text, task_id=t.id, agent="echo-1", role="writer")[0]
+        podium.cancel(t.id, "only there to be remembered from")
+    finally:
+        podium.close()
+    open_view(page, server, "memory")
+    expect(page.locator('#nav a[data-view="memory"]')).to_have_class(re.compile(r"\bactive\b"))
+    expect(page.locator('#memory-stats [data-field="model"]')).to_contain_text("MiniLM")
+    form = page.locator("#memory-search")
+    form.locator("[name=q]").fill(word)
+    form.locator("[name=k]").fill("5")
+    form.locator("[name=kind]").select_option("note")
+    form.locator("[name=mode]").select_option("hybrid")
+    form.locator("button[type=submit]").click()
+    hit = page.locator(f'#memory-hits [data-memory="{memory.id}"]')
+    expect(hit).to_have_count(1)
+    expect(hit.locator('[data-field="snippet"]')).to_have_text(text)
+    expect(hit.locator('[data-field="kind"]')).to_have_text("note")
+    assert hit.locator(f'a[href="#/task/{t.id}"]').count() == 1
+    assert hit.locator('a[href="#/agent/echo-1"]').count() == 1
+    assert float(hit.locator('[data-field="score"]').inner_text()) > 0
+    assert page.locator("#memory-hits img, #memory-hits script").count() == 0
+    assert f"#/memory?q={word}" in page.url and "kind=note" in page.url
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "memory.png"))
+    # An empty query is refused by the form itself; a bad one says the server's error.
+    page.goto(f"{server.base}/#/memory?q=x&since=whenever")
+    expect(page.locator("#memory-error")).to_contain_text("bad since")

@@ -12,16 +12,17 @@ import * as contextView from "./views/context.js";
 import * as costsView from "./views/costs.js";
 import * as eventsView from "./views/events.js";
 import * as historyView from "./views/history.js";
+import * as memoryView from "./views/memory.js";
 import * as queueView from "./views/queue.js";
 import * as taskView from "./views/task.js";
 import * as teamView from "./views/team.js";
 
 const VIEWS = {
   team: teamView, queue: queueView, history: historyView, task: taskView,
-  agent: agentView, context: contextView, costs: costsView, events: eventsView,
+  agent: agentView, context: contextView, costs: costsView, events: eventsView, memory: memoryView,
 };
 const TABS = [["team", "Team"], ["queue", "Queue"], ["history", "History"], ["context", "Context"],
-  ["costs", "Costs"], ["events", "Events"]];
+  ["memory", "Memory"], ["costs", "Costs"], ["events", "Events"]];
 /** Events first shown in the feed when the page opens. */
 const FIRST_EVENTS = 100;
 /** Events kept for the views that show part of what came before they opened. */
