@@ -26,13 +26,13 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
 import ssl
 import threading
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from podium.agents.backends.openai import error_text, reason
 from podium.agents.backends.options import Option, Options, invalid_option
 from podium.errors import InvalidInput, MemoryUnavailable
 from podium.limits import MAX_SECONDS
@@ -43,29 +43,6 @@ if TYPE_CHECKING:
 
 #: Texts per request.
 BATCH = 64
-
-
-def _why(e: BaseException) -> str:
-    if isinstance(e, socket.timeout):
-        return "timed out (option timeout)"
-    if isinstance(e, ConnectionRefusedError):
-        return "connection refused (is the server running?)"
-    if isinstance(e, socket.gaierror):
-        return f"unknown host ({e.strerror or e})"
-    return str(e) or type(e).__name__
-
-
-def _error_text(body: bytes) -> str:
-    """The message of an OpenAI-style error body, or the body itself (shortened)."""
-    text = body.decode("utf-8", "replace").strip()
-    try:
-        doc = json.loads(text)
-    except ValueError:
-        return text[:300]
-    err = doc.get("error", doc) if isinstance(doc, dict) else doc
-    if isinstance(err, dict):
-        return str(err.get("message") or err.get("detail") or err)[:300]
-    return str(err)[:300]
 
 
 class OpenAIEmbedder(Embedder):
@@ -148,7 +125,7 @@ class OpenAIEmbedder(Embedder):
                                    ConnectionResetError)
                 if attempt == 2 or not stale:
                     raise MemoryUnavailable(f"embedder openai: cannot reach "
-                                            f"{self.base_url}/embeddings: {_why(e)}") from None
+                                            f"{self.base_url}/embeddings: {reason(e)}") from None
         raise AssertionError("unreachable")
 
     def _request(self, texts: list[str]) -> list[list[float]]:
@@ -167,11 +144,11 @@ class OpenAIEmbedder(Embedder):
             headers["Authorization"] = f"Bearer {key}"
         body = json.dumps({"model": self.config.model, "input": texts}).encode("utf-8")
         with self._lock:
-            status, reason, raw = self._post(body, headers)
+            status, phrase, raw = self._post(body, headers)
         url = f"{self.base_url}/embeddings"
         if status >= 400:
-            raise MemoryUnavailable(f"embedder openai: {url} answered HTTP {status} {reason}: "
-                                    f"{_error_text(raw)}")
+            raise MemoryUnavailable(f"embedder openai: {url} answered HTTP {status} {phrase}: "
+                                    f"{error_text(raw)}")
         try:
             items = json.loads(raw)["data"]
             items = sorted(items, key=lambda item: item.get("index", 0))

@@ -47,7 +47,7 @@ class EndpointError(Exception):
     """The endpoint could not be reached or answered with an error (message is for the user)."""
 
 
-def _error_text(body: bytes) -> str:
+def error_text(body: bytes) -> str:
     """The message of an OpenAI-style error body, or the body itself (shortened)."""
     text = body.decode("utf-8", "replace").strip()
     try:
@@ -138,7 +138,7 @@ class OpenAIBackend(Backend):
             socket.create_connection((host, port), timeout=1.0).close()
         except OSError as e:
             return Finding.warn("endpoint", f"nothing answers at {host}:{port} "
-                                            f"({_why(e)})",
+                                            f"({reason(e)})",
                                 "start the server before the first task, or fix option base_url")
         return Finding.ok("endpoint", f"{self.base_url} (listening)")
 
@@ -226,9 +226,9 @@ class OpenAIBackend(Backend):
                 conn.request("POST", path, body=json.dumps(body).encode("utf-8"), headers=headers)
                 resp = conn.getresponse()
             except (OSError, http.client.HTTPException) as e:
-                raise EndpointError(f"cannot reach {url}: {_why(e)}") from None
+                raise EndpointError(f"cannot reach {url}: {reason(e)}") from None
             if resp.status >= 400:
-                detail = _error_text(resp.read(65536))
+                detail = error_text(resp.read(65536))
                 raise EndpointError(f"{url} answered HTTP {resp.status} {resp.reason}: {detail}")
             ctype = resp.getheader("Content-Type", "")
             try:
@@ -239,13 +239,14 @@ class OpenAIBackend(Backend):
             except (OSError, http.client.HTTPException) as e:
                 if run.cancelled:
                     return
-                raise EndpointError(f"connection to {url} failed mid-stream: {_why(e)}") from None
+                raise EndpointError(f"connection to {url} failed mid-stream: {reason(e)}") from None
         finally:
             done.set()
             conn.close()
 
 
-def _why(e: BaseException) -> str:
+def reason(e: BaseException) -> str:
+    """Why a request to an endpoint failed, in a few words (shared with the openai embedder)."""
     if isinstance(e, socket.timeout):
         return "timed out (option timeout)"
     if isinstance(e, ConnectionRefusedError):
@@ -280,7 +281,7 @@ class _Stream:
             return
         if "error" in doc and doc["error"]:
             raise EndpointError("the endpoint reported an error: "
-                                f"{_error_text(json.dumps(doc).encode())}")
+                                f"{error_text(json.dumps(doc).encode())}")
         for choice in doc.get("choices") or []:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
