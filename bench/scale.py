@@ -8,8 +8,10 @@ backend (echo, shell) and N, in a fresh temporary store, with the real commands:
     from the command's start until all N agents are registered and idle in the store;
   * idle CPU: utime + stime (``/proc/PID/stat``) of every process started for this store --
     the workers and any helper Podium starts beside them (e.g. a per-host daemon), found by an
-    environment marker they all inherit -- over an idle window (10 s; 3 s with ``--quick``), as
-    % of one core, all of them together; also the exact scheduler time (``schedstat``);
+    environment marker they all inherit -- over an idle window (10 s; 3 s with ``--quick``)
+    that starts 12 s after all are idle (one idle heartbeat interval and two seconds: the team
+    at rest, after each worker's first idle beat), as % of one core, all of them together; also
+    the exact scheduler time (``schedstat``), and the helpers' part by kind;
   * memory per worker: RSS and PSS (``/proc/PID/smaps_rollup``), median over the workers;
   * dispatch to an idle agent: ~100 single tasks one after another through the service API
     (``Podium.add_task``), a random 5-15 ms apart, each waited for on an event follower;
@@ -56,6 +58,9 @@ import _hosts as H  # noqa: E402
 
 MARK = "PODIUM_BENCH_SCALE"
 PROMPT = {"echo": "ok", "shell": "true"}
+#: From all agents idle to the idle window: one idle heartbeat interval (lease/3 of the default
+#: 30 s lease) and two seconds.
+SETTLE_S = 12.0
 TARGETS = {"idle_pct": 2.0, "p99_ms": 10.0, "startup_s": 20.0, "pss_mb": 25.0}
 FINISHED = ("completed", "failed", "cancelled")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -113,20 +118,23 @@ def _kill_all_marked() -> None:
         kill_marked(t)
 
 
+def _kind(cmd: str) -> str:
+    """A helper's kind, from its command line: ``pgbouncer``, ``podium pg-host``..."""
+    argv = cmd.split()
+    if not argv:
+        return "?"
+    name = os.path.basename(argv[0])
+    if "-m" in argv and "podium" in argv:
+        rest = argv[argv.index("podium") + 1:]
+        name = "podium " + " ".join(a for a in rest[:2] if not a.startswith("-"))
+    return name.strip()
+
+
 def _kinds(cmds) -> str:
     """``2x podium pg-host, 2x pgbouncer``: what the helper processes are, counted."""
     from collections import Counter
 
-    names = Counter()
-    for c in cmds:
-        argv = c.split()
-        if not argv:
-            continue
-        name = os.path.basename(argv[0])
-        if "-m" in argv and "podium" in argv:
-            rest = argv[argv.index("podium") + 1:]
-            name = "podium " + " ".join(a for a in rest[:2] if not a.startswith("-"))
-        names[name.strip()] += 1
+    names = Counter(_kind(c) for c in cmds)
     return ", ".join(f"{k}x {n}" for n, k in sorted(names.items()))
 
 
@@ -302,6 +310,10 @@ def idle_window(T: Target, seconds: float, row: dict) -> None:
     row["helpers"] = _kinds(helpers.values())
     row["idle_helpers_exact_pct"] = sum(
         max(0, ns_end[p] - ns_start[p]) for p in helpers) / 1e9 / el * 100.0
+    by_kind: dict[str, float] = {}
+    for p, c in helpers.items():
+        by_kind[_kind(c)] = by_kind.get(_kind(c), 0.0) + max(0, ns_end[p] - ns_start[p])
+    row["idle_helpers_by_kind_pct"] = {k: v / 1e9 / el * 100.0 for k, v in by_kind.items()}
     mem = [smaps(p) for p in workers]
     row["rss_mb"] = C.median([m[0] for m in mem])
     row["pss_mb"] = C.median([m[1] for m in mem])
@@ -459,7 +471,9 @@ def run_row(system: str, lab: H.NetLab | None, backend: str, n: int, args) -> di
     try:
         T = Target(system, lab, token, n, args.pg_host)
         start_up(T, backend, n, row)
-        time.sleep(1.0 if args.quick else 2.0)
+        # The team at rest, not its first beats: every worker's first idle beat (a while
+        # after it registered) comes before the window.
+        time.sleep(1.0 if args.quick else SETTLE_S)
         idle_window(T, 3.0 if args.quick else 10.0, row)
         dispatch(T, backend, 30 if args.quick else 100, 3 if args.quick else 10, row)
         throughput(T, backend, n, row)
@@ -514,7 +528,9 @@ def print_table(system: str, rows: list[dict]) -> None:
         if r.get("helpers"):
             what.append(f"helper processes: {r['helpers']} (PSS {r['helpers_pss_mb']:.1f} MB in "
                         f"total, idle CPU {r['idle_helpers_exact_pct']:.3f}% of a core, "
-                        "counted in the idle column)")
+                        "counted in the idle column: " + ", ".join(
+                            f"{k} {v:.3f}%" for k, v in
+                            sorted(r.get("idle_helpers_by_kind_pct", {}).items())) + ")")
         for w in what:
             print(f"  N={r['n']} {r['backend']}: {w}")
 
