@@ -46,8 +46,9 @@ from podium.wake import channel_dir, private_dir
 
 #: How often an idle indexer looks for new work without being woken: it sleeps on the store's
 #: event wake-ups (a task that finished wakes it), so this is only a safety net, and what an
-#: idle team pays for it (one look; 200 idle agents' records are read at most every LINGER_S).
-LOOK_EVERY_S = 5.0
+#: idle team pays for it (two reads of the store). Lingering, it also wakes every LINGER_S / 2
+#: to look at this host's agents' records (local files only).
+LOOK_EVERY_S = 30.0
 #: A spawned indexer exits once its host has had no live agent of its store for this long.
 LINGER_S = 5.0
 #: Memories embedded per model run, and finished tasks remembered per transaction: each of
@@ -189,10 +190,13 @@ class HostIndexer:
         alone_since: float | None = None
         retry_at = 0.0
         agents_seen = -math.inf  # (when the host's agents were last counted)
+        look_at = 0.0  # (when it looks at the store unless woken before)
+        woken = True
         try:
             while not self.stopping:
                 busy = False
-                if time.monotonic() >= retry_at:
+                if time.monotonic() >= retry_at and (woken or time.monotonic() >= look_at):
+                    look_at = time.monotonic() + LOOK_EVERY_S
                     try:
                         busy = self._remember()
                         busy = bool(self.index.embed_pending(
@@ -211,9 +215,12 @@ class HostIndexer:
                     elif time.monotonic() - alone_since >= LINGER_S:
                         self.say("no agent of this store runs on this host any more: exiting")
                         break
+                woken = busy
                 if not busy and not self.stopping:
-                    wait = LOOK_EVERY_S if not self.linger else min(LOOK_EVERY_S, LINGER_S / 2)
-                    self._waiter.wait(wait)
+                    wait = max(0.0, look_at - time.monotonic())
+                    if self.linger:
+                        wait = min(wait, LINGER_S / 2)
+                    woken = self._waiter.wait(wait)
         finally:
             self._waiter.close()
             os.close(self.lock_fd)
