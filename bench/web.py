@@ -7,8 +7,10 @@ by Playwright (``/usr/bin/chromium``), ``podium agent run --backend echo`` worke
 of browser client, each a real Chromium page on the server's origin (so the WebSocket's Origin
 check passes with the cookie the printed link set):
   * socket: a page whose only script opens ``/api/events/ws`` and, for every frame, parses it
-    and stamps each event ``performance.timeOrigin + performance.now()`` (the wall clock, in
-    ms, at sub-ms resolution);
+    and decodes its events as the dashboard does (``JSON.parse``, then the page's own
+    ``frameEvents``, imported from ``/live.js``), and stamps each event
+    ``performance.timeOrigin + performance.now()`` (the wall clock, in ms, at sub-ms
+    resolution);
   * dashboard: the real page (``#/team``, ``--view`` to change): its stream hands every event
     to the page's views (which start their re-fetches) and its feed, which draws the new rows
     at the next animation frame; stamped when the stream hands it over
@@ -24,8 +26,8 @@ and the pages connected, all tasks added in one transaction, timed until the las
 (the store's ``completed_at``): end-to-end tasks/s with no page open, with 20 socket pages and
 with 20 dashboards (a fresh store and server for every run, ``--repeat`` runs each, the order
 alternating; medians). Also the events committed per second during the run, each page's
-received events per second, and whether every page got every event exactly once (by id) and
-how long after the last commit the slowest page had it.
+received events per second (and the frames a socket page got), and whether every page got
+every event exactly once (by id) and how long after the last commit the slowest page had it.
 The CPU that the workers, the server and the browser used during each run is printed (cores,
 from /proc schedstat); ``--nice N`` is a what-if that runs the server and the browsers at nice
 N during the throughput runs.
@@ -66,15 +68,19 @@ WARMUP = 10
 LAT_TARGETS = (20.0, 100.0)  # p50, p99 in ms, with 20 clients
 RATIO_TARGET = 0.90
 
-# The socket client: counts every event once (ids only grow), stamps task.queued ones.
+# The socket client: decodes each frame with the page's own decoder, counts every event once
+# (ids only grow), stamps task.queued ones.
 SOCKET_JS = """
-() => new Promise((resolve, reject) => {
-  const b = window.bench = {lat: [], ids: 0, dup: 0, last: 0, first_ms: 0, last_ms: 0};
+async () => {
+  const { frameEvents } = await import("/live.js");
+  const b = window.bench = {lat: [], ids: 0, dup: 0, last: 0, first_ms: 0, last_ms: 0,
+                            frames: 0};
   const ws = new WebSocket(`ws://${location.host}/api/events/ws`);
   ws.onmessage = (m) => {
-    const f = JSON.parse(m.data);
+    const events = frameEvents(JSON.parse(m.data));
     const now = performance.timeOrigin + performance.now();
-    for (const e of f.events) {
+    b.frames++;
+    for (const e of events) {
       if (e.id <= b.last) { b.dup++; continue; }
       b.last = e.id; b.ids++;
       if (!b.first_ms) b.first_ms = now;
@@ -82,9 +88,11 @@ SOCKET_JS = """
       if (e.kind === "task.queued") b.lat.push(now - e.at * 1000);
     }
   };
-  ws.onopen = () => resolve(true);
-  ws.onerror = () => reject(new Error("websocket failed"));
-})
+  return await new Promise((resolve, reject) => {
+    ws.onopen = () => resolve(true);
+    ws.onerror = () => reject(new Error("websocket failed"));
+  });
+}
 """
 # The dashboard: every event counted once as the page's stream hands it over; the latency stamp
 # when the page has drawn the event's row in its feed (the animation frame after it came).
@@ -115,7 +123,7 @@ DASHBOARD_JS = """
 })
 """
 RESET_JS = """() => { const b = window.bench;
-  b.lat = []; b.recv = []; b.ids = 0; b.dup = 0; b.first_ms = 0; b.last_ms = 0; }"""
+  b.lat = []; b.recv = []; b.ids = 0; b.dup = 0; b.first_ms = 0; b.last_ms = 0; b.frames = 0; }"""
 READ_JS = "() => window.bench"
 
 
@@ -281,6 +289,8 @@ def throughput_run(browser, kind: str | None, clients: int, n: int, workers: int
             res["pages"] = len(stats)
             res["recv_s"] = min(s["ids"] / max(1e-9, (s["last_ms"] / 1000 - t0)) for s in stats)
             res["lag_ms"] = max(s["last_ms"] - last_at * 1000 for s in stats)
+            if kind == "socket":  # (a dashboard does not count its frames)
+                res["frames"] = C.median([s["frames"] for s in stats])
         return res
     finally:
         if pages:
@@ -343,7 +353,8 @@ def throughput_section(browser, args, kinds: list[str]) -> bool:
                 runs[label].append(res)
                 extra = "" if kind is None else (
                     f", pages with every event once {res['complete']}/{res['pages']}, "
-                    f"slowest page {res['recv_s']:.0f} events/s, lag {res['lag_ms']:.0f} ms")
+                    f"slowest page {res['recv_s']:.0f} events/s, lag {res['lag_ms']:.0f} ms"
+                    + (f", {res['frames']:.0f} frames a page" if "frames" in res else ""))
                 cores = ", ".join(f"{k} {v:.2f}" for k, v in res["cpu"].items() if v)
                 print(f"  run {r + 1} {label:<20}: {res['e2e']:7.0f} tasks/s end-to-end, "
                       f"{res['drain']:7.0f} drain, {res['events_s']:7.0f} events/s "

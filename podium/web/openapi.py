@@ -183,7 +183,8 @@ ROUTES: dict[tuple[str, str], tuple[str, dict[str, tuple[Schema, str]], Schema |
         "What is remembered, by kind; embedded by which model; the vector store and sizes (as "
         "'podium memory stats --json')", {}, None, 200, OBJ),
     ("GET", "/api/events/ws"): (
-        "WebSocket: live events. Text frames {\"events\": [...], \"cursor\": N}; with after=N, "
+        "WebSocket: live events. Text frames {\"rows\": [[id, at, kind, agent_id, task_id, "
+        "data], ...], \"cursor\": N} (an event as an array; at: Unix seconds); with after=N, "
         "every event after N first", {"after": (INT, "The last event id the page has "
                                                      "(omitted: from now)"),
                                        "token": (STR, "The token, when no cookie is sent")},

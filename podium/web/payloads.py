@@ -100,13 +100,22 @@ def dumps(data: Any) -> bytes:
         return json.dumps(data, separators=(",", ":")).encode()
 
 
-def event_json(ev: Event) -> str:
-    """``event`` as JSON text (the live stream sends each event's text as it was made once)."""
-    text = json.dumps(event(ev), ensure_ascii=False, separators=(",", ":"))
+#: The live stream's event, a JSON array in this order (the page's live.js reads it so).
+EVENT_ROW = ("id", "at", "kind", "agent_id", "task_id", "data")
+_ROW_TEXT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_ROW_ASCII = json.JSONEncoder(separators=(",", ":"))
+
+
+def event_row(ev: Event) -> str:
+    """``ev`` as the live stream sends it: the JSON array of its ``EVENT_ROW`` fields, ``at`` in
+    Unix seconds (no ISO ``ts``: the stream carries thousands of events a second, and the row
+    is a third shorter than ``event``'s object)."""
+    row = (ev.id, ev.ts, ev.kind, ev.agent_id, ev.task_id, ev.data)
+    text = _ROW_TEXT.encode(row)
     try:
         text.encode()
     except UnicodeEncodeError:  # (see dumps)
-        return json.dumps(event(ev), separators=(",", ":"))
+        return _ROW_ASCII.encode(row)
     return text
 
 

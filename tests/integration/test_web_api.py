@@ -30,6 +30,7 @@ from conftest import run_cli
 from podium.service import Podium
 from podium.store import open_store
 from podium.web.openapi import ROUTES
+from podium.web.payloads import EVENT_ROW
 from podium.web.security import csrf_token
 
 # Markup, quotes, shell and JSON lookalikes, CR/LF, tabs, accents, CJK, RTL, emoji, a combining
@@ -105,6 +106,13 @@ def api(web):
         yield c
 
 
+def frame_events(frame: dict) -> list[dict]:
+    """A frame's events as objects (its rows are ``[id, at, kind, agent_id, task_id, data]``,
+    as the page's live.js decodes them)."""
+    assert all(len(row) == len(EVENT_ROW) for row in frame["rows"])
+    return [dict(zip(EVENT_ROW, row)) for row in frame["rows"]]
+
+
 def frames(ws: ClientConnection, until, timeout: float = 15.0) -> list[dict]:
     """The events of the frames ``ws`` receives until ``until(events so far)`` holds."""
     got: list[dict] = []
@@ -114,9 +122,10 @@ def frames(ws: ClientConnection, until, timeout: float = 15.0) -> list[dict]:
         if left <= 0:
             raise AssertionError(f"gave up waiting; got {[e['kind'] for e in got]}")
         frame = json.loads(ws.recv(timeout=left))
-        if frame["events"]:
-            assert frame["cursor"] == frame["events"][-1]["id"]
-        got += frame["events"]
+        events = frame_events(frame)
+        if events:
+            assert frame["cursor"] == events[-1]["id"]
+        got += events
     return got
 
 
@@ -202,7 +211,7 @@ def test_websocket_checks(web):
     assert e.value.response.status_code == 421
     with connect(f"ws://127.0.0.1:{web.port}/api/events/ws?token={web.token}",
                  origin=f"http://127.0.0.1:{web.port}", open_timeout=5) as ws:
-        assert json.loads(ws.recv(timeout=5))["events"] == []  # (from now: the cursor only)
+        assert json.loads(ws.recv(timeout=5))["rows"] == []  # (from now: the cursor only)
     with web.ws(after="x") as ws:  # type: ignore[arg-type]
         with pytest.raises(ConnectionClosed) as closed:
             ws.recv(timeout=5)
@@ -376,7 +385,7 @@ def test_memory_that_cannot_work_is_a_clear_error(tmp_path, monkeypatch):
 def test_team_runs_a_task_added_through_the_api_live(web, api):
     with web.ws() as ws:
         start = json.loads(ws.recv(timeout=10))
-        assert start["events"] == [] and start["cursor"] >= 1
+        assert start["rows"] == [] and start["cursor"] >= 1
         r = api.post("/api/team/up", json={"n": 1, "backend": "shell", "prefix": "webagent",
                                            "roles": ["runner"]})
         assert r.status_code == 201, r.text
@@ -394,7 +403,11 @@ def test_team_runs_a_task_added_through_the_api_live(web, api):
             strictly_increasing(events)
             kinds = [e["kind"] for e in events if e["task_id"] == t["id"]]
             assert kinds[0] == "task.queued" and "task.completed" == kinds[-1]
-            assert all(isinstance(e["at"], float) and e["ts"].endswith("Z") for e in events)
+            assert all(isinstance(e["at"], float) for e in events)
+            listed = {e["id"]: e for e in api.get("/api/events", params={
+                "after": events[0]["id"] - 1, "limit": len(events)}).json()["events"]}
+            for e in events:  # (the same as /api/events, but for its ISO ts)
+                assert e == {k: v for k, v in listed[e["id"]].items() if k != "ts"}
             done = api.get(f"/api/tasks/{t['id']}").json()["task"]
             assert done["state"] == "completed" and done["output"] == shown
             assert done["agent_id"] == name and done["duration_s"] >= 0
@@ -497,7 +510,7 @@ while not got or got[-1][1] != last:
                 frame = json.loads(ws.recv(timeout=60))
                 if cursor is None:
                     print(frame["cursor"], flush=True)
-                got += [[e["id"], e["kind"]] for e in frame["events"]]
+                got += [[row[0], row[2]] for row in frame["rows"]]  # ([id, at, kind, ...])
                 cursor = frame["cursor"]
     except ConnectionClosed as e:
         closes.append(e.rcvd.code if e.rcvd else None)
@@ -612,6 +625,36 @@ def test_catch_up_from_the_store_after_falling_behind(tmp_path):
         hub = app.state.hub
         assert hub.fell_behind >= 1 and hub.store_reads >= 1 and slow.closes == []
         assert [i for i, _ in got] == list(range(slow.start + 1, slow.start + 302))
+
+
+def test_no_event_is_read_while_no_socket_is_open(tmp_path):
+    """The hub follows the log only while a socket is open; the next socket without ``after``
+    starts from the store's last event, one with ``after`` still gets every event once."""
+    with app_in_a_thread(tmp_path) as (port, app, store):
+        hub, url = app.state.hub, f"ws://127.0.0.1:{port}/api/events/ws?token=tok"
+        with connect(url, open_timeout=10) as ws:
+            start = json.loads(ws.recv(timeout=10))["cursor"]
+            store.add_event("test.step", data={"i": 0})
+            first = store.last_event_id()
+            assert [e["id"] for e in frames(ws, lambda got: got)] == [first]
+        store.add_event("test.step", data={"i": 1})  # (read as the follower wakes)
+        last = store.last_event_id()
+        deadline = time.monotonic() + 10
+        while hub.cursor != last and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.2)  # (it has seen no socket open: it reads nothing more)
+        for i in range(100):
+            store.add_event("test.step", data={"i": 2 + i})
+        store.add_event("test.last")
+        last = store.last_event_id()
+        time.sleep(0.5)
+        assert hub.cursor < last - 100
+        with connect(url, open_timeout=10) as ws:
+            assert json.loads(ws.recv(timeout=10)) == {"rows": [], "cursor": last}
+        with connect(f"{url}&after={start}", open_timeout=10) as ws:
+            got = frames(ws, lambda got: got and got[-1]["kind"] == "test.last")
+        assert [e["data"].get("i") for e in got] == [*range(102), None]
+        assert strictly_increasing(got) == list(range(start + 1, last + 1))
 
 
 def test_a_socket_too_slow_is_closed_and_resumes_from_its_cursor(tmp_path, monkeypatch):

@@ -1,10 +1,24 @@
 // The live event stream: one WebSocket from the page's cursor. Frames are
-// {"events": [...], "cursor": N}; an event at or below the cursor was seen already and is
+// {"rows": [[id, at, kind, agent_id, task_id, data], ...], "cursor": N} (an event as a row, in
+// the order of podium/web/payloads.py EVENT_ROW: fewer bytes than objects), turned back into
+// event objects by frameEvents; an event at or below the cursor was seen already and is
 // dropped (ids only grow), so none is applied twice. When the socket closes the page reconnects
 // with after=cursor (back-off 100 ms doubling up to 2 s), and the server sends what it missed.
 
 const MAX_BACKOFF_MS = 2000;
 const FIRST_BACKOFF_MS = 100;
+
+/** The events of a frame (its text parsed), as objects {id, at, kind, agent_id, task_id, data}
+ * like /api/events gives them (without the ISO ``ts``); [] for a frame that is not one. */
+export function frameEvents(frame) {
+  const rows = frame && Array.isArray(frame.rows) ? frame.rows : [];
+  const events = new Array(rows.length);
+  for (let i = 0; i < rows.length; i++) {
+    const r = rows[i];
+    events[i] = { id: r[0], at: r[1], kind: r[2], agent_id: r[3], task_id: r[4], data: r[5] };
+  }
+  return events;
+}
 
 export class Live {
   constructor() {
@@ -73,7 +87,7 @@ export class Live {
       } catch {
         return;
       }
-      if (frame && Array.isArray(frame.events)) this.feed(frame.events);
+      this.feed(frameEvents(frame));
     };
     ws.onclose = () => {
       if (this.socket !== ws) return;
