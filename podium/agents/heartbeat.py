@@ -23,7 +23,8 @@ def idle_interval(lease_s: float, interval_s: float) -> float:
     A busy agent's beats keep its task's lease; an idle one's only say it is alive (it is
     found dead a lease after its last beat, three beats missed) and look for work whose
     wake-up was lost. With hundreds of idle agents these beats are what the team costs at
-    rest (bench/scale.py)."""
+    rest (bench/scale.py); on PostgreSQL, the host's daemon makes them for all its idle
+    agents at once while it runs (``podium.store.hostbeats``)."""
     return max(interval_s, min(2 * interval_s, lease_s / 3))
 
 
@@ -57,6 +58,8 @@ class Heartbeat:
                                         self.interval_s)
         if task is None:
             reply = self.store.heartbeat(self.agent_id, self.lease_s, roles=roles)
+            if reply.next_idle_beat_s is not None:  # (the host's daemon stood for it)
+                self.next_due = self.clock() + reply.next_idle_beat_s
         else:
             reply = self.store.heartbeat(self.agent_id, self.lease_s, task.id, task.attempts)
         registration.end_taken(self.store.url, reply.taken)

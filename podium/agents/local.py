@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from podium import wake
+from podium.pids import start_time
 from podium.store.postgres import without_password
 
 
@@ -42,19 +43,6 @@ def records_dir(store_url: str) -> Path:
     """Where the records of the store at ``store_url`` (as ``Store.url`` spells it) are kept."""
     digest = hashlib.sha256(f"podium local agents {_canonical(store_url)}".encode()).hexdigest()
     return wake.runtime_dir() / f"agents-{digest[:16]}"
-
-
-def start_time(pid: int) -> int | None:
-    """When process ``pid`` started (clock ticks after boot, ``/proc/<pid>/stat`` field 22);
-    None when there is no such process, or it has exited (a zombie)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    if len(fields) < 20 or fields[0] == b"Z":
-        return None
-    return int(fields[19])
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,9 @@ class HeartbeatReply:
     #: Asked for with ``roles``: whether a task waited that the agent may take (queued for it,
     #: its roles or anyone, or handed to it); None when not asked.
     work_waiting: bool | None = None
+    #: An idle beat that this host's daemon stood for (``podium.store.hostbeats``): the next
+    #: may wait up to ``next_idle_beat_s`` (None: the usual interval).
+    next_idle_beat_s: float | None = None
 
 
 @dataclass

@@ -20,6 +20,8 @@ Without it every worker holds a pool and a ``LISTEN`` connection of its own, and
   whose uid 1 is root outside (``unshare --user``), so it can still use root's private directory.
   Without PgBouncer the daemon still relays wake-ups, and each process connects directly with
   one connection.
+* **Idle agents' heartbeats.** A thread of the daemon beats for the host's idle agents, one
+  statement per round for all of them, through PgBouncer (``podium.store.hostbeats``).
 
 Who uses it: a process on this host that opens the store while the daemon is live
 (``attach``); ``podium up`` starts it first (``ensure``), and with ``PODIUM_PG_HOST=on`` any
@@ -52,12 +54,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from podium.errors import InvalidInput, StoreError
+from podium.store import hostbeats
 from podium.wake import (
     ALL_AGENTS,
     HANDED,
@@ -333,6 +337,7 @@ class HostDaemon:
         self._next_connect = 0.0
         self._connect_delay = 0.5
         self._bouncer_restarts = 0
+        self._stopped = threading.Event()
 
     def log(self, msg: str) -> None:
         with contextlib.suppress(OSError):
@@ -370,8 +375,12 @@ class HostDaemon:
             self._write_state()
             self.log(f"serving {self.dir} (PgBouncer: "
                      f"{'pool ' + str(self.pool) if self.bouncer_conninfo else 'none'})")
+            beats = threading.Thread(target=self._beat_idle_agents, name="podium-host-beats",
+                                     daemon=True)
+            beats.start()
             self._loop(users, wake_r)
         finally:
+            self._stopped.set()
             (self.dir / "state.json").unlink(missing_ok=True)
             self._stop_bouncer()
             for name in ("pgbouncer.ini", "pgbouncer.pid"):
@@ -385,6 +394,40 @@ class HostDaemon:
 
     def _on_signal(self, signum, frame) -> None:
         self.stop = True
+        self._stopped.set()
+
+    # -- the idle agents' heartbeats (podium.store.hostbeats) ---------------------------
+    def _beat_idle_agents(self) -> None:
+        """Rounds of heartbeats for this host's idle agents, on a thread of their own (a slow
+        server holds up the beats, which the workers then make themselves, never the relay),
+        on a connection through PgBouncer (direct without one)."""
+        import psycopg
+
+        beater = hostbeats.HostBeater(self.dir, socket.gethostname())
+        conn = None
+        failing = False
+        while not self._stopped.wait(max(0.0, beater.next_at - time.monotonic())):
+            try:
+                if conn is None:
+                    conn = psycopg.connect(self.bouncer_conninfo or self.url, autocommit=True,
+                                           connect_timeout=5, prepare_threshold=None)
+                beater.beat(conn)
+                if failing:
+                    self.log("beating for idle agents again")
+                failing = False
+            except (psycopg.Error, OSError) as e:
+                if not failing:
+                    self.log(f"cannot beat for idle agents ({str(e).strip()}); their workers "
+                             "beat on their own meanwhile")
+                failing = True
+                beater.next_at = time.monotonic() + hostbeats.DEFAULT_EVERY_S
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+                    conn = None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
 
     # -- the LISTEN relay -------------------------------------------------------------
     def _connect_listen(self, first: bool = False) -> bool:

@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from podium.errors import StoreError, StoreUnavailable
-from podium.store import pghost
-from podium.store.base import Waiter
+from podium.store import hostbeats, pghost
+from podium.store.base import HeartbeatReply, Waiter
 from podium.store.migrations import MIGRATIONS
 from podium.store.sql import SqlStore, Tx
 from podium.wake import ALL_AGENTS, WakeChannel
@@ -314,8 +314,12 @@ class PostgresStore(SqlStore):
         if host_route and secret:
             self._route = (pghost.ensure(url, secret[0]) if pghost.mode() == "on" else
                            pghost.attach(secret[0]) if pghost.mode() == "auto" else None)
+        #: This host's daemon beats for its idle agents (``hostbeats``) while it serves us.
+        self._idle_beats: hostbeats.IdleBeats | None = None
         if self._route is not None:
             self._relay = WakeChannel(self._route.wake_key)
+            assert self._secret is not None  # (a route is found by the secret)
+            self._idle_beats = hostbeats.IdleBeats(pghost.host_dir(self._secret))
             if self._route.bouncer is not None:
                 # PgBouncer in transaction mode: a statement prepared on one server connection
                 # would be missing on the next, so none is; the session settings come from its
@@ -492,6 +496,23 @@ class PostgresStore(SqlStore):
         if self._relay is not None:
             return self._relay.watch_listener()
         return PgListener(self, None)
+
+    def heartbeat(self, agent_id, lease_s, task_id=None, attempt=0, roles=None) -> HeartbeatReply:
+        # An idle beat that the host's daemon has made for the agent costs no round trip
+        # (``hostbeats``): it says no work waits, as the daemon's round found.
+        beats = self._idle_beats
+        if task_id is None and beats is not None and beats.covered(agent_id, lease_s):
+            return HeartbeatReply(work_waiting=None if roles is None else False,
+                                  next_idle_beat_s=hostbeats.covered_interval(lease_s))
+        reply = super().heartbeat(agent_id, lease_s, task_id, attempt, roles)
+        if task_id is None and beats is not None:
+            beats.ask(agent_id, lease_s)
+        return reply
+
+    def deregister(self, agent_id) -> None:
+        if self._idle_beats is not None:
+            self._idle_beats.forget(agent_id)
+        super().deregister(agent_id)
 
     def host_route(self) -> tuple[str, int] | None:
         """How this process reaches the server: ("pgbouncer", the host's pool), ("direct", 1)
