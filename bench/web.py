@@ -127,13 +127,14 @@ RESET_JS = """() => { const b = window.bench;
 READ_JS = "() => window.bench"
 
 
-def browser_pids() -> list[int]:
-    """This benchmark's Chromium processes (Playwright's driver starts them)."""
+def browser_pids(name: str = "chrom") -> list[int]:
+    """This benchmark's Chromium processes (Playwright's driver starts them), or with
+    ``name`` "node" that driver (it gets every WebSocket frame of every page it drives)."""
     out = []
     for pid in C.descendants(os.getpid()):
         try:
             with open(f"/proc/{pid}/comm") as f:
-                if "chrom" in f.read():
+                if name in f.read():
                     out.append(pid)
         except OSError:
             pass
@@ -255,7 +256,8 @@ def throughput_run(browser, kind: str | None, clients: int, n: int, workers: int
         first_event = p.store.last_event_id() + 1
         specs = [p.spec("x") for _ in range(n)]
         groups = {"workers": [w.pid for w in procs], "server": [server.proc.pid],
-                  "browser": browser_pids() if kind else []}
+                  "browser": browser_pids() if kind else [],
+                  "playwright driver": browser_pids("node") if kind else []}
         if nice:
             for pid in groups["server"] + groups["browser"]:
                 renice(pid, nice)

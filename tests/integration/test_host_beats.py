@@ -219,13 +219,19 @@ def _beaten_by_the_daemon(store, names: list[str], d: Path) -> bool:
     return all(store.get_agent(n).last_heartbeat == at for n in names)
 
 
-def test_workers_idle_beats_come_from_the_daemon(host):
-    h, store = host
-    agents = _up(h, 4)
+def _up_and_beaten(h: Host, store, n: int) -> tuple[list[dict], list[str], Path]:
+    """``n`` agents up, and beaten by the daemon's round: them, their ids, its directory."""
+    agents = _up(h, n)
     names = [a["id"] for a in agents]
     d = h.daemon_dir()
     wait_for(lambda: _beaten_by_the_daemon(store, names, d), 10, 0.05,
-             what="the daemon's round to beat for all four")
+             what="the daemon's round to beat for them all")
+    return agents, names, d
+
+
+def test_workers_idle_beats_come_from_the_daemon(host):
+    h, store = host
+    _, names, d = _up_and_beaten(h, store, 4)
     # For a while: every time we look, the four share the last round's time (no beat of their
     # own in between), and it is recent.
     for _ in range(6):
@@ -242,11 +248,8 @@ def test_workers_idle_beats_come_from_the_daemon(host):
 
 def test_workers_a_hung_worker_is_found_dead_and_comes_back(host):
     h, store = host
-    agents = _up(h, 3)
+    agents, _, d = _up_and_beaten(h, store, 3)
     hung, *others = agents
-    d = h.daemon_dir()
-    wait_for(lambda: _beaten_by_the_daemon(store, [a["id"] for a in agents], d), 10, 0.05,
-             what="the daemon's rounds")
     os.kill(hung["pid"], signal.SIGSTOP)
     try:
         wait_for(lambda: store.get_agent(hung["id"]).state is AgentState.DEAD, 3 * LEASE + 5,
@@ -260,10 +263,7 @@ def test_workers_a_hung_worker_is_found_dead_and_comes_back(host):
 
 def test_workers_find_a_task_whose_wake_up_was_lost(host, pg_url):
     h, store = host
-    agents = _up(h, 2)
-    d = h.daemon_dir()
-    wait_for(lambda: _beaten_by_the_daemon(store, [a["id"] for a in agents], d), 10, 0.05,
-             what="the daemon's rounds")
+    _up_and_beaten(h, store, 2)
     lost = open_store(pg_url)
     try:
         lost.channel_wake = lost.channel_events = "podium_nobody_listens"  # (the wake-up lost)
@@ -277,11 +277,7 @@ def test_workers_find_a_task_whose_wake_up_was_lost(host, pg_url):
 
 def test_workers_beat_on_their_own_while_the_daemon_does_not(host):
     h, store = host
-    agents = _up(h, 3)
-    names = [a["id"] for a in agents]
-    d = h.daemon_dir()
-    wait_for(lambda: _beaten_by_the_daemon(store, names, d), 10, 0.05,
-             what="the daemon's rounds")
+    _, names, d = _up_and_beaten(h, store, 3)
     daemon = _daemon_pid(d)
     assert daemon is not None
     os.kill(daemon, signal.SIGSTOP)  # (its rounds stop; its PgBouncer still serves)
