@@ -83,6 +83,18 @@ def private_dir(path: Path) -> Path:
     return path
 
 
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all (a reader sees the old file or the new one), mode
+    0600 whatever the umask, never through a link. Raises OSError."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    with open(fd, "wb") as f:
+        os.fchmod(fd, 0o600)
+        f.write(data)
+    os.replace(tmp, path)
+
+
 def check_private(d: Path) -> None:
     """Refuse a directory that another user could have made, that is reached through a link,
     or that others may read or write."""

@@ -123,14 +123,7 @@ def record(store_url: str, name: str) -> Path:
     body = json.dumps({"name": name, "pid": pid, "started": started,
                        "store": _canonical(store_url), "log": _log_path()}).encode()
     path = d / _file_name(name, pid)
-    tmp = d / f".{path.name}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # (whatever the umask)
-        os.write(fd, body)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)  # (a reader sees the whole record or none)
+    wake.write_private(path, body)
     return path
 
 

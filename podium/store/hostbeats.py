@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from podium import pids
-from podium.wake import private_dir
+from podium.wake import private_dir, write_private
 
 #: The daemon's round: every ``lease / BEATS_PER_LEASE`` of the shortest lease asked for.
 BEATS_PER_LEASE = 6
@@ -106,14 +106,7 @@ class IdleBeats:
                            "lease_s": lease_s}).encode()
         try:
             d = private_dir(self._dir)
-            tmp = d / f".{name}.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            try:
-                os.fchmod(fd, 0o600)
-                os.write(fd, body)
-            finally:
-                os.close(fd)
-            os.replace(tmp, d / name)
+            write_private(d / name, body)
             # (after: a round that started later saw the file)
             written = time.time()
         except OSError:
@@ -218,14 +211,8 @@ class HostBeater:
             if a.agent not in beaten:
                 with contextlib.suppress(OSError):
                     os.unlink(a.path)
-        tmp = self._beat_file.with_name(f".{BEAT_FILE}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        try:
-            os.write(fd, json.dumps({"at": t, "work": work, "recovery": recovery,
-                                     "agents": len(beaten)}).encode())
-        finally:
-            os.close(fd)
-        os.replace(tmp, self._beat_file)
+        write_private(self._beat_file, json.dumps({"at": t, "work": work, "recovery": recovery,
+                                                   "agents": len(beaten)}).encode())
         return len(beaten)
 
 

@@ -70,6 +70,7 @@ from podium.wake import (
     check_private,
     private_dir,
     runtime_dir,
+    write_private,
 )
 
 #: ``auto`` (default): use the host's daemon when it is live (``podium up`` starts it); ``on``:
@@ -664,14 +665,5 @@ class HostDaemon:
     def _write_state(self) -> None:
         state = {"pid": os.getpid(), "bouncer": self.bouncer_conninfo,
                  "pool": self.pool if self.bouncer_conninfo else 0}
-        tmp = self.dir / "state.json.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        with open(fd, "w") as f:
-            json.dump(state, f)
-        os.replace(tmp, self.dir / "state.json")
-        pointer = _url_pointer(self.url)
-        tmp = pointer.with_name(pointer.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        with open(fd, "w") as f:
-            f.write(self.dir.name)
-        os.replace(tmp, pointer)
+        write_private(self.dir / "state.json", json.dumps(state).encode())
+        write_private(_url_pointer(self.url), self.dir.name.encode())
