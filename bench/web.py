@@ -2,15 +2,22 @@
 """The web dashboard's live stream: event committed -> received in a browser, and what 20 open
 dashboards cost the workers.
 
-Everything is real: ``podium web --port 0`` on a fresh SQLite store, Debian's Chromium driven
-by Playwright (``/usr/bin/chromium``), ``podium agent run --backend echo`` workers. Two kinds
-of browser client, each a real Chromium page on the server's origin (so the WebSocket's Origin
-check passes with the cookie the printed link set):
+Everything is real: ``podium web --port 0`` on a fresh SQLite store, Debian's Chromium
+(``/usr/bin/chromium``), ``podium agent run --backend echo`` workers. The pages are driven over
+the DevTools protocol by ``bench/_cdp.py``, which enables no domain on them that sends events,
+so that they cost what a person's tabs cost; ``--driver playwright``
+drives them with Playwright instead, whose driver gets a copy of every WebSocket frame of every
+page (its CPU shows as "playwright driver", and the browser's copying in the browser's). Two
+kinds of browser client, each a real Chromium page on the server's origin (so the WebSocket's
+Origin check passes with the cookie the printed link set):
   * socket: a page whose only script opens ``/api/events/ws`` and, for every frame, parses it
     and decodes its events as the dashboard does (``JSON.parse``, then the page's own
     ``frameEvents``, imported from ``/live.js``), and stamps each event
     ``performance.timeOrigin + performance.now()`` (the wall clock, in ms, at sub-ms
     resolution);
+  * frames (throughput runs only, with ``--kinds``): a page that receives every frame and
+    parses none of it (it reads the cursor off the end of the text): what the transport alone
+    costs the browser and the server, the floor under any page;
   * dashboard: the real page (``#/team``, ``--view`` to change): its stream hands every event
     to the page's views (which start their re-fetches) and its feed, which draws the new rows
     at the next animation frame; stamped when the stream hands it over
@@ -36,11 +43,13 @@ dashboards are shown beside them): p50 <= 20 ms and p99 <= 100 ms with 20 client
 workers' throughput with 20 clients within 10 % of it with none.
 
     .venv/bin/python bench/web.py [--n 200] [--clients 1,20] [--tasks 10000] [--repeat 3]
+                                  [--driver cdp|playwright]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import re
@@ -52,6 +61,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _cdp  # noqa: E402
 import _common as C  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
@@ -94,6 +104,27 @@ async () => {
   });
 }
 """
+# The transport's floor: every frame received, nothing parsed (the cursor read off the end of
+# the text; events counted by cursor, their ids being consecutive in one SQLite store).
+FRAMES_JS = """
+async () => {
+  const b = window.bench = {lat: [], ids: 0, dup: 0, last: 0, start: 0, first_ms: 0,
+                            last_ms: 0, frames: 0};
+  const ws = new WebSocket(`ws://${location.host}/api/events/ws`);
+  ws.onmessage = (m) => {
+    const text = m.data;
+    b.last = parseInt(text.slice(text.lastIndexOf('"cursor":') + 9));
+    if (!b.started) { b.started = true; b.start = b.last; }  // (the first frame: no event)
+    b.frames++;
+    b.ids = b.last - b.start;
+    b.last_ms = performance.timeOrigin + performance.now();
+  };
+  return await new Promise((resolve, reject) => {
+    ws.onopen = () => resolve(true);
+    ws.onerror = () => reject(new Error("websocket failed"));
+  });
+}
+"""
 # The dashboard: every event counted once as the page's stream hands it over; the latency stamp
 # when the page has drawn the event's row in its feed (the animation frame after it came).
 DASHBOARD_JS = """
@@ -123,13 +154,14 @@ DASHBOARD_JS = """
 })
 """
 RESET_JS = """() => { const b = window.bench;
-  b.lat = []; b.recv = []; b.ids = 0; b.dup = 0; b.first_ms = 0; b.last_ms = 0; b.frames = 0; }"""
+  b.lat = []; b.recv = []; b.ids = 0; b.dup = 0; b.first_ms = 0; b.last_ms = 0; b.frames = 0;
+  b.start = b.last; }"""
 READ_JS = "() => window.bench"
 
 
 def browser_pids(name: str = "chrom") -> list[int]:
-    """This benchmark's Chromium processes (Playwright's driver starts them), or with
-    ``name`` "node" that driver (it gets every WebSocket frame of every page it drives)."""
+    """This benchmark's Chromium processes, or with ``name`` "node" Playwright's driver (with
+    ``--driver playwright``: it gets every WebSocket frame of every page it drives)."""
     out = []
     for pid in C.descendants(os.getpid()):
         try:
@@ -164,7 +196,8 @@ class Server:
 
 
 class Pages:
-    """``n`` Chromium pages of one kind (socket or dashboard) on the server, one context."""
+    """``n`` Chromium pages of one kind (socket, frames or dashboard) on the server, one
+    context."""
 
     def __init__(self, browser, server: Server, n: int, kind: str, view: str = "team"):
         self.context = browser.new_context(viewport={"width": 1280, "height": 800})
@@ -172,9 +205,9 @@ class Pages:
         first.goto(server.link)  # the cookie, for every page of the context
         self.pages = [first] + [self.context.new_page() for _ in range(n - 1)]
         for p in self.pages:
-            if kind == "socket":
+            if kind in ("socket", "frames"):
                 p.goto(f"{server.base}/api/session")
-                p.evaluate(SOCKET_JS)
+                p.evaluate(SOCKET_JS if kind == "socket" else FRAMES_JS)
             else:
                 p.goto(f"{server.base}/#/{view}")
                 p.evaluate(DASHBOARD_JS)
@@ -291,7 +324,7 @@ def throughput_run(browser, kind: str | None, clients: int, n: int, workers: int
             res["pages"] = len(stats)
             res["recv_s"] = min(s["ids"] / max(1e-9, (s["last_ms"] / 1000 - t0)) for s in stats)
             res["lag_ms"] = max(s["last_ms"] - last_at * 1000 for s in stats)
-            if kind == "socket":  # (a dashboard does not count its frames)
+            if kind != "dashboard":  # (a dashboard does not count its frames)
                 res["frames"] = C.median([s["frames"] for s in stats])
         return res
     finally:
@@ -311,6 +344,8 @@ def latency_section(browser, args, kinds: list[str], counts: list[int]) -> bool:
         load = C.HostLoad()
         rows = []
         for kind in kinds:
+            if kind == "frames":  # (it stamps no event: it reads none)
+                continue
             for clients in counts:
                 r = latency_run(browser, kind, clients, args.n, args.seed, args.view)
                 name = f"{clients} {kind} page{'s' if clients > 1 else ''}"
@@ -393,7 +428,8 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=200,
                     help="tasks timed per latency run (0: no latency runs)")
     ap.add_argument("--clients", default="1,20", help="page counts for the latency runs")
-    ap.add_argument("--kinds", default="socket,dashboard", help="client kinds to run")
+    ap.add_argument("--kinds", default="socket,dashboard",
+                    help="client kinds to run: socket, dashboard, frames (the transport's floor)")
     ap.add_argument("--tasks", type=int, default=10_000, help="tasks per throughput run")
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--throughput-clients", type=int, default=20)
@@ -404,22 +440,29 @@ def main() -> int:
     ap.add_argument("--nice", type=int, default=0,
                     help="what-if: run the server and the browsers at this nice level during "
                          "the throughput runs (they yield the CPU to the workers)")
+    ap.add_argument("--driver", choices=["cdp", "playwright"], default="cdp",
+                    help="how the pages are driven: cdp (bench/_cdp.py: no DevTools domain "
+                         "enabled on the pages) or playwright (which taps every WebSocket frame "
+                         "of every page: its cost shows as 'playwright driver')")
     ap.add_argument("--view", default="team", help="the dashboard pages' view (team, queue, "
                     "history, events...)")
     args = ap.parse_args()
     if not Path(CHROMIUM).exists():
         print(f"{CHROMIUM} is missing: apt-get install chromium")
         return 2
-    from playwright.sync_api import sync_playwright
-
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     counts = [int(x) for x in args.clients.split(",") if x.strip()]
     print(f"web: live stream latency and throughput; {C.machine()}; other load before start: "
           f"{C.others_busy():.2f} cores busy", flush=True)
     ok = True
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        print(f"Chromium {browser.version}")
+    with contextlib.ExitStack() as stack:
+        if args.driver == "playwright":
+            from playwright.sync_api import sync_playwright
+            pw = stack.enter_context(sync_playwright())
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        else:
+            browser = _cdp.launch(CHROMIUM, CHROMIUM_ARGS)
+        print(f"Chromium {browser.version}, driven by {args.driver}")
         if args.n > 0:
             ok = latency_section(browser, args, kinds, counts) and ok
         if args.repeat > 0:
