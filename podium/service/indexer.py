@@ -7,16 +7,19 @@ a claim waiting for the GIL behind a model run costs milliseconds (measured: the
 went from 0.8 to 8 ms); a worker's child would be one more process its reaper must look
 through after every program. So one process per host and store does it, ``podium memory index
 --follow``: it holds the election lock (a ``flock`` on a file in this user's private runtime
-directory), follows the event log by polling the memory cursor once a second (nothing is added
-to any commit), and runs at the lowest CPU priority from its first instruction (nice 19; and,
+directory), follows the event log (woken as events are committed, and looking every
+LOOK_EVERY_S besides; nothing is added to any commit), and runs at the lowest CPU priority from its first instruction (nice 19; and,
 where the kernel schedules sessions as groups — autogroup, on by default in most
 distributions — in a session of its own whose group is niced to 19 too: otherwise its session
 would get as large a share of the CPU as any worker's, whatever the nice value of its
-process). Its writes are short transactions of a few rows; after each one it pauses for PACE
-times as long as the transaction took, so it holds the store's writer lock a small share of
-the time however fast tasks finish. (A writer that waits for that lock sleeps, so the indexer,
-low as its priority is, then has the CPU to finish its transaction; only a machine whose every
-core is kept busy by other work can make that wait long.)
+process). It works in the team's quiet moments: once no event has been committed for QUIET_S,
+and its model runs stop at the next event (a model run beside a dispatch slows the dispatch
+even at nice 19, on a machine of few cores); a team busy for MAX_DEFER_S without a pause gets
+one slice of its work then. Its writes are short transactions of a few rows; after each one it
+pauses for PACE times as long as the transaction took, so it holds the store's writer lock a
+small share of the time however fast tasks finish. (A writer that waits for that lock sleeps,
+so the indexer, low as its priority is, then has the CPU to finish its transaction; only a
+machine whose every core is kept busy by other work can make that wait long.)
 
 Started by a worker (``WorkerMemory.start_indexer``, when ``PODIUM_MEMORY_INDEX`` is ``on``, the
 default) that finds the lock free as it starts, before it becomes a subreaper, through a shell
@@ -58,6 +61,13 @@ BATCH = 8
 SLICE_S = 1.0
 #: After a transaction of remembering, the indexer pauses this many times as long as it took.
 PACE = 4.0
+#: The indexer starts work once no event has been committed for QUIET_S, and stops embedding
+#: at the next one: on two cores, a model run beside a dispatch doubled its median even at
+#: nice 19 (bench/scale.py, PostgreSQL at 200 agents: p50 3.2-3.9 ms without the indexer,
+#: 4.8 with it; p99 4.9-5.7 against 14-106 ms). A team that never pauses for MAX_DEFER_S gets
+#: a whole slice of work then, so memory falls behind by a bounded share of the CPU at most.
+QUIET_S = 0.5
+MAX_DEFER_S = 30.0
 #: After a failure (no model, the store away), how long before it tries again.
 RETRY_AFTER_S = 30.0
 #: Environment a task's programs carry (``podium.orphans``): the indexer is no task's.
@@ -197,11 +207,10 @@ class HostIndexer:
                 busy = False
                 if time.monotonic() >= retry_at and (woken or time.monotonic() >= look_at):
                     look_at = time.monotonic() + LOOK_EVERY_S
+                    quiet = self._wait_for_quiet()
                     try:
                         busy = self._remember()
-                        busy = bool(self.index.embed_pending(
-                            deadline=time.monotonic() + SLICE_S, batch=BATCH,
-                            keep_going=lambda: not self.stopping)) or busy
+                        busy = self._embed(until_event=quiet) or busy
                     except PodiumError as e:
                         self.say(f"could not remember (trying again in {RETRY_AFTER_S:.0f} s): "
                                  f"{e}")
@@ -225,6 +234,29 @@ class HostIndexer:
             self._waiter.close()
             os.close(self.lock_fd)
         return 0
+
+    def _wait_for_quiet(self) -> bool:
+        """Wait until no event has been committed for ``QUIET_S`` (True), or for
+        ``MAX_DEFER_S`` at most (False: the team is busy, the work is done now anyway)."""
+        until = time.monotonic() + MAX_DEFER_S
+        while not self.stopping and (left := until - time.monotonic()) > 0:
+            if not self._waiter.wait(min(QUIET_S, left)):
+                return True
+        return self.stopping
+
+    def _embed(self, until_event: bool) -> bool:
+        """Embed for a slice of time (``until_event``: only until an event is committed);
+        whether there may be more to embed."""
+        interrupted = False
+
+        def keep_going() -> bool:
+            nonlocal interrupted
+            if until_event and not self.stopping and self._waiter.wait(0):
+                interrupted = True
+            return not (self.stopping or interrupted)
+        done = self.index.embed_pending(deadline=time.monotonic() + SLICE_S, batch=BATCH,
+                                        keep_going=keep_going)
+        return bool(done) or interrupted
 
     def _remember(self) -> bool:
         """Remember finished work for a slice of time, pausing after each transaction for

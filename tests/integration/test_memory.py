@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import anyio
@@ -193,6 +194,57 @@ def test_a_shell_team_finishes_tasks_and_task_similar_finds_them(store_url, work
     while indexer.running_indexer(podium.url) is not None:
         assert time.monotonic() < deadline, "the indexer outlived the host's agents"
         time.sleep(0.2)
+
+
+def test_the_indexer_waits_for_a_quiet_log_then_catches_up(store_url, podium, tmp_path):
+    """While events are committed less than ``QUIET_S`` apart (a team dispatching), the host's
+    indexer (``podium memory index --follow``, a real process) remembers and embeds nothing:
+    its model runs would slow every dispatch. Once the log is quiet it catches up."""
+    for i in range(4):
+        finish_task(podium, f"job {i}", f"output of job {i}")
+    ticking = threading.Event()
+    stop = threading.Event()
+
+    def tick() -> None:
+        p = Podium.open(store_url)
+        try:
+            while not stop.is_set():
+                p.store.add_event("test.tick")
+                ticking.set()
+                stop.wait(indexer.QUIET_S / 5)
+        finally:
+            p.close()
+    ticker = threading.Thread(target=tick)
+    ticker.start()
+    proc = None
+    try:
+        assert ticking.wait(10)
+        with open(tmp_path / "indexer.log", "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "podium", "--store", store_url, "memory", "index",
+                 "--follow"], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                env={**os.environ, "PODIUM_MEMORY_INDEX": "on"}, start_new_session=True)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            counts = podium.store.memory_counts()
+            assert not counts.by_kind and proc.poll() is None, \
+                (counts, (tmp_path / "indexer.log").read_text())
+            time.sleep(0.2)
+        stop.set()
+        ticker.join()
+        deadline = time.monotonic() + 30
+        while (counts := podium.store.memory_counts()).by_model.get(MODEL, 0) < 4:
+            assert time.monotonic() < deadline, (counts, (tmp_path / "indexer.log").read_text())
+            time.sleep(0.2)
+        assert counts.by_kind == {"task": 4}
+        proc.terminate()
+        assert proc.wait(10) == 0
+    finally:
+        stop.set()
+        ticker.join()
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_recall_puts_the_right_memories_in_the_prompt_byte_exact(store_url, workers, embedder):
