@@ -2,24 +2,25 @@
 it finishes, so that no worker pays for it.
 
 Turning a finished task into memories needs the embedding model: tens of milliseconds of CPU
-per task and 150-300 MB of memory once loaded. A worker's own thread would share its GIL, and
-a claim waiting for the GIL behind a model run costs milliseconds (measured: the dispatch p50
-went from 0.8 to 8 ms); a worker's child would be one more process its reaper must look
-through after every program. So one process per host and store does it, ``podium memory index
+per task and 150-300 MB of memory once loaded. A worker's own thread would share its GIL, and a
+claim waiting for the GIL behind a model run costs milliseconds (measured: the dispatch p50
+went from 0.8 to 8 ms); a worker's child would be one more process its reaper must look through
+after every program. So one process per host and store does it, ``podium memory index
 --follow``: it holds the election lock (a ``flock`` on a file in this user's private runtime
 directory), follows the event log (woken as events are committed, and looking every
-LOOK_EVERY_S besides; nothing is added to any commit), and runs at the lowest CPU priority from its first instruction (nice 19; and,
-where the kernel schedules sessions as groups — autogroup, on by default in most
-distributions — in a session of its own whose group is niced to 19 too: otherwise its session
-would get as large a share of the CPU as any worker's, whatever the nice value of its
-process). It works in the team's quiet moments: once no event has been committed for QUIET_S,
-and its model runs stop at the next event (a model run beside a dispatch slows the dispatch
-even at nice 19, on a machine of few cores); a team busy for MAX_DEFER_S without a pause gets
-one slice of its work then. Its writes are short transactions of a few rows; after each one it
-pauses for PACE times as long as the transaction took, so it holds the store's writer lock a
-small share of the time however fast tasks finish. (A writer that waits for that lock sleeps,
-so the indexer, low as its priority is, then has the CPU to finish its transaction; only a
-machine whose every core is kept busy by other work can make that wait long.)
+LOOK_EVERY_S besides; nothing is added to any commit), and runs at the lowest CPU priority from
+its first instruction (nice 19; and, where the kernel schedules sessions as groups — autogroup,
+on by default in most distributions — in a session of its own whose group is niced to 19 too:
+otherwise its session would get as large a share of the CPU as any worker's, whatever the nice
+value of its process). It works in the team's quiet moments: once no event has been committed
+for QUIET_S, and its model runs stop at the next event (a model run beside a dispatch slows the
+dispatch even at nice 19, on a machine of few cores); a team busy for MAX_DEFER_S without a
+pause gets one slice of its work then. Its writes are short transactions of a few rows; after
+each one it pauses for PACE times as long as the transaction took, so it holds the store's
+writer lock a small share of the time however fast tasks finish. (A writer that waits for that
+lock sleeps, so the indexer, low as its priority is, then has the CPU to finish its
+transaction; only a machine whose every core is kept busy by other work can make that wait
+long.)
 
 Started by a worker (``WorkerMemory.start_indexer``, when ``PODIUM_MEMORY_INDEX`` is ``on``, the
 default) that finds the lock free as it starts, before it becomes a subreaper, through a shell
