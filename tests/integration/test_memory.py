@@ -211,7 +211,7 @@ def test_the_indexer_waits_for_a_quiet_log_then_catches_up(store_url, podium, tm
             while not stop.is_set():
                 p.store.add_event("test.tick")
                 ticking.set()
-                stop.wait(indexer.QUIET_S / 5)
+                stop.wait(indexer.QUIET_S / 10)
         finally:
             p.close()
     ticker = threading.Thread(target=tick)
