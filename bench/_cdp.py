@@ -117,15 +117,15 @@ class Context:
         # cost 1.6 cores doing nothing, measured here.)
         self.browser.send("Emulation.setFocusEmulationEnabled", {"enabled": True},
                           session=session)
-        return Page(self.browser, target, session)
+        return Page(self.browser, session)
 
     def close(self) -> None:
         self.browser.send("Target.disposeBrowserContext", {"browserContextId": self.id})
 
 
 class Page:
-    def __init__(self, browser: Browser, target: str, session: str):
-        self.browser, self.target, self.session = browser, target, session
+    def __init__(self, browser: Browser, session: str):
+        self.browser, self.session = browser, session
 
     def _eval(self, expression: str, await_promise: bool = False) -> Any:
         r = self.browser.send("Runtime.evaluate", {

@@ -5,9 +5,9 @@ dashboards cost the workers.
 Everything is real: ``podium web --port 0`` on a fresh SQLite store, Debian's Chromium
 (``/usr/bin/chromium``), ``podium agent run --backend echo`` workers. The pages are driven over
 the DevTools protocol by ``bench/_cdp.py``, which enables no domain on them that sends events,
-so that they cost what a person's tabs cost; ``--driver playwright``
-drives them with Playwright instead, whose driver gets a copy of every WebSocket frame of every
-page (its CPU shows as "playwright driver", and the browser's copying in the browser's). Two
+so that they cost what a person's tabs cost; ``--driver playwright`` drives them with
+Playwright instead, whose driver gets a copy of every WebSocket frame of every page (its CPU
+shows as "playwright driver", and the browser's copying in the browser's). Two
 kinds of browser client, each a real Chromium page on the server's origin (so the WebSocket's
 Origin check passes with the cookie the printed link set):
   * socket: a page whose only script opens ``/api/events/ws`` and, for every frame, parses it

@@ -243,7 +243,7 @@ class HostIndexer:
         while not self.stopping and (left := until - time.monotonic()) > 0:
             if not self._waiter.wait(min(QUIET_S, left)):
                 return True
-        return self.stopping
+        return False
 
     def _embed(self, until_event: bool) -> bool:
         """Embed for a slice of time (``until_event``: only until an event is committed);
@@ -252,8 +252,7 @@ class HostIndexer:
 
         def keep_going() -> bool:
             nonlocal interrupted
-            if until_event and not self.stopping and self._waiter.wait(0):
-                interrupted = True
+            interrupted = interrupted or (until_event and self._waiter.wait(0))
             return not (self.stopping or interrupted)
         done = self.index.embed_pending(deadline=time.monotonic() + SLICE_S, batch=BATCH,
                                         keep_going=keep_going)
