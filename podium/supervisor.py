@@ -26,7 +26,7 @@ from podium import orphans, pids
 from podium.errors import NotFound, PodiumError, StoreError
 from podium.models import Agent, AgentState
 from podium.service import Podium
-from podium.service.hosting import ensure_host_daemon
+from podium.service.hosting import ensure_host_daemon, release_host_helpers
 from podium.service.local import local_agents, store_url_of
 from podium.service.logs import running_here
 
@@ -221,7 +221,8 @@ def _alive(pid: int) -> bool:
 def down(podium: Podium, timeout_s: float = 15.0, drain: bool = False,
          names: list[str] | None = None) -> list[str]:
     """Stop the live agents of this host: SIGTERM (SIGINT to drain), then SIGKILL at timeout;
-    then kill the programs their tasks left running (a killed worker cannot). Raises
+    then kill the programs their tasks left running (a killed worker cannot); with the last
+    agent gone, the host's helpers go too (``release_host_helpers``). Raises
     StoreError only when the store cannot list them, before anything is stopped (then
     ``down_local`` can stop them by this host's records); a store failing later is done
     without: the processes are watched by pid, and a lease records what a deregistration
@@ -273,6 +274,7 @@ def down(podium: Podium, timeout_s: float = 15.0, drain: bool = False,
         for session in sessions:
             Tmux(socket_path=next(a.meta.get("tmux_socket") for a, _ in targets
                                   if a.meta.get("tmux_session") == session)).kill_session(session)
+    release_host_helpers(podium.url)
     return [a.id for a, _ in targets]
 
 
@@ -318,4 +320,5 @@ def down_local(store_url: str | None, timeout_s: float = 15.0, drain: bool = Fal
         time.sleep(0.02)
     for a in targets:
         orphans.kill(url, a.name)
+    release_host_helpers(url)
     return [a.name for a in targets]

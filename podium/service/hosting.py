@@ -1,13 +1,15 @@
-"""This host's share of a PostgreSQL store: its host daemon (``podium.store.pghost``), started
-for ``podium up`` and run by the hidden ``podium pg-host``."""
+"""This host's helpers of a store: the host daemon of a PostgreSQL store (``podium.store.pghost``),
+started for ``podium up`` and run by the hidden ``podium pg-host``, and what ``podium down`` tells
+the helpers (that daemon, the memory indexer) once the host's team is stopped."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from podium.errors import InvalidInput
+from podium.errors import InvalidInput, PodiumError
 from podium.store import pghost, resolve_url
 from podium.store.postgres import PostgresStore
 
@@ -43,3 +45,19 @@ def run_host_daemon(url: str | None) -> int:
         raise InvalidInput("podium pg-host serves PostgreSQL stores only "
                            "(--store postgresql://host/dbname)")
     return pghost.HostDaemon(url).run()
+
+
+def release_host_helpers(store_url: str) -> None:
+    """Once no agent of the store at ``store_url`` runs on this host (``podium down`` stopped
+    the last), its helpers go now instead of lingering for their idle times: the memory indexer
+    a worker started, and the host daemon with its PgBouncer as soon as no other process (a
+    ``podium web``, say) uses it. Needs no store: signals, to the pids their locks name."""
+    from podium.agents import local
+    from podium.service import indexer
+
+    with contextlib.suppress(OSError, PodiumError):
+        if local.any_live(store_url):
+            return
+        indexer.release(store_url)
+        if urlsplit(store_url).scheme in ("postgres", "postgresql"):
+            pghost.release(store_url)

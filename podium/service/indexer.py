@@ -25,8 +25,9 @@ long.)
 Started by a worker (``WorkerMemory.start_indexer``, when ``PODIUM_MEMORY_INDEX`` is ``on``, the
 default) that finds the lock free as it starts, before it becomes a subreaper, through a shell
 that leaves it to init: it is nobody's child. It exits once this host has had no live agent of
-the store (``podium.agents.local``) for ``LINGER_S``; by hand (``podium memory index --follow``)
-it runs until stopped. Whatever it has not got to is remembered by the next read of memory.
+the store (``podium.agents.local``) for ``LINGER_S``, or at once when ``podium down`` stopped the
+host's team (``release``: SIGUSR1); by hand (``podium memory index --follow``) it runs until
+stopped. Whatever it has not got to is remembered by the next read of memory.
 """
 
 from __future__ import annotations
@@ -117,6 +118,20 @@ def running_indexer(store_url: str) -> int | None:
         return None
 
 
+def release(store_url: str) -> bool:
+    """Tell this host's indexer of the store that the host's team was stopped: one a worker
+    started exits now, not ``LINGER_S`` later (one started by hand runs on). False when none
+    runs."""
+    pid = running_indexer(store_url)
+    if pid is None or pid <= 1:
+        return False
+    try:
+        os.kill(pid, signal.SIGUSR1)
+    except OSError:
+        return False
+    return True
+
+
 def lowest_priority(own_session: bool) -> None:
     """Nice 19 for this process; with ``own_session`` (spawned), in a session of its own whose
     scheduling group (Linux's autogroup; nothing where there is none) is niced to 19 too."""
@@ -161,6 +176,7 @@ class HostIndexer:
         self.linger = linger
         self.say = say
         self.stopping = False
+        self.released = False  # (``release``: the host's team was stopped)
         if lock_fd is None:
             lock_fd = try_lock(self.url)
             if lock_fd is None:
@@ -176,6 +192,7 @@ class HostIndexer:
             except OSError as e:
                 raise StoreError(f"--lock-fd {lock_fd}: not the indexer's lock ({e})") from None
         self.lock_fd = lock_fd
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # (``release``'s, from the pid below on)
         os.ftruncate(lock_fd, 0)
         os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
         lowest_priority(own_session=linger)
@@ -192,11 +209,17 @@ class HostIndexer:
         self.stopping = True
         self._waiter.poke()
 
+    def _release(self, *_: object) -> None:
+        if self.linger:
+            self.released = True
+            self._stop()
+
     def run(self) -> int:
         """Remember until stopped (or, lingering, until the host's agents are gone)."""
         self._waiter = self.index.store.event_waiter()
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
+        signal.signal(signal.SIGUSR1, self._release)
         self.say(f"remembering the finished work of {self.index.store.url} (pid {os.getpid()})")
         alone_since: float | None = None
         retry_at = 0.0
@@ -231,6 +254,8 @@ class HostIndexer:
                     if self.linger:
                         wait = min(wait, LINGER_S / 2)
                     woken = self._waiter.wait(wait)
+            if self.released:
+                self.say("the team on this host was stopped: exiting")
         finally:
             self._waiter.close()
             os.close(self.lock_fd)

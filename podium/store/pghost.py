@@ -28,9 +28,11 @@ Who uses it: a process on this host that opens the store while the daemon is liv
 process opening the store does; ``PODIUM_PG_HOST=off`` never uses it. Users hold a shared lock on
 ``users.lock`` while their store is open; the daemon exits (stopping PgBouncer) once nobody has
 held it for ``IDLE_EXIT_S``, taking the lock exclusively first so that nobody attaches to a
-daemon on its way out. ``daemon.lock``, held by the daemon for its life, makes it one per host
-and store; the directory's name is derived from the host name and the store's secret, so two
-hosts that share a file system (network namespaces, NFS homes) each get their own. A pointer
+daemon on its way out; told that the host's team was stopped (``release``, from ``podium down``:
+SIGUSR1), it exits as soon as nobody holds it. ``daemon.lock``, held by the daemon for its
+life, makes it one per host and store; the directory's name is derived from the host name and
+the store's secret, so two hosts that share a file system (network namespaces, NFS homes) each
+get their own. A pointer
 named after the daemon's URL (``bouncer_for``) lets a process opening the store with that URL
 make even its first connection through PgBouncer: two hundred workers starting at once need no
 server connection each. A process whose connection through a killed daemon failed starts a new
@@ -85,6 +87,8 @@ DEFAULT_POOL = 8
 CLIENT_POOL = 2
 #: The daemon exits once no process has used it for this long.
 IDLE_EXIT_S = 10.0
+#: Released, the daemon looks this often whether anybody still uses it.
+RELEASED_CHECK_S = 0.2
 #: How long a starter waits for a new daemon to be ready.
 READY_WAIT_S = 20.0
 #: Only names PgBouncer's socket file (``.s.PGSQL.6432``): it listens on no TCP port.
@@ -130,18 +134,38 @@ def _url_pointer(url: str) -> Path:
     return runtime_dir() / f"pg.url.{digest[:16]}"
 
 
-def bouncer_for(url: str) -> str | None:
-    """The PgBouncer conninfo of the live daemon started for ``url`` on this host, if any: a
-    first connection through it costs the server nothing. (Which store it serves is checked
-    afterwards, by ``attach`` with the store's secret.)"""
+def _state_for(url: str) -> dict | None:
+    """The state of the live daemon started for ``url`` on this host, if any."""
     try:
         name = _url_pointer(url).read_text().strip()
     except OSError:
         return None
     if not (name.startswith("pg.") and len(name) == 19 and name[3:].isalnum()):
         return None
-    state = _daemon_live(runtime_dir() / name)
+    return _daemon_live(runtime_dir() / name)
+
+
+def bouncer_for(url: str) -> str | None:
+    """The PgBouncer conninfo of the live daemon started for ``url`` on this host, if any: a
+    first connection through it costs the server nothing. (Which store it serves is checked
+    afterwards, by ``attach`` with the store's secret.)"""
+    state = _state_for(url)
     return state.get("bouncer") if state else None
+
+
+def release(url: str) -> bool:
+    """Tell the live daemon started for ``url`` on this host that the host's team was stopped:
+    it exits (stopping PgBouncer) as soon as no process uses it, not ``IDLE_EXIT_S`` later.
+    Needs no connection to the server. False when no daemon is live."""
+    state = _state_for(url)
+    pid = state.get("pid") if state else None
+    if not isinstance(pid, int) or pid <= 1:
+        return False
+    try:
+        os.kill(pid, signal.SIGUSR1)
+    except OSError:
+        return False
+    return True
 
 
 def _lock_file(path: Path) -> int:
@@ -332,6 +356,8 @@ class HostDaemon:
     def __init__(self, url: str):
         self.url = url
         self.stop = False
+        #: Set by ``release`` (SIGUSR1): exit as soon as nobody uses the daemon.
+        self.released = False
         self.bouncer: subprocess.Popen | None = None
         self.bouncer_conninfo: str | None = None
         self.listen: Any = None  # the LISTEN connection (psycopg), None while it is down
@@ -370,6 +396,7 @@ class HostDaemon:
         signal.set_wakeup_fd(wake_w)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
+        signal.signal(signal.SIGUSR1, self._on_release)
         try:
             self._connect_listen(first=True)
             self._start_bouncer()
@@ -396,6 +423,9 @@ class HostDaemon:
     def _on_signal(self, signum, frame) -> None:
         self.stop = True
         self._stopped.set()
+
+    def _on_release(self, signum, frame) -> None:
+        self.released = True
 
     # -- the idle agents' heartbeats (podium.store.hostbeats) ---------------------------
     def _beat_idle_agents(self) -> None:
@@ -488,22 +518,27 @@ class HostDaemon:
 
     def _loop(self, users: int, wake_r: int) -> None:
         busy_at = time.monotonic()  # (a grace period after start: its starter's workers come)
-        next_check = 0.0
+        next_check = released_check = 0.0
         while not self.stop:
             now = time.monotonic()
             if self.listen is None and now >= self._next_connect:
                 self._connect_listen()
-            if now >= next_check:
+            if now >= next_check or self.released and now >= released_check:
                 next_check = now + 1.0
+                released_check = now + RELEASED_CHECK_S
                 if not _try_lock(users, fcntl.LOCK_EX):
                     busy_at = now
-                elif now - busy_at >= IDLE_EXIT_S:
-                    self.log(f"no process has used this daemon for {IDLE_EXIT_S:g} s; exiting")
+                elif self.released or now - busy_at >= IDLE_EXIT_S:
+                    self.log("the team on this host was stopped and no process uses this "
+                             "daemon; exiting" if self.released else
+                             f"no process has used this daemon for {IDLE_EXIT_S:g} s; exiting")
                     return  # (holding the lock: nobody attaches on the way out)
                 else:
                     fcntl.flock(users, fcntl.LOCK_UN)
                 self._check_bouncer()
             until = next_check if self.listen is not None else min(next_check, self._next_connect)
+            if self.released:
+                until = min(until, released_check)
             fds = [wake_r]
             if self.listen is not None:
                 with contextlib.suppress(Exception):  # (a broken connection has no socket)

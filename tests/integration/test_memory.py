@@ -247,6 +247,51 @@ def test_the_indexer_waits_for_a_quiet_log_then_catches_up(store_url, podium, tm
             proc.wait()
 
 
+def test_podium_down_takes_the_indexer_a_worker_started_not_one_run_by_hand(
+        store_url, cli, podium, monkeypatch, tmp_path):
+    """``podium down`` stops the host's last agent, and the indexer its worker started goes
+    with it at once, not ``LINGER_S`` later (left alone it is alone for ``LINGER_S`` before it
+    exits); an indexer a person started by hand runs on."""
+    monkeypatch.setenv("PODIUM_MEMORY_INDEX", "on")
+    try:
+        assert cli("up", "1").returncode == 0
+        tid = podium.add_task("echo remembered").id
+        assert podium.wait(tid, 30).state is TaskState.COMPLETED
+        deadline = time.monotonic() + 20
+        while indexer.running_indexer(podium.url) is None:
+            assert time.monotonic() < deadline, "no indexer started"
+            time.sleep(0.1)
+        r = cli("down")
+        assert r.returncode == 0, r.stderr
+        down_at = time.monotonic()
+        while indexer.running_indexer(podium.url) is not None:
+            assert time.monotonic() - down_at < indexer.LINGER_S - 0.5, \
+                "the indexer lingered after podium down"
+            time.sleep(0.05)
+    finally:
+        cli("down")
+
+    with open(tmp_path / "indexer.log", "wb") as log:
+        by_hand = subprocess.Popen(
+            [sys.executable, "-m", "podium", "--store", store_url, "memory", "index",
+             "--follow"], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while indexer.running_indexer(podium.url) != by_hand.pid:
+            assert time.monotonic() < deadline and by_hand.poll() is None, \
+                (tmp_path / "indexer.log").read_text()
+            time.sleep(0.1)
+        assert cli("up", "1").returncode == 0
+        assert cli("down").returncode == 0
+        time.sleep(1.0)
+        assert by_hand.poll() is None and indexer.running_indexer(podium.url) == by_hand.pid
+    finally:
+        cli("down")
+        by_hand.terminate()
+        assert by_hand.wait(10) == 0
+
+
 def test_recall_puts_the_right_memories_in_the_prompt_byte_exact(store_url, workers, embedder):
     p = Podium.open(store_url)
     p.use_memory(None, embedder)

@@ -7,7 +7,7 @@ Two hosts for real (``test_hosts_*``)
     --uts``) and its own ``XDG_RUNTIME_DIR``, as two machines would. ``podium up 30`` on each
     starts 60 agents, which would need ~180 connections on their own: with one host daemon each
     (one LISTEN connection, PgBouncer's pool of 8) the server sees ~20. The agents run 200
-    tasks, each exactly once, and ``podium down`` on each host stops them; the daemons then exit.
+    tasks, each exactly once, and ``podium down`` on each host stops them, the daemons with them.
     And the server restarts under a host's daemon: it listens again, and its PgBouncer serves
     the same workers, woken through the relay.
 
@@ -226,8 +226,9 @@ def test_hosts_60_agents_on_a_40_connection_server(small_server):
         # (plus the short-lived connections of the podium commands themselves: up, down)
         print(f"server connections of the two hosts: {idle} idle, at most {most}")
         assert most <= 2 * (POOL + 1) + 4 < SmallServer.MAX_CONNECTIONS, most
-        # The daemons go once no agent uses them (~10 s), PgBouncer with them.
-        wait_for(lambda: not any(h.daemon_dirs() for h in hosts), 25, 0.2,
+        # ``podium down`` stopped each host's last agent: the daemons go at once (not
+        # IDLE_EXIT_S later, as when left alone), PgBouncer with them.
+        wait_for(lambda: not any(h.daemon_dirs() for h in hosts), 8, 0.1,
                  what="both hosts' daemons to exit")
         wait_for(lambda: small_server.tcp_connections() == 0, 10, 0.1,
                  what="the hosts' connections to close")
@@ -284,7 +285,7 @@ def test_loopback_30_agents_use_the_pool_and_one_listen(pg_url):
 
         here.podium("down")
         assert not [a.id for a in store.list_agents() if a.state.live]
-        wait_for(lambda: not here.daemon_dirs(), 25, 0.2, what="the daemon to exit")
+        wait_for(lambda: not here.daemon_dirs(), 8, 0.1, what="the daemon to exit")
         assert not (daemon_dir / "pgbouncer.ini").exists()  # (it held the credentials)
     finally:
         store.close()
