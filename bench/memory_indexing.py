@@ -1,19 +1,23 @@
 #!/usr/bin/env python3
 """Does remembering finished tasks slow dispatch? Dispatch latency with background memory
-indexing on (``PODIUM_MEMORY_INDEX=on``: the idle worker embeds finished tasks on its own
-thread) and off, interleaved round by round so that both see the same machine.
+indexing on (``PODIUM_MEMORY_INDEX=on``: the first worker starts the host's memory indexer,
+``podium memory index --follow``, a process of its own at nice 19 that remembers finished tasks
+and embeds them once no event has been committed for ``QUIET_S``, see
+``podium/service/indexer.py``) and off, interleaved round by round so that both see the same
+machine.
 
 As ``bench/dispatch.py`` measures it: one real ``podium agent run`` worker (echo backend),
 idle on its wake-up socket; tasks are added one at a time through the service API with a random
 gap of 0.5-1.5x ``--gap-ms``; latency = the task's ``started_at`` (the worker's claim) minus
 the time just before ``add_task``. Two workloads: ``short`` prompts (``x``, as dispatch.py) and
 ``long`` ones (``--long-chars`` characters of varied text, which the echo backend returns as
-its output: each finished task is then several chunks to embed, ~50-100 ms of model time, so
-the indexer is busy in nearly every gap between two tasks), and ``shell``: the shell backend
-running ``true`` (a program started per task, as ``bench/dispatch.py``'s shell variant; its
-``started_at`` is stamped once the program is spawned). For ``on`` the table also says how
-many of the run's memories were embedded by the time its last task had finished (the indexer
-worked during the run, not after it).
+its output: each finished task is then several chunks to embed, ~50-100 ms of model time,
+which the indexer would spend in the gaps between tasks if it did not wait for a quiet log),
+and ``shell``: the shell backend running ``true`` (a program started per task, as
+``bench/dispatch.py``'s shell variant; its ``started_at`` is stamped once the program is
+spawned). For ``on`` the table also says how
+many of the run's memories were remembered and embedded by the time its last task had finished
+(what the indexer did during the run rather than after it).
 
     .venv/bin/python bench/memory_indexing.py [--n 200] [--rounds 3] [--gap-ms 20]
 """
