@@ -54,6 +54,10 @@ from podium.wake import channel_dir, private_dir
 #: idle team pays for it (two reads of the store). Lingering, it also wakes every LINGER_S / 2
 #: to look at this host's agents' records (local files only).
 LOOK_EVERY_S = 30.0
+#: How long an indexer's claim on the memories it embeds lasts (a batch takes well under a
+#: second): the indexers of several hosts sharing a PostgreSQL store never embed the same
+#: ones, and those of an indexer that died are taken again after this.
+CLAIM_S = 60.0
 #: A spawned indexer exits once its host has had no live agent of its store for this long.
 LINGER_S = 5.0
 #: Memories embedded per model run, and finished tasks remembered per transaction: each of
@@ -280,7 +284,7 @@ class HostIndexer:
             interrupted = interrupted or (until_event and self._waiter.wait(0))
             return not (self.stopping or interrupted)
         done = self.index.embed_pending(deadline=time.monotonic() + SLICE_S, batch=BATCH,
-                                        keep_going=keep_going)
+                                        keep_going=keep_going, claim_s=CLAIM_S)
         return bool(done) or interrupted
 
     def _remember(self) -> bool:

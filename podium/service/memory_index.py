@@ -218,9 +218,12 @@ class MemoryIndex:
 
     def embed_pending(self, deadline: float | None = None, batch: int = EMBED_BATCH,
                       keep_going: Callable[[], bool] | None = None,
-                      progress: Callable[[int], None] | None = None) -> int:
+                      progress: Callable[[int], None] | None = None,
+                      claim_s: float | None = None) -> int:
         """Give a vector to every memory that has none from the current model (until the
-        monotonic ``deadline``, or while ``keep_going()``); returns how many got one."""
+        monotonic ``deadline``, or while ``keep_going()``); returns how many got one.
+        ``claim_s``: claim each batch for that long first (``claim_memories_to_embed``), so
+        that the indexers of other hosts embed other memories meanwhile."""
         model = self.embedder.model_id
         done = after = 0
         while True:
@@ -228,7 +231,8 @@ class MemoryIndex:
                 break
             if keep_going is not None and not keep_going():
                 break
-            found = self.store.memories_to_embed(model, batch, after)
+            found = (self.store.claim_memories_to_embed(model, batch, claim_s) if claim_s else
+                     self.store.memories_to_embed(model, batch, after))
             if not found:
                 break
             ids = [m.id for m in found]

@@ -411,6 +411,14 @@ class Store(abc.ABC):
         missing or was made by another model than ``model_id``."""
 
     @abc.abstractmethod
+    def claim_memories_to_embed(self, model_id: str, limit: int,
+                                claim_s: float) -> list[Memory]:
+        """Up to ``limit`` memories (in order) to embed with ``model_id``, as
+        ``memories_to_embed``, of those that no caller claimed in the last ``claim_s``
+        seconds: claimed for the caller until then. Two callers at once never get the same
+        one (several hosts' indexers share the work this way)."""
+
+    @abc.abstractmethod
     def mark_embedded(self, ids: Collection[str], model_id: str) -> None:
         """Record that these memories' vectors, made by ``model_id``, are in the vector store."""
 

@@ -321,6 +321,16 @@ ALTER TABLE tasks ADD COLUMN recall INTEGER;
 CREATE INDEX tasks_role ON tasks (target_role, seq) WHERE target_role IS NOT NULL;
 """,
     ),
+    (
+        # The memory indexers of several hosts share the embedding: each claims the memories
+        # it is about to embed until embed_claimed_until (a time, as leases are), so that no
+        # two embed the same ones at once; a claim whose indexer died runs out and is taken
+        # again. (Reads that embed what is missing ignore claims: they must not wait.)
+        "m011_memory_embed_claims",
+        """
+ALTER TABLE memories ADD COLUMN embed_claimed_until {float};
+""",
+    ),
 ]
 
 

@@ -4,6 +4,7 @@ tracked per model, and the rows surviving a reopen, a prune and a store copy."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -152,6 +153,54 @@ def test_a_task_run_again_replaces_its_automatic_memories(store):
     assert sorted(removed) == ["m-t1", "m-t2"]
     assert set(store.get_memories(["m-t1", "m-t2", "m-t3", "m-note"])) == {"m-t3", "m-note"}
     assert [i for i, _ in store.keyword_search(["run"], 10)] == ["m-t3"]
+
+
+def test_indexers_share_the_embedding_by_claims(store):
+    """A claim gets, in order, memories to embed that nobody claimed, and claims them for its
+    time; reads that embed what is missing still see every one; a claim runs out and its
+    memories are taken again; embedded ones are no longer claimed."""
+    store.add_memories([mem(f"m-{i}", f"text {i}") for i in range(4)])
+    assert [m.id for m in store.claim_memories_to_embed("model-a", 2, 60)] == ["m-0", "m-1"]
+    assert [m.id for m in store.claim_memories_to_embed("model-a", 10, 60)] == ["m-2", "m-3"]
+    assert store.claim_memories_to_embed("model-a", 10, 60) == []
+    assert [m.id for m in store.memories_to_embed("model-a", 10)] == ["m-0", "m-1", "m-2", "m-3"]
+    store.add_memories([mem("m-4", "text 4"), mem("m-5", "text 5")])
+    assert [m.id for m in store.claim_memories_to_embed("model-a", 1, 0.05)] == ["m-4"]
+    time.sleep(0.1)
+    assert [m.id for m in store.claim_memories_to_embed("model-a", 10, 60)] == ["m-4", "m-5"]
+    store.mark_embedded(["m-0", "m-1", "m-2", "m-3", "m-4", "m-5"], "model-a")
+    store.add_memories([mem("m-6", "text 6")])
+    time.sleep(0.01)
+    assert [m.id for m in store.claim_memories_to_embed("model-a", 10, 0.001)] == ["m-6"]
+
+
+def test_claims_at_once_never_share_a_memory(store):
+    """Three indexers, each with its own connection, claiming batches at the same time: each
+    memory goes to exactly one of them."""
+    ids = [f"m-{i:03}" for i in range(150)]
+    store.add_memories([mem(i, f"text {i}") for i in ids])
+    got: list[str] = []
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def indexer() -> None:
+        s = open_store(store.url)
+        try:
+            while found := s.claim_memories_to_embed("model-a", 4, 60):
+                with lock:
+                    got.extend(m.id for m in found)
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+        finally:
+            s.close()
+
+    threads = [threading.Thread(target=indexer) for _ in range(3)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    assert sorted(got) == ids
 
 
 def test_embeddings_are_tracked_per_model(store):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from podium.clock import now
 from podium.models import Memory
 from podium.store.base import FinishedTask, MemoryCounts, MemoryFilter, WorkToRemember
 from podium.store.sql import rows
@@ -234,6 +235,19 @@ class Memories(SqlBase):
                            "(model_id IS NULL OR model_id <> ?) ORDER BY seq LIMIT ?",
                            (after_seq, model_id, limit))
         return [_memory(r) for r in found]
+
+    def claim_memories_to_embed(self, model_id, limit, claim_s) -> list[Memory]:
+        t = now()
+        free = ("(model_id IS NULL OR model_id <> ?) AND "
+                "(embed_claimed_until IS NULL OR embed_claimed_until < ?)")
+        # (free again in the outer WHERE: a row that another claim took meanwhile is
+        # skipped when PostgreSQL re-reads it, as well as by SKIP LOCKED)
+        with self._write() as tx:
+            found = tx.all(f"UPDATE memories SET embed_claimed_until = ? WHERE {free} AND seq IN "
+                           f"(SELECT seq FROM memories WHERE {free} ORDER BY seq LIMIT ?"
+                           f"{self.claim_lock_clause}) RETURNING *",
+                           (t + claim_s, model_id, t, model_id, t, limit))
+        return sorted((_memory(r) for r in found), key=lambda m: m.seq)
 
     def mark_embedded(self, ids, model_id) -> None:
         wanted = list(dict.fromkeys(ids))
