@@ -41,3 +41,15 @@ def start_time(pid: int) -> int | None:
     if len(fields) < 20 or fields[0] == b"Z":
         return None
     return int(fields[19])
+
+
+def tell(pid: object, signum: int) -> bool:
+    """Send ``signum`` to ``pid`` (as read from a lock or state file: anything but a process id
+    above 1 is refused); whether it was sent."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1:
+        return False
+    try:
+        os.kill(pid, signum)
+    except OSError:
+        return False
+    return True

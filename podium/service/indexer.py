@@ -44,6 +44,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from podium import pids
 from podium.errors import Conflict, PodiumError, StoreError
 from podium.service.memory_index import MemoryIndex
 from podium.store.postgres import without_password
@@ -126,14 +127,7 @@ def release(store_url: str) -> bool:
     """Tell this host's indexer of the store that the host's team was stopped: one a worker
     started exits now, not ``LINGER_S`` later (one started by hand runs on). False when none
     runs."""
-    pid = running_indexer(store_url)
-    if pid is None or pid <= 1:
-        return False
-    try:
-        os.kill(pid, signal.SIGUSR1)
-    except OSError:
-        return False
-    return True
+    return pids.tell(running_indexer(store_url), signal.SIGUSR1)
 
 
 def lowest_priority(own_session: bool) -> None:

@@ -62,6 +62,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from podium import pids
 from podium.errors import InvalidInput, StoreError
 from podium.store import hostbeats
 from podium.wake import (
@@ -158,14 +159,7 @@ def release(url: str) -> bool:
     it exits (stopping PgBouncer) as soon as no process uses it, not ``IDLE_EXIT_S`` later.
     Needs no connection to the server. False when no daemon is live."""
     state = _state_for(url)
-    pid = state.get("pid") if state else None
-    if not isinstance(pid, int) or pid <= 1:
-        return False
-    try:
-        os.kill(pid, signal.SIGUSR1)
-    except OSError:
-        return False
-    return True
+    return pids.tell(state.get("pid") if state else None, signal.SIGUSR1)
 
 
 def _lock_file(path: Path) -> int:
