@@ -32,14 +32,13 @@ daemon on its way out; told that the host's team was stopped (``release``, from 
 SIGUSR1), it exits as soon as nobody holds it. ``daemon.lock``, held by the daemon for its
 life, makes it one per host and store; the directory's name is derived from the host name and
 the store's secret, so two hosts that share a file system (network namespaces, NFS homes) each
-get their own. A pointer
-named after the daemon's URL (``bouncer_for``) lets a process opening the store with that URL
-make even its first connection through PgBouncer: two hundred workers starting at once need no
-server connection each. A process whose connection through a killed daemon failed starts a new
-one (``revive``): same directory, same socket paths, so its pool and wake-up sockets carry on.
-(PgBouncer is told to die with the daemon; as root, the user namespace clears that, and a new
-daemon stops a PgBouncer left behind; left alone, it closes its idle server connections after
-``server_idle_timeout``.)
+get their own. A pointer named after the daemon's URL (``bouncer_for``) lets a process opening
+the store with that URL make even its first connection through PgBouncer: two hundred workers
+starting at once need no server connection each. A process whose connection through a killed
+daemon failed starts a new one (``revive``): same directory, same socket paths, so its pool and
+wake-up sockets carry on. (PgBouncer is told to die with the daemon; as root, the user namespace
+clears that, and a new daemon stops a PgBouncer left behind; left alone, it closes its idle
+server connections after ``server_idle_timeout``.)
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ remove memories (FTS5 needs a removed row's text to forget it, so removals read 
 PostgreSQL a generated ``tsvector`` column with a GIN index. Both stem English words.
 
 The vectors are not here: a vector store (``podium.memory``) holds them by memory id, and
-``model_id`` records which model made a memory's vector (None: it has none yet).
+``model_id`` records which model made a memory's vector (None: it has none yet). The indexers of
+several hosts share the embedding by claiming what each is about to embed for a while
+(``claim_memories_to_embed``, ``embed_claimed_until``: migration m011).
 
 What finished tasks and context versions to remember is read from the event log after the
 memory cursor (``work_to_remember``): events become visible in id order on both dialects (see
