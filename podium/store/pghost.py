@@ -48,6 +48,7 @@ import ctypes
 import fcntl
 import hashlib
 import json
+import math
 import os
 import select
 import shutil
@@ -87,7 +88,9 @@ DEFAULT_POOL = 8
 CLIENT_POOL = 2
 #: The daemon exits once no process has used it for this long.
 IDLE_EXIT_S = 10.0
-#: Released, the daemon looks this often whether anybody still uses it.
+#: How often the daemon looks whether anybody still uses it (and at PgBouncer); released,
+#: more often.
+CHECK_S = 1.0
 RELEASED_CHECK_S = 0.2
 #: How long a starter waits for a new daemon to be ready.
 READY_WAIT_S = 20.0
@@ -511,14 +514,14 @@ class HostDaemon:
 
     def _loop(self, users: int, wake_r: int) -> None:
         busy_at = time.monotonic()  # (a grace period after start: its starter's workers come)
-        next_check = released_check = 0.0
+        checked_at = -math.inf  # (when it last looked whether anybody uses it)
         while not self.stop:
             now = time.monotonic()
             if self.listen is None and now >= self._next_connect:
                 self._connect_listen()
-            if now >= next_check or self.released and now >= released_check:
-                next_check = now + 1.0
-                released_check = now + RELEASED_CHECK_S
+            every = RELEASED_CHECK_S if self.released else CHECK_S
+            if now - checked_at >= every:
+                checked_at = now
                 if not _try_lock(users, fcntl.LOCK_EX):
                     busy_at = now
                 elif self.released or now - busy_at >= IDLE_EXIT_S:
@@ -529,9 +532,9 @@ class HostDaemon:
                 else:
                     fcntl.flock(users, fcntl.LOCK_UN)
                 self._check_bouncer()
-            until = next_check if self.listen is not None else min(next_check, self._next_connect)
-            if self.released:
-                until = min(until, released_check)
+            until = checked_at + every
+            if self.listen is None:
+                until = min(until, self._next_connect)
             fds = [wake_r]
             if self.listen is not None:
                 with contextlib.suppress(Exception):  # (a broken connection has no socket)
