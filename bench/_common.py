@@ -16,8 +16,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -70,7 +70,8 @@ def table(rows: list[list[str]], headers: list[str]) -> str:
 def machine() -> str:
     import platform
     import sqlite3
-    return (f"{os.cpu_count()} cores, Linux {platform.release()}, Python {platform.python_version()}, "
+    return (f"{os.cpu_count()} cores, Linux {platform.release()}, "
+            f"Python {platform.python_version()}, "
             f"SQLite {sqlite3.sqlite_version}")
 
 
@@ -151,7 +152,8 @@ def _cleanup() -> None:
         stop(list(_children), signal.SIGTERM, timeout=5.0)
     for d in _tempdirs:
         shutil.rmtree(d, ignore_errors=True)
-        # The store's wake-up socket directory: $XDG_RUNTIME_DIR/podium/<hash> or /tmp/podium-<uid>/<hash>.
+        # The store's wake-up socket directory: $XDG_RUNTIME_DIR/podium/<hash> or
+        # /tmp/podium-<uid>/<hash>.
     _tempdirs.clear()
 
 
@@ -228,7 +230,8 @@ def podium_worker(url: str, name: str, backend: str = "echo", options: Sequence[
                   lease: float | None = None, log: Path | None = None,
                   patched: bool = False) -> subprocess.Popen:
     """A real ``python -m podium agent run`` process (``patched``: via bench/_worker.py)."""
-    launcher = [str(Path(__file__).resolve().parent / "_worker.py")] if patched else ["-m", "podium"]
+    launcher = ([str(Path(__file__).resolve().parent / "_worker.py")] if patched
+                else ["-m", "podium"])
     argv = [PY, *launcher, "--store", url, "agent", "run", "--name", name,
             "--backend", backend]
     for o in options:

@@ -131,8 +131,8 @@ def make_huey(db: Path, synchronous: str, board_path: Path | None = None) -> Sql
     def shell(i, shell_path, command):
         # What Podium's shell backend does: spawn the command, collect its output. The command
         # stamps when it began (bench/_common.py FifoStamps); the board says it is done.
-        subprocess.run([shell_path, "-c", command], stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, close_fds=True)
+        subprocess.run([shell_path, "-c", command], capture_output=True,
+                       stdin=subprocess.DEVNULL, close_fds=True)
         BOARD.set_task_time(i, time.time())
 
     if board_path is not None:

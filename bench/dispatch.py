@@ -103,8 +103,8 @@ def floor_run(n: int, gap_ms: float, seed: int, shell: str) -> dict:
     for i in range(n + WARMUP):
         time.sleep(gaps[i])
         t0 = time.time()
-        subprocess.run([shell, "-c", stamps.command(i)], stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, close_fds=True)
+        subprocess.run([shell, "-c", stamps.command(i)], capture_output=True,
+                       stdin=subprocess.DEVNULL, close_fds=True)
         if i >= WARMUP:
             sent.append((i, t0))
     times = stamps.wait([i for i, _ in sent])
@@ -161,7 +161,8 @@ def huey_run(sync: str, mode: str, kind: str, n: int, gap_ms: float, seed: int,
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=300, help="measured tasks per variant")
     ap.add_argument("--gap-ms", type=float, default=20.0, help="mean gap between adds")
     ap.add_argument("--sync", default="NORMAL,FULL", help="SQLite synchronous levels to run")
@@ -203,7 +204,8 @@ def main() -> int:
                              C.fmt_ms(s["max"]), "" if idle is None else f"{idle:.2f}%"])
             print(C.table(rows, ["variant", "p50 ms", "p90 ms", "p99 ms", "max ms",
                                  f"idle CPU ({IDLE_WINDOW_S:g}s after)"]))
-            print(f"(machine busy during section: {load.cores():.2f} cores, ours and other tenants')")
+            print(f"(machine busy during section: {load.cores():.2f} cores, "
+                  "ours and other tenants')")
             e = stats["podium echo: echo done (completed_at)"]
             c = stats["podium echo: claimed (started_at)"]
             s = stats["podium shell: command began"]

@@ -94,7 +94,8 @@ def run(sync: str, procs: int, seconds: float, pool: int, no_flock: bool) -> dic
         for k in kids:
             line = k.stdout.readline()
             if not line.startswith(b"ready"):
-                raise RuntimeError(f"child {k.pid} failed: {(tmp / 'child0.log').read_text()[-2000:]}")
+                raise RuntimeError(f"child {k.pid} failed: "
+                                   f"{(tmp / 'child0.log').read_text()[-2000:]}")
         t0 = time.monotonic()
         for k in kids:
             k.stdin.write(b"go\n")
@@ -125,7 +126,8 @@ def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         child(sys.argv[2], sys.argv[3], float(sys.argv[4]), sys.argv[5] == "1")
         return 0
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--procs", type=int, default=16)
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--pool", type=int, default=6000, help="queued tasks to claim from")
@@ -146,7 +148,8 @@ def main() -> int:
         res[no_flock] = r
         s = C.summary_ms(r["waits"])
         if r["left"] == 0:
-            print(f"  note: {label}: the pool was empty after {r['elapsed']:.1f}s (run ended there)")
+            print(f"  note: {label}: the pool was empty after {r['elapsed']:.1f}s "
+                  "(run ended there)")
         rows.append([label, f"{s['p50']:.2f}", f"{s['p99']:.2f}", f"{s['max']:.1f}",
                      f"{min(r['counts'])}-{max(r['counts'])}", f"{r['jain']:.3f}",
                      str(r["errors"]), f"{r['rate']:.0f}", f"{r['switches_per_claim']:.1f}",

@@ -86,7 +86,8 @@ def huey_idle(n: int, seconds: float, sync: str) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--agents", type=int, default=50)
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--sync", default="NORMAL")
@@ -101,10 +102,12 @@ def main() -> int:
         res["huey"] = huey_idle(args.agents, args.seconds, sync)
     rows = []
     for name, r in res.items():
-        label = (f"podium: {args.agents} echo agents (lease 30 s, heartbeat 5 s)" if name == "podium"
+        label = (f"podium: {args.agents} echo agents (lease 30 s, heartbeat 5 s)"
+                 if name == "podium"
                  else f"huey: consumer + {args.agents} process workers (default polling)")
         rows.append([label, f"{r['exact']:.3f}%", f"{r['exact'] / args.agents:.4f}%",
-                     f"{r['ticks']:.3f}%", f"{r['started_s']:.1f}s", str(r["procs"]), f"{r['alive']}/{r['live']}"])
+                     f"{r['ticks']:.3f}%", f"{r['started_s']:.1f}s", str(r["procs"]),
+                     f"{r['alive']}/{r['live']}"])
     print(C.table(rows, ["system", "CPU, all (% of 1 core)", "per agent", "by /proc ticks",
                          "start-up", "processes", "agents alive/live"]))
     pod = res["podium"]["exact"]

@@ -217,7 +217,7 @@ def main() -> None:
     for tr in ("stdio", "http"):
         f = s[f"{tr} floor"]
 
-        def row(label: str, st: dict, vs_floor: bool = True) -> list[str]:
+        def row(label: str, st: dict, vs_floor: bool = True, f: dict = f) -> list[str]:
             return [label, f"{st['p50']:.3f}", f"{st['p99']:.3f}", f"{st['max']:.3f}",
                     C.ratio(st["p50"], f["p50"]) if vs_floor else "",
                     C.ratio(st["p99"], f["p99"]) if vs_floor else ""]

@@ -432,7 +432,8 @@ def main() -> int:
         d_ok = m["p50"] <= TARGET_P50_MS and m["p99"] <= TARGET_P99_MS
         a_ok = a["p50"] <= TARGET_P50_MS and a["p99"] <= TARGET_P99_MS
         ok = ok and d_ok
-        print(f"  dispatch p50 <= {TARGET_P50_MS:g} ms, p99 <= {TARGET_P99_MS:g} ms, from before add: "
+        print(f"  dispatch p50 <= {TARGET_P50_MS:g} ms, p99 <= {TARGET_P99_MS:g} ms, "
+              "from before add: "
               f"{'PASS' if d_ok else 'FAIL'} (p50 {m['p50']:.2f}, p99 {m['p99']:.2f}); "
               f"from add returned: {'PASS' if a_ok else 'FAIL'} "
               f"(p50 {a['p50']:.2f}, p99 {a['p99']:.2f})")

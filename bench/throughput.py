@@ -15,7 +15,8 @@ includes enqueueing and waking the workers) and drain tasks/s = N / (last comple
 start); the worker processes' CPU per task; the spread of tasks over the workers.
 Each system runs ``--repeat`` times (alternating) at each ``--sync`` level; medians are shown.
 
-    .venv/bin/python bench/throughput.py [--tasks 10000] [--workers 4] [--repeat 3] [--sync NORMAL,FULL]
+    .venv/bin/python bench/throughput.py [--tasks 10000] [--workers 4] [--repeat 3]
+        [--sync NORMAL,FULL]
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
-
 
 STALL_S = 10.0
 
@@ -140,7 +140,8 @@ def huey_run(sync: str, n: int, workers: int, timeout: float) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", type=int, default=10_000)
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--repeat", type=int, default=3, help="runs per system at NORMAL (and OFF)")
@@ -165,7 +166,8 @@ def main() -> int:
               "--worker stock to see the hang.")
 
     print(f"throughput: {args.tasks} no-op tasks, {args.workers} worker processes, "
-          f"{args.repeat} runs each ({args.full_repeat} at FULL); {C.machine()}; other load before start: "
+          f"{args.repeat} runs each ({args.full_repeat} at FULL); {C.machine()}; "
+          "other load before start: "
           f"{C.others_busy():.2f} cores busy")
     all_ok = True
     for sync in [s.strip().upper() for s in args.sync.split(",") if s.strip()]:
@@ -187,7 +189,8 @@ def main() -> int:
                         res = huey_run(sync, args.tasks, args.workers, args.timeout)
                     runs[system].append(res)
                     print(f"  run {r + 1} {system:<12}: end-to-end {res['e2e']:8.0f} tasks/s, "
-                          f"drain {res['drain']:8.0f} tasks/s, enqueue {res['enqueue_s'] * 1e3:6.0f} ms, "
+                          f"drain {res['drain']:8.0f} tasks/s, "
+                          f"enqueue {res['enqueue_s'] * 1e3:6.0f} ms, "
                           f"worker CPU {res['cpu_us']:5.0f} us/task, per worker "
                           f"{min(res['per_worker'])}-{max(res['per_worker'])}, "
                           f"'locked' errors {res['errors']}", flush=True)
@@ -199,7 +202,8 @@ def main() -> int:
                 e2e = [x["e2e"] for x in rs]
                 drain = [x["drain"] for x in rs]
                 med[system] = (C.median(e2e), C.median(drain))
-                rows.append([label[system], f"{C.median(e2e):.0f}", f"{min(e2e):.0f}-{max(e2e):.0f}",
+                rows.append([label[system], f"{C.median(e2e):.0f}",
+                             f"{min(e2e):.0f}-{max(e2e):.0f}",
                              f"{C.median(drain):.0f}", f"{min(drain):.0f}-{max(drain):.0f}",
                              f"{C.median([x['cpu_us'] for x in rs]):.0f}"])
             print(C.table(rows, ["system", "end-to-end/s (median)", "range", "drain/s (median)",
