@@ -256,6 +256,43 @@ class PgListener:
                 os.close(fd)
 
 
+class _PgTx(Tx):
+    """A PostgreSQL write transaction whose BEGIN waits, in a pipeline, for its first
+    statement: the two reach the server together, one round trip instead of two (an add that
+    hands its task over takes two in all, not three: through PgBouncer, interleaved, its median
+    went from 2.8 to 2.6 ms here). Once the first statement is sent, that pipeline is synced
+    (its results, row counts included, are there as without one) and the transaction goes on
+    in plain mode until its tail (``pipeline_tail``)."""
+
+    def __init__(self, cur: Any, head: contextlib.ExitStack | None, tail: contextlib.ExitStack):
+        super().__init__(cur, _convert)
+        self._head = head  # (the pipeline BEGIN waits in; None once sent)
+        self._tail = tail  # (closed after COMMIT)
+
+    def _sent(self) -> None:
+        if self._head is not None:
+            head, self._head = self._head, None
+            head.close()
+
+    def execute(self, sql: str, params: tuple | list = ()) -> Any:
+        cur = super().execute(sql, params)
+        self._sent()
+        return cur
+
+    def executemany(self, sql: str, rows: list) -> None:
+        super().executemany(sql, rows)
+        self._sent()
+
+    def pipeline_tail(self) -> None:
+        """Send the rest of the transaction and its COMMIT in one pipeline, synced after
+        COMMIT: BEGIN's own when nothing was sent yet."""
+        if self._head is not None:
+            self._tail.enter_context(self._head.pop_all())
+            self._head = None
+        else:
+            self._tail.enter_context(self.cur.connection.pipeline())
+
+
 class PostgresStore(SqlStore):
     claim_lock_clause = " FOR UPDATE SKIP LOCKED"
     precheck_claims = False  # a claim that finds nothing is one short read-only transaction
@@ -383,18 +420,20 @@ class PostgresStore(SqlStore):
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[Tx]:
+        psycopg = self._psycopg
         with self._connection() as conn:
             with conn.cursor() as cur:
-                # A pipeline opened by _before_commit closes after COMMIT: the transaction's
-                # tail (lock, events, notifications) and its COMMIT reach the server together,
-                # so the advisory lock is held for no client round trip.
+                # The tail's pipeline (opened by _before_commit) closes after COMMIT: the
+                # transaction's tail (lock, events, notifications) and its COMMIT reach the
+                # server together, so the advisory lock is held for no client round trip.
                 with contextlib.ExitStack() as tail:
-                    with conn.transaction():
-                        tx = Tx(cur, _convert)
-                        # PostgreSQL's own attribute on the dialect-neutral Tx (Tx does not
-                        # declare it), read back by _before_commit.
-                        tx.pg_tail = (conn, tail)  # type: ignore[attr-defined]
-                        yield tx
+                    # BEGIN waits in a pipeline for the first statement (see _PgTx). psycopg's
+                    # Transaction, not conn.transaction(): in a pipeline, that one syncs BEGIN.
+                    with contextlib.ExitStack() as head:
+                        if _PIPELINE:
+                            head.enter_context(conn.pipeline())
+                        with psycopg.Transaction(conn):
+                            yield _PgTx(cur, head if _PIPELINE else None, tail)
 
     @contextlib.contextmanager
     def _single_statement(self) -> Iterator[Tx]:
@@ -410,13 +449,9 @@ class PostgresStore(SqlStore):
                 yield Tx(cur, _convert)
 
     def _before_commit(self, tx: Tx) -> None:
-        # The (connection, exit stack) that _transaction gave the transaction.
-        pg_tail: tuple[psycopg.Connection[Any], contextlib.ExitStack] | None = getattr(
-            tx, "pg_tail", None)
-        if pg_tail is not None and _PIPELINE and (tx.events or tx.wake_agents or tx.deferred or
-                                                  tx.handed):
-            conn, tail = pg_tail
-            tail.enter_context(conn.pipeline())
+        if isinstance(tx, _PgTx) and _PIPELINE and (tx.events or tx.wake_agents or tx.deferred
+                                                    or tx.handed):
+            tx.pipeline_tail()
         # One statement for the deferred writes (each a data-modifying WITH clause), the
         # commit's settings, the events and the notifications (these are delivered at COMMIT,
         # wherever they stand in the transaction): psycopg's cost per statement is the larger

@@ -1,0 +1,98 @@
+"""PostgreSQL write transactions: BEGIN waits for the first statement, so that the two reach the
+server in one round trip (``podium.store.postgres._PgTx``), and everything else behaves as
+with BEGIN alone: a first statement that fails rolls the transaction back, row counts are
+there, and the connection serves the next transaction.
+
+Round trips are counted on the wire, from libpq's own trace of the store's one pooled
+connection (``PGconn.trace``): every simple Query and every Sync the client sends is one wait
+for the server.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+
+import pytest
+
+from podium.errors import StoreError
+from podium.models import TaskSpec
+
+
+@pytest.fixture
+def pg_store(pg_url):
+    from podium.store.postgres import PostgresStore
+
+    s = PostgresStore(pg_url, pool_size=1, host_route=False)
+    yield s
+    s.close()
+
+
+def _round_trips(store, action) -> tuple[int, list[str]]:
+    """Run ``action()``, return the round trips it took on the store's connection, and the
+    messages the client sent."""
+    from psycopg import pq
+
+    with tempfile.TemporaryFile("w+") as f:
+        with store._pool.connection() as conn:
+            conn.pgconn.trace(f.fileno())
+            conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+        try:
+            action()
+        finally:
+            with store._pool.connection() as conn:
+                conn.pgconn.untrace()
+        f.seek(0)
+        sent = [line for line in f.read().splitlines() if line.startswith("F\t")]
+    waits = [m for m in sent if re.match(r"F\t\d+\t(Query|Sync)\b", m)]
+    return len(waits), sent
+
+
+def test_an_add_handing_its_task_over_takes_two_round_trips(pg_store):
+    pg_store.register_agent("a1", [], "shell", "host", os.getpid(), 30, {},
+                            takes_hand_offs=True)
+    pg_store.add_tasks([TaskSpec("warm-up")])  # (the hand-off; a1 is busy with it now)
+    pg_store.register_agent("a2", [], "shell", "host", os.getpid(), 30, {},
+                            takes_hand_offs=True)
+    trips, sent = _round_trips(pg_store, lambda: pg_store.add_tasks([TaskSpec("handed")]))
+    # BEGIN with the SELECT of the idle agents; then the writes, events, NOTIFY and COMMIT.
+    assert trips == 2, "\n".join(sent)
+    [task] = [t for t in pg_store.list_tasks() if t.prompt == "handed"]
+    assert (task.state.value, task.agent_id) == ("running", "a2")
+
+
+def test_a_transaction_whose_first_statement_fails_leaves_nothing(pg_store):
+    before = pg_store.list_tasks()
+    with pytest.raises(Exception) as err:
+        with pg_store._write() as tx:
+            tx.execute("SELECT no_such_column FROM tasks")
+    assert "no_such_column" in str(err.value)
+    assert not isinstance(err.value, AssertionError)
+    # The connection is back in the pool, out of the failed transaction and its pipeline.
+    [t] = pg_store.add_tasks([TaskSpec("after")])
+    assert [x.id for x in pg_store.list_tasks()] == [x.id for x in before] + [t.id]
+
+
+def test_a_later_failure_undoes_the_first_statement(pg_store):
+    with pytest.raises(StoreError):
+        with pg_store._write() as tx:
+            tx.execute("INSERT INTO context (key, value, version, updated_at, updated_by) "
+                       "VALUES ('k', 'v', 1, 0, NULL)")
+            raise StoreError("changed my mind")
+    assert pg_store.list_context() == []
+
+
+def test_row_counts_of_the_first_statement_are_there(pg_store):
+    [a, b] = pg_store.add_tasks([TaskSpec("one"), TaskSpec("two")])
+    with pg_store._write() as tx:
+        n = tx.execute("UPDATE tasks SET priority = priority WHERE id IN (?, ?)",
+                       (a.id, b.id)).rowcount
+        none = tx.execute("UPDATE tasks SET priority = priority WHERE id = 'nope'").rowcount
+    assert (n, none) == (2, 0)
+
+
+def test_a_transaction_with_no_statement_of_its_own_commits_its_tail(pg_store):
+    trips, _ = _round_trips(pg_store, lambda: pg_store.add_event("just.this", data={"x": 1}))
+    assert trips == 1
+    assert [e.kind for e in pg_store.read_events(0, 100)] == ["just.this"]
