@@ -17,13 +17,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from podium import __version__, limits
+from podium import __version__
 from podium.clock import now
 from podium.errors import InvalidInput
 from podium.models import TaskState
 from podium.service import Podium
-from podium.service.memory import MAX_K
-from podium.web import payloads
+from podium.web import params, payloads
 from podium.web.calls import ServiceCalls
 from podium.web.jsonio import (
     Endpoint,
@@ -31,8 +30,10 @@ from podium.web.jsonio import (
     blank_none,
     boolean,
     json_body,
+    json_int,
     json_response,
     number_or_none,
+    or_default,
     priority_of,
     query_int,
     query_text,
@@ -45,8 +46,6 @@ SENDER = "web"
 #: How many of an agent's tasks its page shows, and how many of a task's neighbours.
 AGENT_TASKS = 50
 NEIGHBOURS = 100
-#: How many memories a search gives unless asked (at most ``MAX_K``).
-MEMORY_K = 10
 
 # -- the routes ---------------------------------------------------------------------------
 
@@ -127,7 +126,7 @@ class Api:
 
     async def agent_log(self, request: Request) -> Response:
         agent_id = request.path_params["agent_id"]
-        lines = query_int(request, "lines", 200, 0, limits.MAX_LIST)
+        lines = query_int(request, "lines", params.AGENT_LOG_LINES)
 
         def read() -> str:
             return b"".join(self.podium.agent_log_text(agent_id, lines or 0)).decode(
@@ -142,15 +141,15 @@ class Api:
 
     # -- tasks ----------------------------------------------------------------------------
     async def queue(self, request: Request) -> Response:
-        limit = query_int(request, "limit", 200, 1, limits.MAX_LIST)
+        limit = query_int(request, "limit", params.QUEUE_LIMIT)
         found = await self.call(self.podium.queue, limit)
         return json_response({state.value: [payloads.task(t) for t in found[state]]
                               for state in (TaskState.RUNNING, TaskState.QUEUED,
                                             TaskState.BLOCKED)})
 
     async def tasks(self, request: Request) -> Response:
-        limit = query_int(request, "limit", 50, 1, 1000) or 50
-        before = query_int(request, "before", None, 1, limits.MAX_EVENT_ID)
+        limit = query_int(request, "limit", params.TASKS_LIMIT) or 50
+        before = query_int(request, "before", params.TASKS_BEFORE)
         found = await self.call(
             functools.partial(self.podium.tasks, query_text(request, "state"),
                               query_text(request, "agent"), limit, before=before,
@@ -171,7 +170,7 @@ class Api:
             "context": blank_none(body.get("context")),
             "retry": boolean(body.get("retry"), "retry")}
         if body.get("max_attempts") is not None:
-            kwargs["max_attempts"] = body["max_attempts"]
+            kwargs["max_attempts"] = json_int(body["max_attempts"])
         t = await self.call(functools.partial(self.podium.add_task, body.get("prompt"),
                                               **kwargs))
         return json_response({"task": payloads.task(t)}, 201)
@@ -212,7 +211,7 @@ class Api:
 
     async def cancel(self, request: Request) -> Response:
         body = await json_body(request, {"reason"})
-        reason = blank_none(body.get("reason")) or "cancelled from the web dashboard"
+        reason = or_default(body.get("reason"), "cancelled from the web dashboard")
         t = await self.call(self.podium.cancel, request.path_params["task_id"], reason)
         return json_response({"task": payloads.task(t)})
 
@@ -238,21 +237,22 @@ class Api:
         return json_response((await self.call(self.podium.costs)).to_dict())
 
     async def cost_series(self, request: Request) -> Response:
-        bucket_s = query_int(request, "bucket_s", 3600, 1, limits.MAX_SECONDS)
-        buckets = query_int(request, "buckets", 48, 1, 1000)
+        bucket_s = query_int(request, "bucket_s", params.COST_BUCKET_S)
+        buckets = query_int(request, "buckets", params.COST_BUCKETS)
         return json_response((await self.call(self.podium.cost_series, bucket_s,
                                               buckets)).to_dict())
 
     async def events(self, request: Request) -> Response:
-        after = query_int(request, "after", 0, 0, limits.MAX_EVENT_ID) or 0
-        limit = query_int(request, "limit", 200, 1, limits.MAX_LIST) or 200
+        after = query_int(request, "after", params.EVENTS_AFTER) or 0
+        limit = query_int(request, "limit", params.EVENTS_LIMIT) or 200
         found = await self.call(self.podium.events, after, limit, query_text(request, "task"))
         return json_response({"events": [payloads.event(e) for e in found],
                               "cursor": found[-1].id if found else after})
 
     # -- semantic memory ------------------------------------------------------------------
     async def memory_search(self, request: Request) -> Response:
-        k = query_int(request, "k", MEMORY_K, 1, MAX_K) or MEMORY_K
+        k = query_int(request, "k", params.MEMORY_K)
+        assert k is not None  # (it has a default)
         found = await self.call(functools.partial(
             self.podium.memory_search, request.query_params.get("q", ""),
             k=k, kind=query_text(request, "kind"), role=query_text(request, "role"),

@@ -4,7 +4,9 @@ event stream (``podium.web.stream``), all behind ``podium.web.security.WebGuard`
 ``create_app`` builds it over one service; the app's lifespan starts and stops the one event
 follower. URLs: ``/`` the page (``static/index.html``), ``/static/...`` its files (also
 ``/app.js`` and the like at the top level), ``/api/...`` the API, ``/api/events/ws`` the
-WebSocket. Anything unknown under ``/api`` is a JSON 404 (405 for a wrong method).
+WebSocket. Anything unknown under ``/api`` is a JSON 404; a known path asked with a method it
+does not take, a JSON 405 saying in ``Allow`` which it takes (a plain GET of the WebSocket's
+path: 426).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
-from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Match, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
@@ -62,16 +64,44 @@ async def _top_level_file(request: Request) -> Response:
     return FileResponse(path, headers={"cache-control": "no-cache"})
 
 
-async def _api_not_found(request: Request) -> Response:
-    return error_response(404, f"no such route: {request.method} {request.url.path}")
+#: The WebSocket's path (its route answers WebSockets only).
+STREAM_PATH = "/api/events/ws"
+#: What ``/api/...`` answers for a path no route has: every method.
+ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"]
+
+
+def _api_fallback(routes: list[BaseRoute]):
+    """What ``/api/...`` answers when no route took the request: 405 with ``Allow`` for a
+    path that ``routes`` serve with other methods, else 404."""
+    async def answer(request: Request) -> Response:
+        path, method = request.url.path, request.method
+        allowed: set[str] = set()
+        for route in routes:
+            if isinstance(route, Route) and route.methods and \
+                    route.matches(request.scope)[0] is not Match.NONE:
+                allowed |= route.methods
+        if path == STREAM_PATH:
+            if method in ("GET", "HEAD"):
+                return error_response(426, f"{path} is a WebSocket: connect with "
+                                           "'Upgrade: websocket'")
+            allowed = {"GET"}
+        if allowed:
+            response = error_response(405, f"Method Not Allowed: {method} {path}")
+            response.headers["allow"] = ", ".join(sorted(allowed))
+            return response
+        return error_response(404, f"no such route: {method} {path}")
+    return answer
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    # (its headers kept: a 405 says which methods the route takes, in Allow)
     if request.url.path.startswith("/api/"):
-        return error_response(exc.status_code, f"{exc.detail}: {request.method} "
-                                               f"{request.url.path}")
-    return PlainTextResponse(str(exc.detail), exc.status_code)
+        response = error_response(exc.status_code, f"{exc.detail}: {request.method} "
+                                                   f"{request.url.path}")
+        response.headers.update(exc.headers or {})
+        return response
+    return PlainTextResponse(str(exc.detail), exc.status_code, headers=exc.headers)
 
 
 def create_app(podium: Podium, *, token: str, bind_host: str, port: int,
@@ -92,11 +122,11 @@ def create_app(podium: Podium, *, token: str, bind_host: str, port: int,
         finally:
             hub.stop()
 
+    api_routes = api.routes()
     routes = [
-        *api.routes(),
-        WebSocketRoute("/api/events/ws", hub.endpoint),
-        Route("/api/{rest:path}", _api_not_found,
-              methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]),
+        *api_routes,
+        WebSocketRoute(STREAM_PATH, hub.endpoint),
+        Route("/api/{rest:path}", _api_fallback(api_routes), methods=ANY_METHOD),
         Route("/", _index, methods=["GET", "HEAD"]),
         Mount("/static", PageFiles(directory=STATIC, check_dir=False)),
         Route("/{name}", _top_level_file, methods=["GET", "HEAD"]),

@@ -23,7 +23,15 @@ from podium.errors import InvalidInput, NotFound, PodiumError
 from podium.models import Agent
 from podium.service import Podium
 from podium.web import payloads
-from podium.web.jsonio import blank_none, boolean, json_body, json_response, number_or_none
+from podium.web.jsonio import (
+    blank_none,
+    boolean,
+    json_body,
+    json_int,
+    json_response,
+    number_or_none,
+    or_default,
+)
 
 Call = Callable[..., Awaitable[Any]]
 
@@ -78,14 +86,14 @@ class TeamControl:
     async def up(self, request: Request) -> Response:
         body = await json_body(request, {"n", "backend", "roles", "options", "prefix",
                                          "lease_s", "workdir"})
-        n = limits.agent_count(body.get("n", 1))
-        backend = limits.name(blank_none(body.get("backend")) or "shell", "backend")
-        roles = body.get("roles") or []
+        n = limits.agent_count(json_int(body.get("n", 1)))
+        backend = limits.name(or_default(body.get("backend"), "shell"), "backend")
+        roles = or_default(body.get("roles"), [])
         if not isinstance(roles, list):
             raise InvalidInput(f"roles must be a list of role names, got {type(roles).__name__}")
         roles = [limits.name(r, "role") for r in roles]
         options = backend_options(body.get("options"))
-        prefix = limits.agent_prefix(blank_none(body.get("prefix")) or "agent")
+        prefix = limits.agent_prefix(or_default(body.get("prefix"), "agent"))
         lease = number_or_none(body.get("lease_s"), "lease_s")
         lease_s = None if lease is None else limits.lease(lease)[0]
         workdir = blank_none(body.get("workdir"))

@@ -24,6 +24,7 @@ from podium.errors import (
 )
 from podium.models import Priority
 from podium.web import payloads
+from podium.web.params import IntParam
 
 _log = logging.getLogger("podium.web")
 
@@ -86,16 +87,17 @@ def query_text(request: Request, name: str) -> str | None:
     return value if value else None
 
 
-def query_int(request: Request, name: str, default: int | None, low: int,
-              high: int) -> int | None:
+def query_int(request: Request, name: str, param: IntParam) -> int | None:
+    """The integer query parameter ``name`` within ``param``'s bounds; its default when it
+    is not given."""
     value = query_text(request, name)
     if value is None:
-        return default
+        return param.default
     try:
         number = int(value)
     except ValueError:
         raise InvalidInput(f"bad {name} {value!r}: must be an integer") from None
-    return limits.integer(number, name, low, high)
+    return limits.integer(number, name, param.low, param.high)
 
 
 async def json_body(request: Request, fields: set[str]) -> dict[str, Any]:
@@ -130,6 +132,13 @@ def blank_none(value: Any) -> Any:
     return None if isinstance(value, str) and not value.strip() else value
 
 
+def or_default(value: Any, default: Any) -> Any:
+    """``value``, or ``default`` when it is None or blank text: anything else (``{}``, ``0``)
+    stays, for the service to refuse, rather than being taken as "not given"."""
+    value = blank_none(value)
+    return default if value is None else value
+
+
 def number_or_none(value: Any, what: str) -> Any:
     """A number, or a form's text of one; None when empty (left to the service to bound)."""
     value = blank_none(value)
@@ -158,6 +167,15 @@ def task_ids(value: Any, what: str = "depends_on") -> list[Any]:
         return value.replace(",", " ").split()
     if not isinstance(value, list):
         raise InvalidInput(f"{what} must be a list of task ids, got {type(value).__name__}")
+    return value
+
+
+def json_int(value: Any) -> Any:
+    """A JSON number with no fraction as the integer it is (JSON has one number type: 3.0 is
+    3, as JSON Schema's "integer" says too); anything else as it is, for the service to
+    check."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
     return value
 
 

@@ -9,6 +9,8 @@ import re
 from typing import Any
 
 from podium import __version__
+from podium.models import TaskState
+from podium.web import params as P
 
 Schema = dict[str, Any]
 
@@ -16,6 +18,7 @@ STR: Schema = {"type": "string"}
 NUM: Schema = {"type": "number"}
 INT: Schema = {"type": "integer"}
 BOOL: Schema = {"type": "boolean"}
+BOOL_OR_NULL: Schema = {"type": ["boolean", "null"]}
 OBJ: Schema = {"type": "object"}
 IDS: Schema = {"type": "array", "items": STR}
 NULL_STR: Schema = {"type": ["string", "null"]}
@@ -70,6 +73,15 @@ PATH_PARAMS = {"agent_id": "An agent's id (its name).",
                "task_id": "A task's id, or a unique prefix of it.",
                "key": "A shared context key."}
 
+
+def _backend() -> Schema:
+    """The backends registered here (blank or null: shell)."""
+    from podium.agents import backends
+
+    return {"enum": [*backends.available(), "", None],
+            "description": "A registered backend ('podium backends'); blank or null: shell"}
+
+
 # (method, path): (summary, query parameters {name: (schema, help)}, body schema or None,
 # success status, success schema)
 ROUTES: dict[tuple[str, str], tuple[str, dict[str, tuple[Schema, str]], Schema | None, int,
@@ -89,44 +101,53 @@ ROUTES: dict[tuple[str, str], tuple[str, dict[str, tuple[Schema, str]], Schema |
                                                      "items": _ref("Message")}}}),
     ("GET", "/api/agents/{agent_id}/log"): (
         "The end of the agent's log (a background agent's)",
-        {"lines": (INT, "How many lines (default 200)")}, None, 200, _obj({"text": STR})),
+        {"lines": (P.AGENT_LOG_LINES.schema(), "How many lines")}, None, 200, _obj({"text": STR})),
     ("GET", "/api/agents/{agent_id}/pane"): (
         "The text of the agent's tmux pane (404 when it has none)", {}, None, 200,
         _obj({"text": STR})),
     ("POST", "/api/agents/{agent_id}/messages"): (
         "Send the agent a message (typed into its pane when it is interactive)", {},
-        _obj({"body": STR}, ("body",)), 201, _ref("Message")),
+        _obj({"body": P.TEXT}, ("body",)), 201, _ref("Message")),
     ("POST", "/api/team/up"): (
         "Start agents on this host, as 'podium up'", {},
-        _obj({"n": INT, "backend": STR, "roles": IDS, "options": OBJ, "prefix": STR,
-              "lease_s": NUM, "workdir": STR}), 201,
+        _obj({"n": P.AGENT_COUNT, "backend": _backend(), "roles": P.OPTIONAL_NAMES,
+              "options": {"type": ["object", "null"], "additionalProperties": STR,
+                          "description": "The backend's options ('podium backends')"},
+              "prefix": {**P.OPTIONAL_NAME, "pattern": "^[^\\u0000/]*$",
+                         "description": "Agent names: PREFIX-1, PREFIX-2... (no '/'; blank "
+                                        "or null: agent)"},
+              "lease_s": P.SECONDS,
+              "workdir": {**P.OPTIONAL_TEXT, "description": "An existing directory (blank "
+                                                            "or null: the server's)"}}), 201,
         {"type": "object", "properties": {"started": IDS,
                                           "agents": {"type": "array",
                                                      "items": _ref("Agent")}}}),
     ("POST", "/api/team/down"): (
         "Stop this host's agents (all, or those named), as 'podium down'", {},
-        _obj({"agents": {"type": ["array", "null"], "items": STR}, "drain": BOOL,
-              "timeout_s": NUM}), 200, _obj({"stopped": IDS})),
+        _obj({"agents": P.OPTIONAL_NAMES, "drain": BOOL_OR_NULL,
+              "timeout_s": P.WAIT_SECONDS}), 200, _obj({"stopped": IDS})),
     ("GET", "/api/queue"): (
         "Running, queued and blocked tasks, each in the order they run",
-        {"limit": (INT, "At most this many of each (default 200)")}, None, 200,
+        {"limit": (P.QUEUE_LIMIT.schema(), "At most this many of each")}, None, 200,
         {"type": "object", "properties": {
             k: {"type": "array", "items": _ref("Task")} for k in ("running", "queued",
                                                                  "blocked")}}),
     ("GET", "/api/tasks"): (
         "Task history, newest first, paged by cursor",
-        {"state": (STR, "Only this state"), "agent": (STR, "Only tasks this agent ran"),
-         "role": (STR, "Only tasks for this role"),
-         "q": (STR, "Only tasks whose prompt holds this text (ASCII letters in any case)"),
-         "before": (INT, "The page after the one whose 'next' this is"),
-         "limit": (INT, "Tasks per page, 1-1000 (default 50)")}, None, 200,
+        {"state": ({"enum": [s.value for s in TaskState]}, "Only this state"),
+         "agent": (P.NAME, "Only tasks this agent ran"),
+         "role": (P.NAME, "Only tasks for this role"),
+         "q": (P.NAME, "Only tasks whose prompt holds this text (ASCII letters in any case)"),
+         "before": (P.TASKS_BEFORE.schema(), "The page after the one whose 'next' this is"),
+         "limit": (P.TASKS_LIMIT.schema(), "Tasks per page")}, None, 200,
         {"type": "object", "properties": {"tasks": {"type": "array", "items": _ref("Task")},
                                           "next": {"type": ["integer", "null"]}}}),
     ("POST", "/api/tasks"): (
         "Add a task", {},
-        _obj({"prompt": STR, "agent": NULL_STR, "role": NULL_STR, "priority": PRIORITY,
-              "depends_on": IDS, "timeout_s": NULL_NUM, "context": NULL_STR,
-              "max_attempts": INT, "retry": BOOL}, ("prompt",)), 201,
+        _obj({"prompt": P.TEXT, "agent": P.OPTIONAL_NAME, "role": P.OPTIONAL_NAME,
+              "priority": PRIORITY, "depends_on": P.OPTIONAL_NAMES, "timeout_s": P.SECONDS,
+              "context": P.OPTIONAL_TEXT, "max_attempts": P.MAX_ATTEMPTS,
+              "retry": BOOL_OR_NULL}, ("prompt",)), 201,
         {"type": "object", "properties": {"task": _ref("Task")}}),
     ("GET", "/api/tasks/{task_id}"): (
         "One task with its output, result, dependencies and dependents", {}, None, 200,
@@ -137,44 +158,44 @@ ROUTES: dict[tuple[str, str], tuple[str, dict[str, tuple[Schema, str]], Schema |
             "output": NULL_STR, "output_encoding": STR, "stderr": NULL_STR,
             "stderr_encoding": STR, "notes": IDS, "state": STR}}),
     ("POST", "/api/tasks/{task_id}/cancel"): (
-        "Cancel a task (and its dependents)", {}, _obj({"reason": STR}), 200,
+        "Cancel a task (and its dependents)", {}, _obj({"reason": P.OPTIONAL_TEXT}), 200,
         {"type": "object", "properties": {"task": _ref("Task")}}),
     ("POST", "/api/tasks/{task_id}/retry"): (
         "Run a failed or cancelled task again (409 in any other state)", {}, _obj({}), 200,
         {"type": "object", "properties": {"task": _ref("Task")}}),
     ("POST", "/api/broadcast"): (
-        "One task per live agent", {}, _obj({"prompt": STR, "context": NULL_STR},
+        "One task per live agent", {}, _obj({"prompt": P.TEXT, "context": P.OPTIONAL_TEXT},
                                             ("prompt",)), 201,
         {"type": "object", "properties": {"broadcast_id": STR,
                                           "tasks": {"type": "array", "items": _ref("Task")}}}),
     ("GET", "/api/context"): ("Every shared context entry", {}, None, 200,
                               _list("context", _ref("ContextEntry"))),
     ("PUT", "/api/context/{key}"): (
-        "Set a shared context entry (a new version)", {}, _obj({"value": STR}, ("value",)),
+        "Set a shared context entry (a new version)", {}, _obj({"value": P.ANY_TEXT}, ("value",)),
         200, {"type": "object", "properties": {"entry": _ref("ContextEntry")}}),
     ("GET", "/api/costs"): ("Tokens and cost per agent, role and backend, and in all", {},
                             None, 200, OBJ),
     ("GET", "/api/costs/series"): (
         "Cost over time, in all, per agent and per role",
-        {"bucket_s": (INT, "Seconds per bucket (default 3600)"),
-         "buckets": (INT, "How many buckets, the last holding now (default 48, at most 1000)")},
+        {"bucket_s": (P.COST_BUCKET_S.schema(), "Seconds per bucket"),
+         "buckets": (P.COST_BUCKETS.schema(), "How many buckets, the last holding now")},
         None, 200, {"type": "object", "properties": {
             "bucket_s": INT, "points": {"type": "array", "items": OBJ},
             "by_agent": OBJ, "by_role": OBJ}}),
     ("GET", "/api/events"): (
         "Events after a cursor, oldest first",
-        {"after": (INT, "After this event id (default 0)"),
-         "limit": (INT, "At most this many (default 200)"),
-         "task": (STR, "Only this task's events")}, None, 200,
+        {"after": (P.EVENTS_AFTER.schema(), "After this event id"),
+         "limit": (P.EVENTS_LIMIT.schema(), "At most this many"),
+         "task": (P.NAME, "Only this task's events")}, None, 200,
         {"type": "object", "properties": {"events": {"type": "array", "items": _ref("Event")},
                                           "cursor": INT}}),
     ("GET", "/api/memory/search"): (
         "The memories most relevant to a text, best first (as 'podium memory search'); 503 "
         "when semantic memory cannot work here (its model missing)",
-        {"q": (STR, "What to look for (required)"),
-         "k": (INT, "How many, 1-100 (default 10)"),
+        {"q": (P.TEXT, "What to look for"),
+         "k": (P.MEMORY_K.schema(), "How many"),
          "kind": ({"enum": ["task", "note", "context"]}, "Only memories of this kind"),
-         "role": (STR, "Only memories of this role"),
+         "role": (P.NAME, "Only memories of this role"),
          "since": (STR, "Only memories since: an age (7d, 12h) or an ISO date or time"),
          "mode": ({"enum": ["hybrid", "keyword", "vector"]},
                   "Rank by keywords and meaning (hybrid, the default), or by one of them")},
@@ -185,12 +206,15 @@ ROUTES: dict[tuple[str, str], tuple[str, dict[str, tuple[Schema, str]], Schema |
     ("GET", "/api/events/ws"): (
         "WebSocket: live events. Text frames {\"rows\": [[id, at, kind, agent_id, task_id, "
         "data], ...], \"cursor\": N} (an event as an array; at: Unix seconds); with after=N, "
-        "every event after N first", {"after": (INT, "The last event id the page has "
-                                                     "(omitted: from now)"),
-                                       "token": (STR, "The token, when no cookie is sent")},
+        "every event after N first",
+        {"after": (P.STREAM_AFTER.schema(), "The last event id the page has (omitted: from now)"),
+         "token": (STR, "The token, when no cookie is sent")},
         None, 101, OBJ),
     ("GET", "/api/openapi.json"): ("This document", {}, None, 200, OBJ),
 }
+
+#: The query parameters that must be given: (method, path, name).
+REQUIRED = {("GET", "/api/memory/search", "q")}
 
 _CONVERTER = re.compile(r"\{(\w+):\w+\}")
 
@@ -202,14 +226,20 @@ def openapi_path(path: str) -> str:
 
 def _operation(method: str, path: str) -> dict[str, Any]:
     summary, query, body, status, schema = ROUTES[(method, path)]
-    params = [{"name": name, "in": "path", "required": True, "schema": STR,
+    params = [{"name": name, "in": "path", "required": True, "schema": P.NAME,
                "description": PATH_PARAMS[name]} for name in re.findall(r"\{(\w+)\}", path)]
-    params += [{"name": name, "in": "query", "required": False, "schema": s,
-                "description": text} for name, (s, text) in query.items()]
+    # (an empty value, as a form sends for an empty field, is taken as not given)
+    params += [{"name": name, "in": "query", "required": (method, path, name) in REQUIRED,
+                "schema": s if (method, path, name) in REQUIRED else
+                {"anyOf": [s, {"const": ""}]},
+                "description": text if (method, path, name) in REQUIRED else
+                f"{text} (empty: not given)"} for name, (s, text) in query.items()]
     errors = {"401": "No or a wrong token", "403": "Wrong Origin, or no CSRF header",
               "404": "Unknown id", "409": "Conflict with the current state",
               "421": "Wrong Host", "422": "Bad input",
               "503": "The store (or semantic memory) is unavailable here for now"}
+    if status == 101:  # (the WebSocket)
+        errors["426"] = "Not a WebSocket handshake (no 'Upgrade: websocket')"
     op: dict[str, Any] = {
         "summary": summary, "parameters": params,
         "responses": {str(status): {"description": "OK", "content": {

@@ -738,3 +738,76 @@ def test_the_service_calls_behind_the_api_on_both_stores(any_store_url):
         assert series.by_role["coder"][-1].tasks == 1
     finally:
         p.close()
+
+
+# -- the OpenAPI document says what the server takes ------------------------------------------
+
+def _query_params(doc: dict):
+    """(method, path, name, schema) of every integer query parameter with bounds."""
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            for p in op["parameters"]:
+                s = p["schema"].get("anyOf", [p["schema"]])[0]
+                if p["in"] == "query" and s.get("type") == "integer" and "maximum" in s:
+                    yield method.upper(), path, p["name"], s
+
+
+def test_the_document_states_the_bounds_the_server_enforces(api):
+    """Every bounded integer query parameter: its maximum and minimum are taken, one past
+    either is refused (422); so a request the document calls valid is one the server takes."""
+    doc = api.get("/api/openapi.json").json()
+    agent = api.post("/api/team/up", json={"n": 1, "backend": "shell",
+                                           "prefix": "bounds"}).json()["started"][0]
+    concrete = {"agent_id": agent, "task_id": "x", "key": "k"}
+    extra = {"/api/memory/search": {"q": "anything"}}
+    checked = []
+    try:
+        for method, path, name, s in _query_params(doc):
+            if path == "/api/events/ws":
+                continue  # (a WebSocket: test_websocket_checks)
+            url = re.sub(r"\{(\w+)\}", lambda m: concrete[m.group(1)], path)
+
+            def status(value, url=url, path=path, name=name, method=method):
+                return api.request(method, url, params={**extra.get(path, {}),
+                                                        name: value}).status_code
+            for ok in (s["minimum"], s["maximum"]):
+                assert status(ok) not in (422, 500), (path, name, ok)
+            assert status(s["maximum"] + 1) == 422, (path, name)
+            assert status(s["minimum"] - 1) == 422, (path, name)
+            checked.append((path, name))
+    finally:
+        api.post("/api/team/down", json={"agents": [agent]})
+    assert {("/api/tasks", "limit"), ("/api/events", "after"), ("/api/costs/series",
+            "buckets"), ("/api/agents/{agent_id}/log", "lines")} <= set(checked)
+
+
+def test_a_method_a_path_does_not_take_is_405_saying_which_it_takes(api):
+    def allow(r):
+        assert r.status_code == 405, (r.status_code, r.text)
+        assert r.json()["error"].startswith("Method Not Allowed")
+        return r.headers["allow"]
+
+    assert allow(api.put("/api/tasks", json={})) == "GET, HEAD, POST"
+    assert allow(api.request("TRACE", "/api/agents")) == "GET, HEAD"
+    assert allow(api.request("DELETE", "/api/context/k", json={})) == "PUT"
+    assert allow(api.request("OPTIONS", "/api/events/ws")) == "GET"
+    plain = api.get("/api/events/ws")  # (no Upgrade: not a WebSocket handshake)
+    assert plain.status_code == 426 and "WebSocket" in plain.json()["error"]
+    assert api.put("/api/no/such/route", json={}).status_code == 404
+
+
+def test_numbers_as_json_has_them_and_no_default_for_the_wrong_type(api):
+    """3.0 is the integer 3 (JSON has one number type); 2.5 is not. A field of the wrong type
+    is refused, not taken as "not given" (``{}`` for a prefix was the default prefix)."""
+    agents = len(api.get("/api/agents").json()["agents"])
+    t = api.post("/api/tasks", json={"prompt": "x", "role": NOBODY, "max_attempts": 3.0})
+    assert t.status_code == 201 and t.json()["task"]["max_attempts"] == 3
+    assert api.post("/api/tasks", json={"prompt": "x", "max_attempts": 2.5}).status_code == 422
+    for body in ({"n": 1, "prefix": {}}, {"n": 1, "backend": []}, {"n": 1, "roles": {}},
+                 {"n": 1, "roles": 0}, {"n": 1.5}):
+        r = api.post("/api/team/up", json=body)
+        assert r.status_code == 422, (body, r.status_code, r.text)
+    tid = t.json()["task"]["id"]
+    assert api.post(f"/api/tasks/{tid}/cancel", json={"reason": {}}).status_code == 422
+    assert api.get(f"/api/tasks/{tid}").json()["task"]["state"] == "queued"
+    assert len(api.get("/api/agents").json()["agents"]) == agents  # (no up above started one)

@@ -1,0 +1,83 @@
+"""The API's inputs as its handlers check them, declared once for the OpenAPI document too: a
+request that the document calls valid is one the server takes (schemathesis's "schema-valid
+request rejected" check, run against ``/api/openapi.json``, found none after this).
+
+Integer query parameters are ``IntParam``: the handler reads them with ``jsonio.query_int``,
+the document states their bounds and default. The body fields' schemas state the checks of
+``podium.limits`` that the service makes (texts not blank and without NUL, names of at most
+``MAX_NAME_BYTES``, seconds and counts in their ranges).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from podium import limits
+from podium.service.memory import MAX_K
+
+Schema = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class IntParam:
+    """An integer query parameter: at least ``low``, at most ``high``; ``default`` when it is
+    not given."""
+
+    low: int
+    high: int
+    default: int | None = None
+
+    def schema(self) -> Schema:
+        s: Schema = {"type": "integer", "minimum": self.low, "maximum": self.high}
+        if self.default is not None:
+            s["default"] = self.default
+        return s
+
+
+AGENT_LOG_LINES = IntParam(0, limits.MAX_LIST, 200)
+QUEUE_LIMIT = IntParam(1, limits.MAX_LIST, 200)
+TASKS_LIMIT = IntParam(1, 1000, 50)
+TASKS_BEFORE = IntParam(1, limits.MAX_EVENT_ID)
+COST_BUCKET_S = IntParam(1, limits.MAX_SECONDS, 3600)
+COST_BUCKETS = IntParam(1, 1000, 48)
+EVENTS_AFTER = IntParam(0, limits.MAX_EVENT_ID, 0)
+EVENTS_LIMIT = IntParam(1, limits.MAX_LIST, 200)
+MEMORY_K = IntParam(1, MAX_K, 10)
+STREAM_AFTER = IntParam(0, limits.MAX_EVENT_ID)
+
+# -- body fields ----------------------------------------------------------------------------
+_NO_NUL = "^[^\\u0000]*$"
+_NOT_BLANK = "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$"
+_NAME_HELP = f"at most {limits.MAX_NAME_BYTES} bytes of UTF-8, no NUL"
+
+#: A text the service needs (a prompt, a message): not blank, no NUL, at most 64 MiB.
+TEXT: Schema = {"type": "string", "pattern": _NOT_BLANK,
+                "description": "Not blank; no NUL; at most "
+                               f"{limits.MAX_TEXT_BYTES // (1024 * 1024)} MiB of UTF-8"}
+#: A text that may be empty (a context value), or left out when blank (a reason).
+ANY_TEXT: Schema = {"type": "string", "pattern": _NO_NUL, "description": "No NUL"}
+OPTIONAL_TEXT: Schema = {"type": ["string", "null"], "pattern": _NO_NUL,
+                         "description": "No NUL; blank or null: none"}
+#: A name (an agent's, a role's): not blank.
+NAME: Schema = {"type": "string", "maxLength": limits.MAX_NAME_BYTES, "pattern": _NOT_BLANK,
+                "description": f"Not blank; {_NAME_HELP}"}
+#: A name that may be left out: blank or null is "not given".
+OPTIONAL_NAME: Schema = {"type": ["string", "null"], "maxLength": limits.MAX_NAME_BYTES,
+                         "pattern": _NO_NUL,
+                         "description": f"{_NAME_HELP}; blank or null: not given"}
+#: Names, or null for none.
+OPTIONAL_NAMES: Schema = {"type": ["array", "null"], "items": NAME}
+#: Seconds: more than 0 (a task's timeout, a lease), or from 0 (how long a stop may wait).
+SECONDS: Schema = {"type": ["number", "null"], "exclusiveMinimum": 0,
+                   "maximum": limits.MAX_SECONDS,
+                   "description": f"Seconds, more than 0, at most {limits.MAX_SECONDS} "
+                                  "(30 days); null: none"}
+WAIT_SECONDS: Schema = {"type": ["number", "null"], "minimum": 0,
+                        "maximum": limits.MAX_SECONDS,
+                        "description": f"Seconds, from 0 to {limits.MAX_SECONDS}; null: the "
+                                       "default"}
+AGENT_COUNT: Schema = {"type": "integer", "minimum": 1, "maximum": limits.MAX_AGENTS,
+                       "default": 1}
+MAX_ATTEMPTS: Schema = {"type": ["integer", "null"], "minimum": 1,
+                        "maximum": limits.MAX_ATTEMPTS}
