@@ -177,11 +177,20 @@ def optional_name(value: Any | None, what: str) -> str | None:
     return None if value is None else name(value, what)
 
 
+#: The longest prefix ``podium up`` takes: room is left for ``-N`` in its agents' names.
+MAX_PREFIX_BYTES = MAX_NAME_BYTES - len(f"-{MAX_AGENTS}")
+
+
 def agent_prefix(value: Any) -> str:
-    """The prefix of the names ``podium up`` gives: a name that can start a file name."""
+    """The prefix of the names ``podium up`` gives (``PREFIX-1``...): a name that can start a
+    file name, short enough that the names it makes are names."""
     value = name(value, "prefix")
     if "/" in value:
         raise InvalidInput(f"bad prefix {value!r}: agent names become log file names, so no '/'")
+    size = len(value.encode("utf-8"))
+    if size > MAX_PREFIX_BYTES:
+        raise InvalidInput(f"prefix is {size} bytes long: at most {MAX_PREFIX_BYTES} bytes of "
+                           f"UTF-8 allowed (the agents' names add -1, -2...)")
     return value
 
 

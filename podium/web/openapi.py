@@ -114,6 +114,7 @@ ROUTES: dict[tuple[str, str], tuple[str, dict[str, tuple[Schema, str]], Schema |
               "options": {"type": ["object", "null"], "additionalProperties": STR,
                           "description": "The backend's options ('podium backends')"},
               "prefix": {**P.OPTIONAL_NAME, "pattern": "^[^\\u0000/]*$",
+                         "maxLength": P.MAX_PREFIX_BYTES,
                          "description": "Agent names: PREFIX-1, PREFIX-2... (no '/'; blank "
                                         "or null: agent)"},
               "lease_s": P.SECONDS,
@@ -196,7 +197,7 @@ ROUTES: dict[tuple[str, str], tuple[str, dict[str, tuple[Schema, str]], Schema |
          "k": (P.MEMORY_K.schema(), "How many"),
          "kind": ({"enum": ["task", "note", "context"]}, "Only memories of this kind"),
          "role": (P.NAME, "Only memories of this role"),
-         "since": (STR, "Only memories since: an age (7d, 12h) or an ISO date or time"),
+         "since": (P.SINCE, "Only memories since: an age (7d, 12h) or an ISO date or time"),
          "mode": ({"enum": ["hybrid", "keyword", "vector"]},
                   "Rank by keywords and meaning (hybrid, the default), or by one of them")},
         None, 200, _list("hits", _ref("MemoryHit"))),

@@ -66,6 +66,8 @@ NAME: Schema = {"type": "string", "maxLength": limits.MAX_NAME_BYTES, "pattern":
 OPTIONAL_NAME: Schema = {"type": ["string", "null"], "maxLength": limits.MAX_NAME_BYTES,
                          "pattern": _NO_NUL,
                          "description": f"{_NAME_HELP}; blank or null: not given"}
+#: ``podium up``'s prefix: its agents' names add ``-N``.
+MAX_PREFIX_BYTES = limits.MAX_PREFIX_BYTES
 #: Names, or null for none.
 OPTIONAL_NAMES: Schema = {"type": ["array", "null"], "items": NAME}
 #: Seconds: more than 0 (a task's timeout, a lease), or from 0 (how long a stop may wait).
@@ -81,3 +83,11 @@ AGENT_COUNT: Schema = {"type": "integer", "minimum": 1, "maximum": limits.MAX_AG
                        "default": 1}
 MAX_ATTEMPTS: Schema = {"type": ["integer", "null"], "minimum": 1,
                         "maximum": limits.MAX_ATTEMPTS}
+#: A memory search's ``since``: an age (7d, 12h), or an ISO date or time.
+SINCE: Schema = {
+    "type": "string",
+    "pattern": "^\\s*([0-9]{1,4}[smhd]|(?!0000)[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+               "([T ]([01][0-9]|2[0-3])(:[0-5][0-9](:[0-5][0-9](\\.[0-9]{1,6})?)?)?)?"
+               "(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?)\\s*$",
+    "description": "An age (7d, 12h, 90m) or an ISO date or time (2026-11-30, "
+                   "2026-11-30T12:00Z)"}

@@ -143,6 +143,9 @@ BAD = [
     (["send", "w1", "hi", "--from", TOO_LONG], None, "sender is"),
     (["up", "1", "--prefix", "a/b"], None, "bad prefix 'a/b'"),
     (["up", "1", "--prefix", TOO_LONG], None, "prefix is"),
+    # (a name of 197 bytes, but its agents' would be 199-201: refused before any starts)
+    (["up", "1", "--prefix", "p" * (limits.MAX_PREFIX_BYTES + 1)], None,
+     f"prefix is {limits.MAX_PREFIX_BYTES + 1} bytes long"),
     # NUL: SQLite would keep it, PostgreSQL refuses it, so neither store takes it
     (["task", "add", "-"], NUL_TEXT, "prompt contains a NUL character"),
     (["broadcast", "-"], NUL_TEXT, "prompt contains a NUL character"),
