@@ -11,6 +11,7 @@ directories), before the store is opened.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from podium.errors import InvalidInput
@@ -153,9 +154,14 @@ def port(value: Any, any_free: bool = False) -> int:
     return integer(value, "port", 0 if any_free else 1, MAX_PORT)
 
 
+#: Control characters (C0, DEL, C1): no name holds one.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def name(value: Any, what: str) -> str:
     """A non-empty name of at most ``MAX_NAME_BYTES`` bytes, without NUL (PostgreSQL text
-    cannot hold it). Empty is refused, never taken as "the default"."""
+    cannot hold it) or any other control character (ESC, CR, tab...: a name is shown on one
+    line, and a terminal acts on them). Empty is refused, never taken as "the default"."""
     if not isinstance(value, str):
         raise InvalidInput(f"{what} must be text, got {type(value).__name__}")
     if not value.strip():
@@ -169,6 +175,9 @@ def name(value: Any, what: str) -> str:
                            f"UTF-8 allowed")
     if "\0" in value:
         raise InvalidInput(f"{what} contains a NUL character, which PostgreSQL cannot store")
+    if (bad := _CONTROL.search(value)) is not None:
+        raise InvalidInput(f"{what} contains the control character {bad.group()!r}: a name is "
+                           "shown on one line, in terminals too")
     return value
 
 

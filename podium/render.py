@@ -1,5 +1,11 @@
 """How the text faces (the CLI and the dashboard) show things: ages, short texts, table cells,
-text tables and event lines, written once so that both show them alike."""
+text tables and event lines, written once so that both show them alike.
+
+What these one-line views show of the store's text (names, prompts, reasons, event data) has its
+control characters written as escapes (``visible``): a prompt holding ESC or CR cannot recolour
+the terminal, move its cursor, set its title or overwrite the line. The views of a whole text
+(``podium task show``, ``result``, ``logs``) give it byte for byte, as ``cat`` would.
+"""
 
 from __future__ import annotations
 
@@ -22,9 +28,20 @@ def age(ts: float | None, at: float | None = None) -> str:
     return f"{int(s)}s"
 
 
+#: Control characters (C0 but newline, DEL, C1): a terminal acts on them.
+_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+
+
+def visible(text: str) -> str:
+    """``text`` with its control characters (ESC, CR, BEL, tab...; all but newline) written
+    as escapes such as ``\\x1b``."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def short(text: str | None, width: int = 50) -> str:
-    """``text`` on one line (newlines shown as ⏎), cut to ``width`` characters with an …."""
-    line = (text or "").replace("\n", " ⏎ ")
+    """``text`` on one line (newlines shown as ⏎, control characters as escapes), cut to
+    ``width`` characters with an …."""
+    line = visible((text or "").replace("\n", " ⏎ "))
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
@@ -51,6 +68,7 @@ def tries(t: Task) -> str:
 def table(rows: list[list[str]], headers: list[str], colour: bool = False) -> str:
     """Rows under their headers in left-aligned columns two spaces apart, one line each; with
     ``colour``, a STATE or STATUS column's cells in their state's colour (ANSI)."""
+    rows = [[visible(str(x)).replace("\n", "⏎") for x in r] for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
     coloured = {i for i, h in enumerate(headers) if h in ("STATE", "STATUS")} if colour else set()
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip() + "\n"]
@@ -94,8 +112,9 @@ def event_line(ev: Event) -> str:
     data = {k: v for k, v in ev.data.items() if v not in (None, [], "") and k != "chunk"}
     extra = " ".join(f"{k}={v}" for k, v in data.items())
     time_of_day = (iso(ev.ts) or "")[11:23]
-    return (f"{time_of_day}Z #{ev.id} {ev.kind:<16} {ev.agent_id or '-':<12} "
+    line = (f"{time_of_day}Z #{ev.id} {ev.kind:<16} {ev.agent_id or '-':<12} "
             f"{ev.task_id or '-':<13} {extra}").rstrip()
+    return visible(line.replace("\n", " ⏎ "))
 
 
 def event_output(ev: Event) -> str | None:

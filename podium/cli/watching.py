@@ -52,10 +52,11 @@ def status(c: Ctx, as_json) -> None:
     write("agents  " + ", ".join(f"{v} {k}" for k, v in d["agents"].items()) + "\n")
     write("tasks   " + ", ".join(f"{v} {k}" for k, v in s.tasks_by_state.items()) + "\n")
     for ag in s.live_agents:
-        write(f"  {ag.id:<14} {ag.state.value:<8} {ag.current_task or '-'}\n")
+        write(f"  {render.visible(ag.id):<14} {ag.state.value:<8} {ag.current_task or '-'}\n")
     for u in s.unrunnable:
         target = u.target_agent or (f"role {u.target_role}" if u.target_role else "any agent")
-        write(f"waiting for nobody: {u.tasks} queued task(s) for {target}: {u.reason}\n")
+        write(render.short(f"waiting for nobody: {u.tasks} queued task(s) for {target}: "
+                           f"{u.reason}", 10_000) + "\n")
 
 
 @cli.command()

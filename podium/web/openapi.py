@@ -113,10 +113,7 @@ ROUTES: dict[tuple[str, str], tuple[str, dict[str, tuple[Schema, str]], Schema |
         _obj({"n": P.AGENT_COUNT, "backend": _backend(), "roles": P.OPTIONAL_NAMES,
               "options": {"type": ["object", "null"], "additionalProperties": STR,
                           "description": "The backend's options ('podium backends')"},
-              "prefix": {**P.OPTIONAL_NAME, "pattern": "^[^\\u0000/]*$",
-                         "maxLength": P.MAX_PREFIX_BYTES,
-                         "description": "Agent names: PREFIX-1, PREFIX-2... (no '/'; blank "
-                                        "or null: agent)"},
+              "prefix": P.PREFIX,
               "lease_s": P.SECONDS,
               "workdir": {**P.OPTIONAL_TEXT, "description": "An existing directory (blank "
                                                             "or null: the server's)"}}), 201,

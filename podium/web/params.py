@@ -49,7 +49,9 @@ STREAM_AFTER = IntParam(0, limits.MAX_EVENT_ID)
 # -- body fields ----------------------------------------------------------------------------
 _NO_NUL = "^[^\\u0000]*$"
 _NOT_BLANK = "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$"
-_NAME_HELP = f"at most {limits.MAX_NAME_BYTES} bytes of UTF-8, no NUL"
+_NAME_CHAR = "[^\\u0000-\\u001f\\u007f-\\u009f]"  # (no control character)
+_NAME = f"^{_NAME_CHAR}*[^\\s\\u0000-\\u001f\\u007f-\\u009f]{_NAME_CHAR}*$"
+_NAME_HELP = f"at most {limits.MAX_NAME_BYTES} bytes of UTF-8, no control character"
 
 #: A text the service needs (a prompt, a message): not blank, no NUL, at most 64 MiB.
 TEXT: Schema = {"type": "string", "pattern": _NOT_BLANK,
@@ -60,14 +62,17 @@ ANY_TEXT: Schema = {"type": "string", "pattern": _NO_NUL, "description": "No NUL
 OPTIONAL_TEXT: Schema = {"type": ["string", "null"], "pattern": _NO_NUL,
                          "description": "No NUL; blank or null: none"}
 #: A name (an agent's, a role's): not blank.
-NAME: Schema = {"type": "string", "maxLength": limits.MAX_NAME_BYTES, "pattern": _NOT_BLANK,
+NAME: Schema = {"type": "string", "maxLength": limits.MAX_NAME_BYTES, "pattern": _NAME,
                 "description": f"Not blank; {_NAME_HELP}"}
 #: A name that may be left out: blank or null is "not given".
 OPTIONAL_NAME: Schema = {"type": ["string", "null"], "maxLength": limits.MAX_NAME_BYTES,
-                         "pattern": _NO_NUL,
+                         "pattern": f"^({_NAME_CHAR}*|\\s*)$",
                          "description": f"{_NAME_HELP}; blank or null: not given"}
-#: ``podium up``'s prefix: its agents' names add ``-N``.
-MAX_PREFIX_BYTES = limits.MAX_PREFIX_BYTES
+#: ``podium up``'s prefix: its agents' names add ``-N``; no '/' (they name log files).
+PREFIX: Schema = {"type": ["string", "null"], "maxLength": limits.MAX_PREFIX_BYTES,
+                  "pattern": "^([^\\u0000-\\u001f\\u007f-\\u009f/]*|\\s*)$",
+                  "description": "Agent names: PREFIX-1, PREFIX-2... (no '/'; at most "
+                                 f"{limits.MAX_PREFIX_BYTES} bytes; blank or null: agent)"}
 #: Names, or null for none.
 OPTIONAL_NAMES: Schema = {"type": ["array", "null"], "items": NAME}
 #: Seconds: more than 0 (a task's timeout, a lease), or from 0 (how long a stop may wait).

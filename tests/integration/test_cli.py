@@ -761,3 +761,20 @@ def test_bad_store_url(tmp_path, url, expected, how):
         assert "s3cret" not in line
     assert files_under(home) == files  # nothing created, not even ./.podium
     assert (home / "not-a-store.db").read_bytes() == not_a_store
+
+
+#: A prompt that would set the terminal's title, recolour it and overwrite the line.
+NASTY = "title\x1b]0;pwned\x07 red\x1b[31m over\rwrite\ttab\x9bcsi"
+
+
+def test_one_line_views_escape_control_characters_whole_views_keep_them(store_url):
+    out = run_cli("task", "add", "--role", "nobody", NASTY, store_url=store_url)
+    task_id = out.stdout.decode().split()[0]
+    listed = run_cli("task", "list", store_url=store_url).stdout.decode()
+    assert "\x1b" not in listed and "\r" not in listed and "\\x1b]0;pwned" in listed
+    shown = run_cli("task", "show", task_id, store_url=store_url).stdout.decode()
+    assert NASTY in shown  # (the whole text, byte for byte)
+    run_cli("task", "cancel", task_id, "--reason", NASTY, store_url=store_url)
+    events = run_cli("watch", "--from", "0", "--idle-timeout", "0",
+                     store_url=store_url).stdout.decode()
+    assert "\x1b" not in events and "\\x1b]0;pwned" in events

@@ -354,7 +354,9 @@ def expected_text(v, allow_empty: bool = False):
 
 
 def expected_name(v):
-    if not isinstance(v, str) or not v.strip() or "\0" in v:
+    """``v`` if it is a name (not blank, no control character, at most MAX_NAME_BYTES)."""
+    if not isinstance(v, str) or not v.strip() or \
+            any(ord(c) < 32 or 0x7f <= ord(c) <= 0x9f for c in v):
         return None
     try:
         size = len(v.encode("utf-8"))

@@ -37,6 +37,14 @@ def test_names_the_document_admits_are_taken(value):
     limits.name(value, "name")
 
 
+@pytest.mark.parametrize("value", ["a\x1bb", "a\rb", "tab\there", "a\x9bb", "x\x7f"])
+def test_names_with_a_control_character_are_not_admitted(value):
+    assert not re.search(params.NAME["pattern"], value)
+    with pytest.raises(InvalidInput, match="control character"):
+        limits.name(value, "name")
+    limits.text(value, "text")  # (a text may hold one: a prompt, an output)
+
+
 @pytest.mark.parametrize("value", ["", "   ", "\t\n", "a\0b"])
 def test_names_and_texts_the_service_refuses_are_not_admitted(value):
     for schema, check in ((params.NAME, lambda v: limits.name(v, "name")),
