@@ -36,7 +36,10 @@ def log_dir(podium: Podium) -> Path:
 
 
 def free_names(podium: Podium, n: int, prefix: str) -> list[str]:
-    taken = {a.id for a in podium.agents() if a.state.live}
+    """The first ``n`` names ``PREFIX-i`` that no agent holds: not a live one's, nor a dead
+    one's whose worker still runs here (its lease ran out, its process did not)."""
+    taken = {a.id for a in podium.agents() if a.state.live or
+             a.state is AgentState.DEAD and running_here(a, podium.url)}
     names: list[str] = []
     i = 1
     while len(names) < n:

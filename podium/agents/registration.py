@@ -3,8 +3,10 @@
 The store refuses a name that a live agent holds (``AgentRunning``). A lease takes seconds to
 run out; when the holder ran on this very host and its process is gone (killed, crashed),
 there is nothing to wait for: the name is taken over at once, and what the previous process
-left running is ended (``podium.orphans``). The store only compares what it is told; looking
-at this host's processes is done here.
+left running is ended (``podium.orphans``). The other way round, a name whose lease ran out
+(dead in the store) while its worker still runs on this host is not taken over: two processes
+would then be one agent, both beating its row and claiming its tasks. The store only compares
+what it is told; looking at this host's processes is done here.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import functools
 import socket
 
 from podium import orphans, pids
-from podium.errors import AgentRunning
-from podium.models import Agent
+from podium.agents import local
+from podium.errors import AgentRunning, NotFound
+from podium.models import Agent, AgentState
 from podium.store import Store
 
 
@@ -23,6 +26,9 @@ def register(store: Store, name: str, roles: list[str], backend: str, lease_s: f
     """Register ``name`` for process ``pid`` of this host; returns the agent and how many
     process groups a previous run of it had left running (now killed)."""
     host = socket.gethostname()
+    holder = still_running_here(store, name, host)
+    if holder is not None and holder != pid:
+        raise AgentRunning(name, holder, host)
     try:
         agent = store.register_agent(name, roles, backend, host, pid, lease_s, meta,
                                      takes_hand_offs)
@@ -34,6 +40,20 @@ def register(store: Store, name: str, roles: list[str], backend: str, lease_s: f
     # A killed previous run of this agent may have left programs behind whose tasks were
     # taken meanwhile: they are not its tasks any more.
     return agent, orphans.kill(store.url, name)
+
+
+def still_running_here(store: Store, name: str, host: str) -> int | None:
+    """The pid of the worker of ``name`` that still runs on this host although the store has
+    the agent dead (its lease ran out: a machine too busy, a lease too short); None when there
+    is none. (By this host's records of its workers, whose start times tell a reused pid.)"""
+    try:
+        agent = store.get_agent(name)
+    except NotFound:
+        return None
+    if agent.state is not AgentState.DEAD or agent.host != host or not agent.pid:
+        return None
+    running = any(r.name == name and r.pid == agent.pid for r in local.live(store.url))
+    return agent.pid if running else None
 
 
 def end_taken(store_url: str, taken: list[tuple[str, str]]) -> None:

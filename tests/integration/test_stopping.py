@@ -331,3 +331,43 @@ def test_postgres_gone_sigterm_is_bounded_down_stops_by_records_and_the_task_rec
     finally:
         podium.close()
         kill_all(started)
+
+
+def test_a_dead_agent_whose_worker_still_runs_here_keeps_its_name(tmp_path):
+    """A worker that cannot beat for a while (here SIGSTOP; a machine too busy, a lease too
+    short) is found dead by the others, yet its process runs on: ``up`` must not give its name
+    to a new worker, nor may ``agent run --name`` take it, or two processes would be one agent
+    (fuzzing the web API's ``team/up`` with tiny leases left 39 workers named agent-1)."""
+    url = f"sqlite://{tmp_path / 'podium.db'}"
+    started = up(url, 2, "--lease", "1")
+    first, more = started["agent-1"], {}
+    p = Podium.open(url)
+    try:
+        _found_dead_yet_holding_its_name(url, p, first, more)
+    finally:
+        os.kill(first, signal.SIGCONT)
+        p.close()
+        run_cli("down", store_url=url)
+        kill_all({**started, **more})
+
+
+def _found_dead_yet_holding_its_name(url: str, p: Podium, first: int, more: dict) -> None:
+    try:
+        os.kill(first, signal.SIGSTOP)
+        wait_for(lambda: p.agent("agent-1").state.value == "dead", 20,
+                 what="agent-1 found dead by agent-2's beats")
+        more.update(up(url, 1, "--lease", "1"))
+        assert list(more) == ["agent-3"], more  # (not agent-1: its worker runs)
+        refused = run_cli("agent", "run", "--name", "agent-1", "--backend", "shell",
+                          store_url=url, timeout=30)
+        assert refused.returncode != 0
+        err = refused.stderr.decode()
+        assert f"agent 'agent-1' is already running (pid {first}" in err, err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert p.agent("agent-1").pid == first
+    finally:
+        os.kill(first, signal.SIGCONT)
+    wait_for(lambda: p.agent("agent-1").state.value == "idle", 20, what="agent-1 to beat again")
+    assert "stopped 3 agent(s)" in down_line(run_cli("down", store_url=url))
+    for pid in [first, *more.values()]:
+        wait_for(lambda pid=pid: gone(pid), 20, what=f"pid {pid} to exit")
