@@ -1,6 +1,7 @@
 """The API's inputs as its handlers check them, declared once for the OpenAPI document too: a
 request that the document calls valid is one the server takes (schemathesis's "schema-valid
-request rejected" check, run against ``/api/openapi.json``, found none after this).
+request rejected" check, run against ``/api/openapi.json``, found none after this, backend
+options aside: which are valid depends on the backend).
 
 Integer query parameters are ``IntParam``: the handler reads them with ``jsonio.query_int``,
 the document states their bounds and default. The body fields' schemas state the checks of
