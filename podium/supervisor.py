@@ -27,8 +27,7 @@ from podium.errors import NotFound, PodiumError, StoreError
 from podium.models import Agent, AgentState
 from podium.service import Podium
 from podium.service.hosting import ensure_host_daemon, release_host_helpers
-from podium.service.local import local_agents, store_url_of
-from podium.service.logs import running_here
+from podium.service.local import local_agents, running_here, store_url_of
 
 
 def log_dir(podium: Podium) -> Path:

@@ -12,7 +12,8 @@ directory per store — ``agents-<hash>``, the hash of the store's URL as the wo
 (an SQLite file's resolved path; a PostgreSQL URL without its password), which can be worked
 out without reaching the store — made 0700, each record 0600, whatever the umask. One file per
 process (``<hash of name>.<pid>.json``), so a record is only ever removed by its own process or
-once that process is gone.
+once that process is gone. ``running_here`` tells by them (or by the process's ``--name``)
+whether an agent the store names still runs on this host.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ import hashlib
 import json
 import os
 import signal
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from podium import wake
+from podium import pids, wake
+from podium.models import Agent
 from podium.pids import start_time
 from podium.store.postgres import without_password
 
@@ -173,3 +176,23 @@ def any_live(store_url: str) -> bool:
         if agent is not None and agent.running():
             return True
     return False
+
+
+def running_here(agent: Agent, store_url: str) -> bool | None:
+    """Whether the agent's process still runs on this host (its pid, recorded by the worker of
+    that name for the store at ``store_url``, or running ``--name`` it: an agent started
+    by hand before it recorded itself, an interactive one); None when it is another host's,
+    which only the store knows of."""
+    if agent.host != socket.gethostname():
+        return None
+    if not agent.pid or not pids.exists(agent.pid):
+        return False
+    if any(r.name == agent.id and r.pid == agent.pid for r in live(store_url)):
+        return True  # (the same process: a record's start time is checked)
+    try:
+        with open(f"/proc/{agent.pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return False
+    name = agent.id.encode()
+    return any(a == b"--name" and b == name for a, b in zip(argv, argv[1:]))

@@ -45,15 +45,14 @@ def register(store: Store, name: str, roles: list[str], backend: str, lease_s: f
 def still_running_here(store: Store, name: str, host: str) -> int | None:
     """The pid of the worker of ``name`` that still runs on this host although the store has
     the agent dead (its lease ran out: a machine too busy, a lease too short); None when there
-    is none. (By this host's records of its workers, whose start times tell a reused pid.)"""
+    is none."""
     try:
         agent = store.get_agent(name)
     except NotFound:
         return None
-    if agent.state is not AgentState.DEAD or agent.host != host or not agent.pid:
+    if agent.state is not AgentState.DEAD or agent.host != host:
         return None
-    running = any(r.name == name and r.pid == agent.pid for r in local.live(store.url))
-    return agent.pid if running else None
+    return agent.pid if local.running_here(agent, store.url) else None
 
 
 def end_taken(store_url: str, taken: list[tuple[str, str]]) -> None:

@@ -9,10 +9,10 @@ Nothing here connects to the store. A store URL as a user gives it (a path, ``sq
 from __future__ import annotations
 
 from podium.agents import local
-from podium.agents.local import LocalAgent
+from podium.agents.local import LocalAgent, running_here
 from podium.store import resolve_url, sqlite_path
 
-__all__ = ["LocalAgent", "local_agents", "store_url_of"]
+__all__ = ["LocalAgent", "local_agents", "running_here", "store_url_of"]
 
 
 def store_url_of(url: str | None) -> str:

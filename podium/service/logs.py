@@ -6,16 +6,13 @@ service's calls; what they share is here."""
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from podium import pids
-from podium.agents import local
-from podium.models import Agent, Event, Task
+from podium.models import Event, Task
 from podium.service.base import SAFETY_POLL_S
 from podium.service.events import FINISHING_KINDS, EventFollower
 from podium.store import Store
@@ -68,26 +65,6 @@ def _tail(f: BinaryIO, n: int) -> bytes:
         data = f.read(step) + data
     f.seek(size)
     return last_lines(data, n)
-
-
-def running_here(agent: Agent, store_url: str) -> bool | None:
-    """Whether the agent's process still runs on this host (its pid, recorded by the worker of
-    that name for the store at ``store_url``, or running ``--name`` it: an agent started
-    by hand before it recorded itself, an interactive one); None when it is another host's,
-    which only the store knows of."""
-    if agent.host != socket.gethostname():
-        return None
-    if not agent.pid or not pids.exists(agent.pid):
-        return False
-    if any(r.name == agent.id and r.pid == agent.pid for r in local.live(store_url)):
-        return True  # (the same process: a record's start time is checked)
-    try:
-        with open(f"/proc/{agent.pid}/cmdline", "rb") as f:
-            argv = f.read().split(b"\0")
-    except OSError:
-        return False
-    name = agent.id.encode()
-    return any(a == b"--name" and b == name for a, b in zip(argv, argv[1:]))
 
 
 def follow_file(path: Path, lines: int, follow: bool,

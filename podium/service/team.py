@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from podium import limits
-from podium.agents import registration
+from podium.agents import local, registration
 from podium.clock import new_id
 from podium.errors import InvalidInput, NotFound, PodiumError, StoreUnavailable
 from podium.models import Agent, AgentResponse, AgentState, Message, Task, TaskSpec
@@ -211,7 +211,7 @@ class TeamCalls(TaskCalls):
         for a in self.agents():  # (after agents found silent were marked dead)
             if a.state.live:
                 continue
-            if logs.running_here(a, self.url):
+            if local.running_here(a, self.url):
                 kept[a.id] = (f"it is {a.state.value} but its process {a.pid} still runs here "
                               f"('podium down {a.id}' stops it)")
             else:
@@ -242,7 +242,7 @@ class TeamCalls(TaskCalls):
         agent = self.agent(agent_id)
         path = logs.log_path(self.home, agent.id)
         if not path.is_file():
-            where = ("" if logs.running_here(agent, self.url) is not None
+            where = ("" if local.running_here(agent, self.url) is not None
                      else f"; it ran on {agent.host}, where its log may be")
             raise NotFound(f"agent {agent.id} has no log at {path}: only agents started in "
                            f"the background by 'podium up' log there{where}")
@@ -263,7 +263,7 @@ class TeamCalls(TaskCalls):
                 return False  # (removed meanwhile)
             except StoreUnavailable:
                 return True  # (it cannot be told now: followed on)
-            return agent.state.live and logs.running_here(agent, self.url) is not False
+            return agent.state.live and local.running_here(agent, self.url) is not False
 
         return logs.follow_file(path, lines, follow, running)
 
