@@ -36,6 +36,9 @@ class EventFollower:
         try:
             #: The id of the last event read (events after it come next).
             self.cursor = store.last_event_id() if after is None else after
+            #: Whether the log may hold events after ``cursor`` that no wake-up will announce
+            #: (the waiter was made before the cursor was taken; a full batch leaves some).
+            self._unread = True
         except BaseException:
             self._waiter.close()
             raise
@@ -48,15 +51,23 @@ class EventFollower:
         """The next events (at most ``FOLLOW_BATCH``, oldest first), waiting up to ``timeout``
         seconds (None: for ever) for one to be committed; [] when none was, or once stopped."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        woken = False
         while not self._stopped.is_set():
-            batch = self._store.read_events(self.cursor, FOLLOW_BATCH, self._task_id)
-            if batch:
-                self.cursor = batch[-1].id
-                return batch
+            if self._unread:
+                if not woken:  # (wake-ups waiting now are for events this read will see)
+                    self._waiter.wait(0)
+                batch = self._store.read_events(self.cursor, FOLLOW_BATCH, self._task_id)
+                if batch:
+                    self.cursor = batch[-1].id
+                    # A short batch was all there was: an event committed after the read is
+                    # a wake-up that ``wait`` will see, so the next poll waits before reading.
+                    self._unread = len(batch) == FOLLOW_BATCH
+                    return batch
             left = SAFETY_POLL_S if deadline is None else deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 and self._unread:
                 break
-            self._waiter.wait(min(left, SAFETY_POLL_S))
+            self._waiter.wait(max(0.0, min(left, SAFETY_POLL_S)))
+            self._unread = woken = True
         return []
 
     def stop(self) -> None:
