@@ -23,6 +23,9 @@ Origin check passes with the cookie the printed link set):
     at the next animation frame; stamped when the stream hands it over
     (``window.podium.live.on``) and when its row is drawn (``window.podium.feed.onDrawn``):
     a person's open tab.
+With ``--kinds busy`` the throughput runs also have a variant with no page but one process
+spinning (``while True: pass``) at nice 19: what one core of any other work, at the lowest
+priority, costs the workers on this machine -- the ceiling for 20 pages that need about a core.
 Latency: with no worker running, tasks are added one at a time (``Podium.add_task``, a random
 10-30 ms apart, ``--n`` after 10 warm-up ones); each ``task.queued`` event carries its commit
 time (``at``: the store's clock in the transaction that commits it, the same machine's clock
@@ -75,6 +78,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-backgrounding-occluded-windows", "--disable-frame-rate-limit"]
 LINK = re.compile(rb"^podium web: (http://127\.0\.0\.1:(\d+)/\?token=\S+)$")
 WARMUP = 10
+#: The throughput variant with no page but one process spinning at nice 19 (``--kinds busy``).
+BUSY_LOOP = "busy"
 LAT_TARGETS = (20.0, 100.0)  # p50, p99 in ms, with 20 clients
 RATIO_TARGET = 0.90
 
@@ -275,22 +280,27 @@ def renice(pid: int, nice: int) -> None:
 def throughput_run(browser, kind: str | None, clients: int, n: int, workers: int,
                    timeout: float, view: str, nice: int = 0) -> dict:
     tmp, db, url, log, p = C.podium_store("web-throughput", "NORMAL", "workers.log")
-    server = pages = None
+    server = pages = busy = None
     procs = []
     try:
         server = Server(url, tmp)
         names = [f"w{i + 1}" for i in range(workers)]
         procs = [C.podium_worker(url, name, "echo", log=log) for name in names]
         C.wait_agents_idle(p.store, names, procs, log=log)
-        if kind:
+        if kind == BUSY_LOOP:
+            busy = subprocess.Popen([sys.executable, "-c", "while True: pass"],
+                                    preexec_fn=lambda: os.nice(19))
+        elif kind:
             pages = Pages(browser, server, clients, kind, view)
             time.sleep(0.5)  # (the first load's re-fetches done)
             pages.reset()
         first_event = p.store.last_event_id() + 1
         specs = [p.spec("x") for _ in range(n)]
+        paged = kind not in (None, BUSY_LOOP)
         groups = {"workers": [w.pid for w in procs], "server": [server.proc.pid],
-                  "browser": browser_pids() if kind else [],
-                  "playwright driver": browser_pids("node") if kind else []}
+                  "browser": browser_pids() if paged else [],
+                  "playwright driver": browser_pids("node") if paged else [],
+                  "busy loop": [busy.pid] if busy else []}
         if nice:
             for pid in groups["server"] + groups["browser"]:
                 renice(pid, nice)
@@ -330,6 +340,9 @@ def throughput_run(browser, kind: str | None, clients: int, n: int, workers: int
     finally:
         if pages:
             pages.close()
+        if busy:
+            busy.kill()
+            busy.wait()
         C.stop(procs)
         if server:
             server.stop()
@@ -344,7 +357,7 @@ def latency_section(browser, args, kinds: list[str], counts: list[int]) -> bool:
         load = C.HostLoad()
         rows = []
         for kind in kinds:
-            if kind == "frames":  # (it stamps no event: it reads none)
+            if kind in ("frames", BUSY_LOOP):  # (they stamp no event: they read none)
                 continue
             for clients in counts:
                 r = latency_run(browser, kind, clients, args.n, args.seed, args.view)
@@ -380,7 +393,8 @@ def throughput_section(browser, args, kinds: list[str]) -> bool:
                    + (f"; server and browsers at nice {args.nice}" if args.nice else "")):
         load = C.HostLoad()
         variants: list[tuple[str, str | None]] = [("no page", None)] + \
-            [(f"{args.throughput_clients} {k} pages", k) for k in kinds]
+            [(f"{args.throughput_clients} {k} pages", k) for k in kinds if k != BUSY_LOOP] + \
+            [("no page, busy loop", BUSY_LOOP) for k in kinds if k == BUSY_LOOP]
         runs: dict[str, list[dict]] = {v: [] for v, _ in variants}
         for r in range(args.repeat):
             order = variants if r % 2 == 0 else list(reversed(variants))
@@ -388,7 +402,7 @@ def throughput_section(browser, args, kinds: list[str]) -> bool:
                 res = throughput_run(browser, kind, args.throughput_clients, args.tasks,
                                      args.workers, args.timeout, args.view, args.nice)
                 runs[label].append(res)
-                extra = "" if kind is None else (
+                extra = "" if kind in (None, BUSY_LOOP) else (
                     f", pages with every event once {res['complete']}/{res['pages']}, "
                     f"slowest page {res['recv_s']:.0f} events/s, lag {res['lag_ms']:.0f} ms"
                     + (f", {res['frames']:.0f} frames a page" if "frames" in res else ""))
@@ -403,15 +417,17 @@ def throughput_section(browser, args, kinds: list[str]) -> bool:
             e2e = C.median([x["e2e"] for x in rs])
             ratio = e2e / base if base else float("nan")
             hit = ratio >= RATIO_TARGET
+            nopage = kind in (None, BUSY_LOOP)
             if kind == "socket":
                 ok = ok and hit
             rows.append([label, f"{e2e:.0f}", f"{C.median([x['drain'] for x in rs]):.0f}",
                          f"{C.median([x['events_s'] for x in rs]):.0f}",
-                         "" if kind is None else f"{min(x['recv_s'] for x in rs):.0f}",
-                         "" if kind is None else f"{max(x['lag_ms'] for x in rs):.0f}",
-                         "" if kind is None else
+                         "" if nopage else f"{min(x['recv_s'] for x in rs):.0f}",
+                         "" if nopage else f"{max(x['lag_ms'] for x in rs):.0f}",
+                         "" if nopage else
                          f"{sum(x['complete'] for x in rs)}/{sum(x['pages'] for x in rs)}",
-                         f"{ratio:.2f}x", "" if kind is None else
+                         f"{ratio:.2f}x", "" if kind is None else "(what-if)"
+                         if kind == BUSY_LOOP else
                          ("PASS" if hit else "MISS") + ("" if kind == "socket" else
                                                         " (not judged)")])
         print(C.table(rows, ["clients", "tasks/s e2e", "drain/s", "events/s committed",
@@ -429,7 +445,9 @@ def main() -> int:
                     help="tasks timed per latency run (0: no latency runs)")
     ap.add_argument("--clients", default="1,20", help="page counts for the latency runs")
     ap.add_argument("--kinds", default="socket,dashboard",
-                    help="client kinds to run: socket, dashboard, frames (the transport's floor)")
+                    help="client kinds to run: socket, dashboard, frames (the transport's "
+                         "floor), busy (throughput only: no page, but one busy loop at nice "
+                         "19 -- what any one core of other work costs the workers)")
     ap.add_argument("--tasks", type=int, default=10_000, help="tasks per throughput run")
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--throughput-clients", type=int, default=20)
