@@ -35,6 +35,17 @@ class AgentRunning(Conflict):
         self.name, self.pid, self.host = name, pid, host
 
 
+class AgentReplaced(Conflict):
+    """The agent's name was taken over (its lease ran out, and a new worker registered it):
+    the store's row names process ``pid`` on ``host``, not the caller, who is no longer that
+    agent and must neither beat for it nor deregister it."""
+
+    def __init__(self, name: str, pid: int | None, host: str):
+        super().__init__(f"agent {name!r} was taken over by pid {pid} on {host}: "
+                         "this process is no longer that agent")
+        self.name, self.pid, self.host = name, pid, host
+
+
 class StoreError(PodiumError):
     """The store could not be opened or written (missing directory, full disk...)."""
 

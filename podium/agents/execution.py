@@ -155,7 +155,9 @@ class RunSupervisor:
         run if its task was cancelled."""
         if self.heartbeat.due():
             reply = self.heartbeat.beat(run.task)
-            if reply.lost:
+            if self.heartbeat.replaced is not None:
+                run.cancel(str(self.heartbeat.replaced))
+            elif reply.lost:
                 run.cancel(f"task {reply.task_state.value if reply.task_state else 'lost'}")
         elif woke and not run.cancelled and \
                 self.store.task_state(run.task.id) is TaskState.CANCELLED:

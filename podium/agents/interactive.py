@@ -9,6 +9,7 @@ from the pane's activity (output in the last few seconds: busy; else idle).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ import threading
 import time
 
 from podium.agents import registration
-from podium.errors import StoreError
+from podium.errors import AgentReplaced, StoreError
 from podium.models import AgentState
 from podium.store import Store
 from podium.tmux import Tmux
@@ -37,6 +38,9 @@ class InteractiveAgent:
         self.tmux = Tmux.current()
         self.pane = os.environ.get("TMUX_PANE")
         self._stop = threading.Event()
+        self._holder = registration.this_process()
+        #: Set when a beat found the name taken over (see ``podium.agents.heartbeat``).
+        self._replaced: AgentReplaced | None = None
 
     def _meta(self) -> dict:
         meta = {"interactive": True, "command": self.argv, "workdir": os.getcwd()}
@@ -62,9 +66,13 @@ class InteractiveAgent:
     def _heartbeats(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
             try:
-                reply = self.store.heartbeat(self.name, self.lease_s)
+                reply = self.store.heartbeat(self.name, self.lease_s, holder=self._holder)
                 registration.end_taken(self.store.url, reply.taken)
                 self._fallback_state()
+            except AgentReplaced as e:  # (the program goes on; it is no longer the agent)
+                self._replaced = e
+                os.write(2, f"podium: {e}; no longer beating for it\n".encode())
+                return
             except StoreError:
                 pass  # the lease tolerates a missed beat; the next one retries
 
@@ -96,5 +104,7 @@ class InteractiveAgent:
                     continue  # Ctrl-C belongs to the program in the pane
         finally:
             self._stop.set()
-            self.store.deregister(self.name)
+            if self._replaced is None:
+                with contextlib.suppress(AgentReplaced):
+                    self.store.deregister(self.name, holder=self._holder)
         return code

@@ -12,6 +12,7 @@ what it is told; looking at this host's processes is done here.
 from __future__ import annotations
 
 import functools
+import os
 import socket
 
 from podium import orphans, pids
@@ -25,7 +26,7 @@ def register(store: Store, name: str, roles: list[str], backend: str, lease_s: f
              meta: dict, pid: int, takes_hand_offs: bool = False) -> tuple[Agent, int]:
     """Register ``name`` for process ``pid`` of this host; returns the agent and how many
     process groups a previous run of it had left running (now killed)."""
-    host = socket.gethostname()
+    host = _this_host()
     holder = still_running_here(store, name, host)
     if holder is not None and holder != pid:
         raise AgentRunning(name, holder, host)
@@ -67,6 +68,12 @@ def end_taken(store_url: str, taken: list[tuple[str, str]]) -> None:
 @functools.lru_cache(maxsize=1)
 def _this_host() -> str:
     return socket.gethostname()
+
+
+def this_process() -> tuple[str, int]:
+    """This process as an agent's row names the process that holds it: (host, pid); what
+    the agent's heartbeats and its deregistering say (``Store.heartbeat``'s ``holder``)."""
+    return _this_host(), os.getpid()
 
 
 def may_run(host: str, pid: int | None) -> bool:

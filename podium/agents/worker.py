@@ -17,6 +17,10 @@ worker told to stop now exits within ``STOP_BUDGET_S``; what it could not write 
 by then (a result, the hand-back, its deregistration) is left to the task's lease, which
 expires and puts the task back in the queue for another agent (``_StopWatchdog``).
 
+A worker that could not beat for a lease (stopped, starved) is found dead, and its name may
+then be registered by another worker: its next beat finds the store's row naming that other
+process, and it stops without deregistering (``podium.agents.heartbeat``).
+
 While it runs, the worker is also recorded on this host (``podium.agents.local``), so that
 ``podium down`` can stop it without the store.
 """
@@ -40,7 +44,7 @@ from podium.agents import local, reaper, registration
 from podium.agents.backends import MAX_OUTPUT_BYTES, Backend
 from podium.agents.execution import STOPPING, RunSupervisor
 from podium.agents.heartbeat import Heartbeat
-from podium.errors import StoreError, StoreUnavailable
+from podium.errors import AgentReplaced, StoreError, StoreUnavailable
 from podium.models import Outcome, Task
 from podium.prompt import compose
 from podium.store import Finish, Store
@@ -226,10 +230,15 @@ class Worker:
                 if self.stop is not None:
                     self._record_results()
                     return
+                if self.heartbeat.replaced is not None:  # (found by a beat, idle or busy)
+                    self._give_up_the_name()
+                    return
                 if self.heartbeat.due():
                     # An idle worker's look for work (a wake-up may have been lost) rides on
                     # its beat: it claims only when the beat saw work waiting.
                     reply = self.heartbeat.beat(roles=self.roles if self._look else None)
+                    if self.heartbeat.replaced is not None:
+                        continue
                     if reply.work_waiting is False and not self._results:
                         self._look = False
                         self._wait_for_work()
@@ -274,6 +283,15 @@ class Worker:
             note=self.note if self.backend.inline and not self.echo_output else self.log,
             echo_output=self.echo_output, stopping_now=self._stopping_now)
 
+    def _give_up_the_name(self) -> None:
+        """Another worker holds the agent's name now: this one stops, leaving the agent's row
+        alone and recording nothing (the store took its tasks back when it found it dead)."""
+        self.log(f"{self.heartbeat.replaced}; stopping")
+        if self._results:
+            self.log(f"{len(self._results)} result(s) not recorded: this worker is no longer "
+                     "the agent that claimed their tasks")
+            self._results = []
+
     def _deregister(self) -> None:
         """Let the runner thread and the wake-up socket go; tell the store the agent stopped."""
         self._supervisor.close()
@@ -285,10 +303,13 @@ class Worker:
         self.waiter.close()
         self.waiter = None
         local.forget(self.store.url, self.name)
-        try:
-            self.store.deregister(self.name)
-        except StoreError as e:
-            self.log(f"could not deregister ({e}); the lease will expire instead")
+        if self.heartbeat.replaced is None:
+            try:
+                self.store.deregister(self.name, holder=self.heartbeat.holder)
+            except AgentReplaced as e:
+                self.log(str(e))
+            except StoreError as e:
+                self.log(f"could not deregister ({e}); the lease will expire instead")
         self.log("stopped")
 
     # -- the parts of one turn ----------------------------------------------------------

@@ -180,10 +180,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def heartbeat(
         self, agent_id: str, lease_s: float, task_id: str | None = None, attempt: int = 0,
-        roles: list[str] | None = None,
+        roles: list[str] | None = None, holder: tuple[str, int] | None = None,
     ) -> HeartbeatReply:
         """Mark the agent alive, extend its task's lease and recover expired leases; with
-        ``roles`` (an idle agent's), also say whether work waits for it (``work_waiting``)."""
+        ``roles`` (an idle agent's), also say whether work waits for it (``work_waiting``).
+        With ``holder``, the caller's (host, pid): only while the agent's row names that
+        process; ``AgentReplaced`` (nothing changed) when another registered the name since."""
 
     @abc.abstractmethod
     def set_agent_state(self, agent_id: str, state: AgentState,
@@ -195,8 +197,9 @@ class Store(abc.ABC):
         survives the agent re-registering, so a restarted agent can resume its session."""
 
     @abc.abstractmethod
-    def deregister(self, agent_id: str) -> None:
-        """The agent stopped cleanly."""
+    def deregister(self, agent_id: str, holder: tuple[str, int] | None = None) -> None:
+        """The agent stopped cleanly. With ``holder`` (as for ``heartbeat``), only while the
+        row names that process: else ``AgentReplaced``, and the agent is left as it is."""
 
     @abc.abstractmethod
     def get_agent(self, agent_id: str) -> Agent: ...

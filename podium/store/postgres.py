@@ -532,22 +532,23 @@ class PostgresStore(SqlStore):
             return self._relay.watch_listener()
         return PgListener(self, None)
 
-    def heartbeat(self, agent_id, lease_s, task_id=None, attempt=0, roles=None) -> HeartbeatReply:
+    def heartbeat(self, agent_id, lease_s, task_id=None, attempt=0, roles=None,
+                  holder=None) -> HeartbeatReply:
         # An idle beat that the host's daemon has made for the agent costs no round trip
         # (``hostbeats``): it says no work waits, as the daemon's round found.
         beats = self._idle_beats
         if task_id is None and beats is not None and beats.covered(agent_id, lease_s):
             return HeartbeatReply(work_waiting=None if roles is None else False,
                                   next_idle_beat_s=hostbeats.covered_interval(lease_s))
-        reply = super().heartbeat(agent_id, lease_s, task_id, attempt, roles)
+        reply = super().heartbeat(agent_id, lease_s, task_id, attempt, roles, holder)
         if task_id is None and beats is not None:
             beats.ask(agent_id, lease_s)
         return reply
 
-    def deregister(self, agent_id) -> None:
+    def deregister(self, agent_id, holder=None) -> None:
         if self._idle_beats is not None:
             self._idle_beats.forget(agent_id)
-        super().deregister(agent_id)
+        super().deregister(agent_id, holder)
 
     def host_route(self) -> tuple[str, int] | None:
         """How this process reaches the server: ("pgbouncer", the host's pool), ("direct", 1)

@@ -574,3 +574,36 @@ def test_live_agent_name_is_taken_over_only_from_the_process_named_gone(store):
     with pytest.raises(AgentRunning):  # (the same pid, on another host)
         store.register_agent("a1", [], "echo", "other", 222, 30, {}, replaces_pid=111)
     assert store.register_agent("a1", [], "echo", "h", 222, 30, {}, replaces_pid=111).pid == 222
+
+
+def test_a_process_whose_name_was_taken_over_neither_beats_nor_deregisters_it(store):
+    """A worker found dead (its lease ran out while it could not beat) whose name another
+    worker then registered: its beats and its deregistering, which name its process, change
+    nothing and say who holds the name now; the new holder's own are as usual."""
+    from podium.errors import AgentReplaced
+    store.register_agent("a1", [], "echo", "h1", 111, 0.1, {})
+    assert not store.heartbeat("a1", 0.1, holder=("h1", 111)).lost
+    time.sleep(0.3)  # (a1's lease runs out: the name may be taken)
+    store.register_agent("a1", [], "echo", "h2", 222, 30, {})
+    [t] = add(store, "x")
+    c = store.claim("a1", [], 30)
+    beaten = store.get_agent("a1").last_heartbeat
+    time.sleep(0.01)
+    for beat in (lambda: store.heartbeat("a1", 60, holder=("h1", 111)),
+                 lambda: store.heartbeat("a1", 60, c.id, c.attempts, holder=("h1", 111)),
+                 lambda: store.heartbeat("a1", 60, holder=("h2", 111)),  # (same pid, not host)
+                 lambda: store.deregister("a1", holder=("h1", 111))):
+        with pytest.raises(AgentReplaced) as err:
+            beat()
+        assert (err.value.pid, err.value.host) == (222, "h2")
+        assert "taken over by pid 222 on h2" in str(err.value)
+    a = store.get_agent("a1")
+    assert (a.host, a.pid, a.last_heartbeat, a.state.value) == ("h2", 222, beaten, "busy")
+    assert store.get_task(t.id).lease_expires < time.time() + 40  # (not the 60 s beat's)
+    assert not store.heartbeat("a1", 30, c.id, c.attempts, holder=("h2", 222)).lost
+    with pytest.raises(NotFound):
+        store.heartbeat("ghost", 30, holder=("h1", 111))
+    with pytest.raises(NotFound):
+        store.deregister("ghost", holder=("h1", 111))
+    store.deregister("a1", holder=("h2", 222))
+    assert store.get_agent("a1").state.value == "stopped"

@@ -351,6 +351,36 @@ def test_a_dead_agent_whose_worker_still_runs_here_keeps_its_name(tmp_path):
         kill_all({**started, **more})
 
 
+def test_a_worker_whose_name_another_host_took_over_stops_and_leaves_it(tmp_path):
+    """The other half of the case above: the name of an agent found dead is registered on
+    another host (here straight through the store, as that host's worker would). The worker
+    that comes back must not beat for the other host's agent nor deregister it: its next
+    beat finds the row naming another process, and it stops, saying so in its log."""
+    url = f"sqlite://{tmp_path / 'podium.db'}"
+    started = up(url, 2, "--lease", "1")
+    first = started["agent-1"]
+    p = Podium.open(url)
+    try:
+        os.kill(first, signal.SIGSTOP)
+        wait_for(lambda: p.agent("agent-1").state.value == "dead", 20,
+                 what="agent-1 found dead by agent-2's beats")
+        p.store.register_agent("agent-1", [], "shell", "elsewhere", 4242, 30, {})
+        os.kill(first, signal.SIGCONT)
+        wait_for(lambda: gone(first), 20, what="the replaced worker to exit")
+        a = p.agent("agent-1")
+        assert (a.host, a.pid, a.state.value) == ("elsewhere", 4242, "idle")
+        log = (tmp_path / "logs" / "agent-1.log").read_text()
+        assert "'agent-1' was taken over by pid 4242 on elsewhere: " \
+               "this process is no longer that agent; stopping" in log, log
+        assert "Traceback" not in log
+        assert p.agent("agent-2").state.value == "idle"
+    finally:
+        os.kill(first, signal.SIGCONT)
+        p.close()
+        run_cli("down", store_url=url)
+        kill_all(started)
+
+
 def _found_dead_yet_holding_its_name(url: str, p: Podium, first: int, more: dict) -> None:
     try:
         os.kill(first, signal.SIGSTOP)

@@ -276,6 +276,22 @@ def test_lost_lease_found_by_the_heartbeat_stops_the_run(sqlite, closing):
     assert (outcome.status, outcome.error) == (TaskState.CANCELLED, "task cancelled")
 
 
+def test_a_run_whose_agent_name_was_taken_over_stops(sqlite, closing):
+    """The heartbeat finds the agent's row naming another process (registered meanwhile, as
+    when this one was found dead): the run stops, and the heartbeat says who holds the name."""
+    task = claimed_task(sqlite)
+    closing(parts := supervise(sqlite, Blocks(), waiter_of="deaf", interval_s=0.1))
+    host = socket.gethostname()
+    threading.Timer(0.2, lambda: sqlite.register_agent(
+        "a1", [], "test", host, 4242, 30, {}, replaces_pid=os.getpid())).start()
+    outcome = parts[0].execute(task, task.prompt)
+    assert outcome.status is TaskState.CANCELLED
+    assert outcome.error == (f"agent 'a1' was taken over by pid 4242 on {host}: "
+                             "this process is no longer that agent")
+    assert parts[0].heartbeat.replaced is not None
+    assert sqlite.get_agent("a1").pid == 4242
+
+
 def test_worker_stopping_now_hands_the_running_task_back(sqlite, closing):
     task = claimed_task(sqlite)
     stop = threading.Event()

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 
 from podium.clock import now
-from podium.errors import AgentRunning, InvalidInput, NotFound
+from podium.errors import AgentReplaced, AgentRunning, InvalidInput, NotFound
 from podium.models import Agent, TaskState
 from podium.store.base import AgentRemoval, HeartbeatReply
 from podium.store.sql import rows
 from podium.store.sql.claims import candidate_sql
 from podium.store.sql.leases import Leases
+from podium.store.sql.tx import Tx
 
 _LIVE = ("starting", "idle", "busy", "waiting_input")
 #: Whether ``Leases._recover`` would find anything now (the time is the two parameters): an
@@ -19,6 +20,12 @@ _RECOVERY_DUE_SQL = (
     "(EXISTS (SELECT 1 FROM tasks WHERE state = 'running' AND lease_expires < ?) OR EXISTS "
     f"(SELECT 1 FROM agents WHERE state IN ({', '.join(repr(s) for s in _LIVE)}) "
     "AND last_heartbeat + lease_s < ?))")
+
+
+def _held_by(holder: tuple[str, int] | None) -> tuple[str, tuple]:
+    """The condition (and its parameters) that the agent's row names the process ``holder``,
+    (host, pid); none without one."""
+    return ("", ()) if holder is None else (" AND host = ? AND pid = ?", holder)
 
 
 class Agents(Leases):
@@ -60,7 +67,8 @@ class Agents(Leases):
                      pid=pid)
             return rows.agent(tx.one("SELECT * FROM agents WHERE id = ?", (name,)))
 
-    def heartbeat(self, agent_id, lease_s, task_id=None, attempt=0, roles=None) -> HeartbeatReply:
+    def heartbeat(self, agent_id, lease_s, task_id=None, attempt=0, roles=None,
+                  holder=None) -> HeartbeatReply:
         t = now()
         reply = HeartbeatReply()
         # The agent's row updated, and in the same statement's RETURNING whether anything is
@@ -68,15 +76,17 @@ class Agents(Leases):
         # waits for it. An idle crowd beats all the time: its beat is that one statement.
         work_sql, work_params = (("NULL", []) if roles is None
                                  else self._work_waiting_sql(agent_id, roles))
+        held_sql, held_params = _held_by(holder)
         sql = ("UPDATE agents SET last_heartbeat = ?, lease_s = ?, "
-               "state = CASE WHEN state = 'dead' THEN ? ELSE state END WHERE id = ? "
+               f"state = CASE WHEN state = 'dead' THEN ? ELSE state END WHERE id = ?{held_sql} "
                f"RETURNING {_RECOVERY_DUE_SQL} AS recovery_due, {work_sql} AS work_waiting")
-        params = (t, lease_s, "busy" if task_id else "idle", agent_id, t, t, *work_params)
+        params = (t, lease_s, "busy" if task_id else "idle", agent_id, *held_params, t, t,
+                  *work_params)
         if task_id is None:
             with self._statement() as tx:
                 beat = tx.one(sql, params)
             if beat is None:
-                raise NotFound(f"unknown agent {agent_id!r}")
+                raise self._not_held(agent_id)
             if roles is not None:
                 reply.work_waiting = bool(beat["work_waiting"])
             if beat["recovery_due"]:
@@ -85,7 +95,7 @@ class Agents(Leases):
         with self._write() as tx:
             beat = tx.one(sql, params)
             if beat is None:
-                raise NotFound(f"unknown agent {agent_id!r}")
+                raise self._not_held(agent_id, tx)
             # (A task handed over by add_tasks gets its start time here, from the worker's
             # first heartbeat once its program runs.)
             cur = tx.execute(
@@ -103,6 +113,19 @@ class Agents(Leases):
                 self._recover(tx, t)
         reply.taken = tx.taken
         return reply
+
+    def _not_held(self, agent_id: str, tx: Tx | None = None) -> NotFound | AgentReplaced:
+        """Why a statement on the agent's row (``_held_by``) changed nothing: no such agent,
+        or another process holds it now."""
+        sql = "SELECT host, pid FROM agents WHERE id = ?"
+        if tx is None:
+            with self._reader() as tx:
+                row = tx.one(sql, (agent_id,))
+        else:
+            row = tx.one(sql, (agent_id,))
+        if row is None:
+            return NotFound(f"unknown agent {agent_id!r}")
+        return AgentReplaced(agent_id, row["pid"], row["host"])
 
     def _work_waiting_sql(self, agent_id: str, roles: list[str]) -> tuple[str, list]:
         """An expression and its parameters: whether a task is handed to the agent, or queued
@@ -140,14 +163,15 @@ class Agents(Leases):
             tx.event("agent.session", agent_id, None, session_id=session_id)
             return rows.agent(tx.one("SELECT * FROM agents WHERE id = ?", (agent_id,)))
 
-    def deregister(self, agent_id) -> None:
+    def deregister(self, agent_id, holder=None) -> None:
         t = now()
+        held_sql, held_params = _held_by(holder)
         with self._write() as tx:
             cur = tx.execute(
                 "UPDATE agents SET state = 'stopped', current_task = NULL, last_heartbeat = ? "
-                "WHERE id = ?", (t, agent_id))
+                f"WHERE id = ?{held_sql}", (t, agent_id, *held_params))
             if cur.rowcount == 0:
-                raise NotFound(f"unknown agent {agent_id!r}")
+                raise self._not_held(agent_id, tx)
             # Handed to it while it was stopping, never started (a stopping worker hands back
             # what it runs): back to the queue without the try.
             for row in tx.all(
