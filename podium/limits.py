@@ -20,6 +20,10 @@ from podium.errors import InvalidInput
 MAX_ATTEMPTS = 1000
 #: The longest timeout, lease, heartbeat or wait, in seconds (30 days).
 MAX_SECONDS = 30 * 24 * 3600
+#: The shortest lease and heartbeat interval: an agent with a shorter lease is found dead
+#: between two beats on a busy machine, and a shorter interval beats the store in a loop.
+MIN_LEASE_S = 0.5
+MIN_HEARTBEAT_S = 0.05
 #: The most rows one listing returns (``--limit``, events read per call).
 MAX_LIST = 100_000
 #: The most agents one ``podium up`` or ``podium demo`` starts on this host.
@@ -119,14 +123,15 @@ def wait_timeout(value: Any | None, what: str = "timeout") -> float | None:
 
 def lease(lease_s: Any, heartbeat_s: Any | None = None) -> tuple[float, float | None]:
     """A worker's lease and heartbeat interval (None: the worker's default, lease/6)."""
-    if not _number(lease_s) or not 0 < lease_s <= MAX_SECONDS:  # nan compares false
-        raise InvalidInput(f"bad lease {_shown(lease_s)}: --lease must be positive, at most "
-                           f"{MAX_SECONDS} seconds (30 days)")
+    if not _number(lease_s) or not MIN_LEASE_S <= lease_s <= MAX_SECONDS:  # (nan: both false)
+        raise InvalidInput(f"bad lease {_shown(lease_s)}: --lease must be from {MIN_LEASE_S:g} "
+                           f"to {MAX_SECONDS} seconds (30 days)")
     if heartbeat_s is None:
         return float(lease_s), None
-    if not _number(heartbeat_s) or not 0 < heartbeat_s < lease_s:
-        raise InvalidInput(f"bad heartbeat {_shown(heartbeat_s)}: expected --heartbeat between "
-                           f"0 and the lease ({float(lease_s):g} s), both excluded")
+    if not _number(heartbeat_s) or not MIN_HEARTBEAT_S <= heartbeat_s < lease_s:
+        raise InvalidInput(f"bad heartbeat {_shown(heartbeat_s)}: expected --heartbeat from "
+                           f"{MIN_HEARTBEAT_S:g} s to less than the lease "
+                           f"({float(lease_s):g} s)")
     return float(lease_s), float(heartbeat_s)
 
 

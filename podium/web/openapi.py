@@ -114,7 +114,7 @@ ROUTES: dict[tuple[str, str], tuple[str, dict[str, tuple[Schema, str]], Schema |
               "options": {"type": ["object", "null"], "additionalProperties": STR,
                           "description": "The backend's options ('podium backends')"},
               "prefix": P.PREFIX,
-              "lease_s": P.SECONDS,
+              "lease_s": P.LEASE_SECONDS,
               "workdir": {**P.OPTIONAL_TEXT, "description": "An existing directory (blank "
                                                             "or null: the server's)"}}), 201,
         {"type": "object", "properties": {"started": IDS,

@@ -76,11 +76,16 @@ PREFIX: Schema = {"type": ["string", "null"], "maxLength": limits.MAX_PREFIX_BYT
                                  f"{limits.MAX_PREFIX_BYTES} bytes; blank or null: agent)"}
 #: Names, or null for none.
 OPTIONAL_NAMES: Schema = {"type": ["array", "null"], "items": NAME}
-#: Seconds: more than 0 (a task's timeout, a lease), or from 0 (how long a stop may wait).
+#: Seconds: more than 0 (a task's timeout), or from 0 (how long a stop may wait).
 SECONDS: Schema = {"type": ["number", "null"], "exclusiveMinimum": 0,
                    "maximum": limits.MAX_SECONDS,
                    "description": f"Seconds, more than 0, at most {limits.MAX_SECONDS} "
                                   "(30 days); null: none"}
+#: A worker's lease (``limits.lease``).
+LEASE_SECONDS: Schema = {"type": ["number", "null"], "minimum": limits.MIN_LEASE_S,
+                         "maximum": limits.MAX_SECONDS,
+                         "description": f"Seconds, from {limits.MIN_LEASE_S:g} to "
+                                        f"{limits.MAX_SECONDS} (30 days); null: the default"}
 WAIT_SECONDS: Schema = {"type": ["number", "null"], "minimum": 0,
                         "maximum": limits.MAX_SECONDS,
                         "description": f"Seconds, from 0 to {limits.MAX_SECONDS}; null: the "

@@ -691,11 +691,11 @@ ERRORS = [
     (["up", "0"], None, "at least 1"),
     (["agent", "run", "-n", "a1", "--backend", "nope"], None, "unknown backend 'nope'"),
     (["agent", "run", "-n", "a1", "-b", "echo", "-o", "novalue"], None, "bad backend option"),
-    (["agent", "run", "-n", "a1", "-b", "echo", "--lease", "0"], None, "--lease must be positive"),
+    (["agent", "run", "-n", "a1", "-b", "echo", "--lease", "0"], None, "--lease must be from"),
     (["agent", "run", "-n", "a1", "-b", "echo", "--lease", "nan"], None, "--lease must be"),
     (["agent", "run", "-n", "a1", "-b", "echo", "--lease", "inf"], None, "--lease must be"),
     (["agent", "run", "-n", "a1", "-b", "echo", "--lease", "5", "--heartbeat", "9"], None,
-     "--heartbeat between 0 and the lease"),
+     "--heartbeat from 0.05 s to less than the lease"),
 ]
 
 

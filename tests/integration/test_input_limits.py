@@ -87,15 +87,18 @@ BAD = [
     (["demo", "--agents", "0"], None, "bad number of agents 0"),
     (["demo", "--agents", "100000"], None, "bad number of agents 100000"),
     # leases and heartbeats
-    (["up", "1", "--lease", "0"], None, "--lease must be positive"),
+    (["up", "1", "--lease", "0"], None, "--lease must be from 0.5 to"),
+    (["up", "1", "--lease", "5e-324"], None, "bad lease 5e-324"),
+    (["agent", "run", "-n", "a1", "-b", "echo", "--lease", "1", "--heartbeat", "0.001"], None,
+     "expected --heartbeat from 0.05 s to less than the lease (1 s)"),
     (["up", "1", "--lease", "nan"], None, "bad lease nan"),
-    (["up", "1", "--lease", OVER_S], None, f"at most {MAX_S} seconds"),
+    (["up", "1", "--lease", OVER_S], None, f"to {MAX_S} seconds"),
     (["agent", "run", "-n", "a1", "-b", "echo", "--lease", OVER_S], None, "bad lease"),
     (["agent", "run", "-n", "a1", "-b", "echo", "--heartbeat", "0"], None, "bad heartbeat 0.0"),
     (["agent", "run", "-n", "a1", "-b", "echo", "--heartbeat", "-1"], None, "bad heartbeat"),
     (["agent", "run", "-n", "a1", "-b", "echo", "--heartbeat", "nan"], None, "bad heartbeat nan"),
     (["agent", "interactive", "-n", "a1", "--lease", "0", "--", "true"], None,
-     "--lease must be positive"),
+     "--lease must be from 0.5 to"),
     (["agent", "interactive", "-n", "a1", "--lease", "inf", "--", "true"], None, "bad lease inf"),
     # ports
     (["mcp", "serve", "--http", "--port", "70000"], None,
@@ -503,8 +506,9 @@ def test_context_round_trips_or_is_refused(podium, key, value):
 @settings(max_examples=200, deadline=None)
 @given(lease=numbers, heartbeat=numbers, port=numbers, count=numbers)
 def test_worker_timing_ports_and_counts_are_bounded_or_refused(lease, heartbeat, port, count):
-    lease_ok = is_number(lease) and 0 < lease <= limits.MAX_SECONDS
-    beat_ok = heartbeat is None or (is_number(heartbeat) and lease_ok and 0 < heartbeat < lease)
+    lease_ok = is_number(lease) and limits.MIN_LEASE_S <= lease <= limits.MAX_SECONDS
+    beat_ok = heartbeat is None or (is_number(heartbeat) and lease_ok
+                                    and limits.MIN_HEARTBEAT_S <= heartbeat < lease)
     cases = [
         (lambda: limits.lease(lease, heartbeat), lease_ok and beat_ok),
         (lambda: limits.port(port), isinstance(port, int) and not isinstance(port, bool)
