@@ -351,12 +351,13 @@ def test_a_dead_agent_whose_worker_still_runs_here_keeps_its_name(tmp_path):
         kill_all({**started, **more})
 
 
-def test_a_worker_whose_name_another_host_took_over_stops_and_leaves_it(tmp_path):
+def test_a_worker_whose_name_another_host_took_over_stops_and_leaves_it(any_store_url):
     """The other half of the case above: the name of an agent found dead is registered on
     another host (here straight through the store, as that host's worker would). The worker
     that comes back must not beat for the other host's agent nor deregister it: its next
-    beat finds the row naming another process, and it stops, saying so in its log."""
-    url = f"sqlite://{tmp_path / 'podium.db'}"
+    beat finds the row naming another process, and it stops, saying so in its log. On
+    PostgreSQL the host's daemon beats for idle agents: it must not cover the old worker."""
+    url = any_store_url
     started = up(url, 2, "--lease", "1")
     first = started["agent-1"]
     p = Podium.open(url)
@@ -369,7 +370,7 @@ def test_a_worker_whose_name_another_host_took_over_stops_and_leaves_it(tmp_path
         wait_for(lambda: gone(first), 20, what="the replaced worker to exit")
         a = p.agent("agent-1")
         assert (a.host, a.pid, a.state.value) == ("elsewhere", 4242, "idle")
-        log = (tmp_path / "logs" / "agent-1.log").read_text()
+        log = (p.home / "logs" / "agent-1.log").read_text()
         assert "'agent-1' was taken over by pid 4242 on elsewhere: " \
                "this process is no longer that agent; stopping" in log, log
         assert "Traceback" not in log
