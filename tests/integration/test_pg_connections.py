@@ -36,6 +36,7 @@ import pytest
 
 from helpers import all_events, wait_for
 from netlab import Links, OwnServer, sh, unavailable
+from podium import pids
 from podium.models import TaskSpec, TaskState
 from podium.store import open_store
 
@@ -285,7 +286,9 @@ def test_loopback_30_agents_use_the_pool_and_one_listen(pg_url):
 
         here.podium("down")
         assert not [a.id for a in store.list_agents() if a.state.live]
-        wait_for(lambda: not here.daemon_dirs(), 8, 0.1, what="the daemon to exit")
+        wait_for(lambda: not here.daemon_dirs(), 8, 0.1, what="the daemon to stop serving")
+        # (it says so first, then stops PgBouncer, then removes what it wrote)
+        wait_for(lambda: not pids.exists(state["pid"]), 15, 0.1, what="the daemon to exit")
         assert not (daemon_dir / "pgbouncer.ini").exists()  # (it held the credentials)
     finally:
         store.close()
