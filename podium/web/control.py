@@ -9,6 +9,7 @@ a live worker until its timeout).
 from __future__ import annotations
 
 import os
+import shlex
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -18,6 +19,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from podium import limits
+from podium.agents import backends
+from podium.agents.backends import Options
 from podium.clock import now
 from podium.errors import InvalidInput, NotFound, PodiumError
 from podium.models import Agent
@@ -39,27 +42,40 @@ Call = Callable[..., Awaitable[Any]]
 DOWN_TIMEOUT_S = 15.0
 
 
-def backend_options(value: Any) -> list[str]:
+def backend_options(value: Any, declared: Options) -> list[str]:
     """Backend options as ``podium up --option`` takes them (``KEY=VALUE``), from a JSON
-    object (``{"model": "x"}``) or a list of such strings."""
+    object (``{"model": "x", "temperature": 0.2}``): each value its text, or a JSON value of
+    the type the backend declares for it (``declared``); an unknown key is left for the
+    backend's own check to refuse."""
     value = blank_none(value)
     if value is None:
         return []
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return value
     if not isinstance(value, dict):
         raise InvalidInput(f"options must be an object of backend options, got "
                            f"{type(value).__name__}")
+    kinds = {o.name: o.kind for o in declared}
     out = []
     for key, v in value.items():
-        if isinstance(v, bool):
+        key = limits.name(key, "backend option")
+        kind = kinds.get(key, str)
+        if isinstance(v, str):
+            pass
+        elif isinstance(v, bool) and kind is bool:
             v = str(v).lower()
-        elif isinstance(v, list):
-            v = ",".join(str(x) for x in v)
-        elif not isinstance(v, (str, int, float)):
-            raise InvalidInput(f"backend option {key!r} must be text or a number")
-        out.append(f"{limits.name(key, 'backend option')}={v}")
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and kind in (int, float):
+            v = str(v)
+        elif isinstance(v, list) and all(isinstance(x, str) for x in v) and kind == list[str]:
+            v = shlex.join(v)  # (read back as a shell line)
+        else:
+            raise InvalidInput(f"backend option {key!r} must be {_JSON_KINDS.get(kind, 'text')}"
+                               f", not {type(v).__name__}")
+        out.append(f"{key}={v}")
     return out
+
+
+#: What a backend option may be given as in JSON, by its declared type (text always works).
+_JSON_KINDS = {int: "an integer or its text", float: "a number or its text",
+               bool: "true, false or their text", list[str]: "a list of texts, or a shell line"}
 
 
 def _reap_when_done(agents: list[Agent]) -> None:
@@ -92,7 +108,7 @@ class TeamControl:
         if not isinstance(roles, list):
             raise InvalidInput(f"roles must be a list of role names, got {type(roles).__name__}")
         roles = [limits.name(r, "role") for r in roles]
-        options = backend_options(body.get("options"))
+        raw_options = body.get("options")
         prefix = limits.agent_prefix(or_default(body.get("prefix"), "agent"))
         lease = number_or_none(body.get("lease_s"), "lease_s")
         lease_s = None if lease is None else limits.lease(lease)[0]
@@ -103,13 +119,13 @@ class TeamControl:
                 raise InvalidInput(f"workdir {workdir!r} is not a directory")
 
         def start() -> list[Agent]:
-            from podium.agents import backends
             from podium.supervisor import up
 
+            cls = backends.load(backend)
+            options = backend_options(raw_options, cls.options)
             # As 'podium up' does: options checked, and whether the backend can run here
             # (cheap: no model loaded, no network), before any worker or log is made.
-            backends.load(backend)(backends.parse_options(options),
-                                   Path(workdir or ".")).preflight()
+            cls(backends.parse_options(options), Path(workdir or ".")).preflight()
             started = up(self.podium, n, backend, roles, options, prefix, lease_s, workdir)
             _reap_when_done(started)
             return started

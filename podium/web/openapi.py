@@ -6,6 +6,7 @@ declared are the same (a route added without its description fails at start-up, 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 from podium import __version__
@@ -82,6 +83,40 @@ def _backend() -> Schema:
             "description": "A registered backend ('podium backends'); blank or null: shell"}
 
 
+def _option(option: Any) -> Schema:
+    """One backend option's value: JSON of its type, within its bounds (its text, as
+    ``--option`` takes it, is accepted too, but only the typed value is stated)."""
+    kinds: dict[Any, Schema] = {str: STR, int: INT, float: NUM, bool: BOOL, Path: STR,
+                                list[str]: {"type": "array", "items": STR}}
+    schema = {**kinds.get(option.kind, {}), "description": option.help}
+    for key, bound in (("minimum", option.min), ("maximum", option.max)):
+        if bound is not None:
+            schema[key] = bound
+    return schema
+
+
+def _options_by_backend() -> list[Schema]:
+    """For each registered backend, the options it takes (``podium backends``), as
+    conditions on the body of ``/api/team/up``: ``if`` the body names that backend (shell:
+    or none), ``then`` its options are those."""
+    from podium.agents import backends
+
+    conditions: list[Schema] = []
+    for name in backends.available():
+        try:
+            declared = list(backends.load(name).options)
+        except Exception:  # (a plugin that cannot be loaded: its options are not stated)
+            continue
+        names = {"enum": ["shell", "", None]} if name == "shell" else {"const": name}
+        conditions.append({
+            "if": {"properties": {"backend": names},
+                   **({} if name == "shell" else {"required": ["backend"]})},
+            "then": {"properties": {"options": {
+                "type": ["object", "null"], "additionalProperties": False,
+                "properties": {o.name: _option(o) for o in declared}}}}})
+    return conditions
+
+
 # (method, path): (summary, query parameters {name: (schema, help)}, body schema or None,
 # success status, success schema)
 ROUTES: dict[tuple[str, str], tuple[str, dict[str, tuple[Schema, str]], Schema | None, int,
@@ -110,13 +145,16 @@ ROUTES: dict[tuple[str, str], tuple[str, dict[str, tuple[Schema, str]], Schema |
         _obj({"body": P.TEXT}, ("body",)), 201, _ref("Message")),
     ("POST", "/api/team/up"): (
         "Start agents on this host, as 'podium up'", {},
-        _obj({"n": P.AGENT_COUNT, "backend": _backend(), "roles": P.OPTIONAL_NAMES,
-              "options": {"type": ["object", "null"], "additionalProperties": STR,
-                          "description": "The backend's options ('podium backends')"},
-              "prefix": P.PREFIX,
-              "lease_s": P.LEASE_SECONDS,
-              "workdir": {**P.OPTIONAL_TEXT, "description": "An existing directory (blank "
-                                                            "or null: the server's)"}}), 201,
+        {**_obj({"n": P.AGENT_COUNT, "backend": _backend(), "roles": P.OPTIONAL_NAMES,
+                 "options": {"type": ["object", "null"],
+                             "description": "The backend's options ('podium backends'), each "
+                                            "a JSON value of its type or its text"},
+                 "prefix": P.PREFIX,
+                 "lease_s": P.LEASE_SECONDS,
+                 "workdir": {**P.OPTIONAL_TEXT, "description": "An existing directory "
+                                                               "(blank or null: the "
+                                                               "server's)"}}),
+         "allOf": _options_by_backend()}, 201,
         {"type": "object", "properties": {"started": IDS,
                                           "agents": {"type": "array",
                                                      "items": _ref("Agent")}}}),

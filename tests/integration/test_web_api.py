@@ -255,6 +255,8 @@ def test_errors_are_json_with_their_status(api):
     error(api.post("/api/team/up", json={"n": 1, "backend": "no-such-backend"}), 422)
     assert "bad lease 5e-324" in error(api.post("/api/team/up", json={"n": 1,
                                                                    "lease_s": 5e-324}), 422)
+    assert "option 'shell' must be text, not bool" in error(
+        api.post("/api/team/up", json={"backend": "shell", "options": {"shell": False}}), 422)
     queued = api.post("/api/tasks", json={"prompt": "echo q", "role": NOBODY}).json()["task"]
     assert "queued" in error(api.post(f"/api/tasks/{queued['id']}/retry", json={}), 409)
     assert api.get("/api/tasks", params={"limit": 1}).status_code == 200  # still serving

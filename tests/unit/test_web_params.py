@@ -52,3 +52,48 @@ def test_names_and_texts_the_service_refuses_are_not_admitted(value):
         assert not re.search(schema["pattern"], value)
         with pytest.raises(InvalidInput):
             check(value)
+
+
+# -- backend options (``/api/team/up``'s ``options``) ---------------------------------------
+
+def test_backend_options_are_their_text_or_a_json_value_of_their_type():
+    from podium.agents import backends
+    from podium.web.control import backend_options
+
+    local = backends.load("local").options
+    assert backend_options({"max_tokens": 64, "temperature": 0.5, "seed": "7"}, local) == \
+        ["max_tokens=64", "temperature=0.5", "seed=7"]
+    for wrong in ({"max_tokens": True}, {"model_path": 3}, {"temperature": [1]},
+                  {"stop": {"a": 1}}):
+        with pytest.raises(InvalidInput, match="backend option .* must be"):
+            backend_options(wrong, local)
+    codex = backends.load("codex").options
+    given = backend_options({"extra_args": ["--flag", "a b", "it's"], "check_login": False},
+                            codex)
+    parsed = codex.parse("codex", dict(kv.split("=", 1) for kv in given))
+    assert parsed.extra_args == ["--flag", "a b", "it's"] and parsed.check_login is False
+    with pytest.raises(InvalidInput, match="'shell' must be text, not bool"):
+        backend_options({"shell": False}, backends.load("shell").options)
+    with pytest.raises(InvalidInput, match="an object of backend options"):
+        backend_options(["shell=/bin/sh"], backends.load("shell").options)
+
+
+def test_the_document_states_each_backends_options():
+    from podium.web.openapi import ROUTES
+
+    body = ROUTES[("POST", "/api/team/up")][2]
+    by_backend = {}
+    for cond in body["allOf"]:
+        backend = cond["if"]["properties"]["backend"]
+        options = cond["then"]["properties"]["options"]
+        assert options["additionalProperties"] is False
+        by_backend[backend.get("const", "shell")] = options["properties"]
+    assert body["allOf"][[c["if"]["properties"]["backend"].get("const") for c in
+                          body["allOf"]].index(None)]["if"]["properties"]["backend"] == \
+        {"enum": ["shell", "", None]}  # (no backend, or a blank one: shell)
+    assert by_backend["local"]["max_tokens"] == {"type": "integer", "minimum": 1,
+                                                 "description": "tokens to generate at most"}
+    assert by_backend["local"]["temperature"]["type"] == "number"
+    assert by_backend["codex"]["extra_args"]["type"] == "array"
+    assert by_backend["claude"]["keep_session"]["type"] == "boolean"
+    assert set(by_backend["shell"]) == {"shell"}
