@@ -63,7 +63,8 @@ def backend_options(value: Any, declared: Options) -> list[str]:
         elif isinstance(v, bool) and kind is bool:
             v = str(v).lower()
         elif isinstance(v, (int, float)) and not isinstance(v, bool) and kind in (int, float):
-            v = str(v)
+            # (3.0 is the integer 3, as JSON has it; an int option then reads "3")
+            v = str(int(v) if kind is int and isinstance(v, float) and v.is_integer() else v)
         elif isinstance(v, list) and all(isinstance(x, str) for x in v) and kind == list[str]:
             v = shlex.join(v)  # (read back as a shell line)
         else:

@@ -63,6 +63,8 @@ def test_backend_options_are_their_text_or_a_json_value_of_their_type():
     local = backends.load("local").options
     assert backend_options({"max_tokens": 64, "temperature": 0.5, "seed": "7"}, local) == \
         ["max_tokens=64", "temperature=0.5", "seed=7"]
+    assert backend_options({"max_tokens": 64.0, "temperature": 1}, local) == \
+        ["max_tokens=64", "temperature=1"]  # (3.0 is the integer 3, as JSON has it)
     for wrong in ({"max_tokens": True}, {"model_path": 3}, {"temperature": [1]},
                   {"stop": {"a": 1}}):
         with pytest.raises(InvalidInput, match="backend option .* must be"):
