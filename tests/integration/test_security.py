@@ -161,6 +161,8 @@ def test_forged_wake_ups_run_nothing(store_url, podium, workers, tmp_path):
     wait_for(lambda: podium.agent("w1").state is AgentState.IDLE, 10, what="w1 idle")
     path = str(channel_dir(str(podium.store.path)) / ("a." + hashlib.sha1(b"w1").hexdigest()[:12]
                                                        + ".sock"))
+    # (the worker binds its wake-up socket just after registering: idle comes first)
+    wait_for(lambda: os.path.exists(path), 10, what="w1's wake-up socket")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
         for data in FORGED:
             s.sendto(data.replace(b"%s", str(marker).encode()), path)
