@@ -9,7 +9,6 @@ a live worker until its timeout).
 from __future__ import annotations
 
 import os
-import shlex
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -20,7 +19,7 @@ from starlette.responses import Response
 
 from podium import limits
 from podium.agents import backends
-from podium.agents.backends import Options
+from podium.agents.backends import Option, Options
 from podium.clock import now
 from podium.errors import InvalidInput, NotFound, PodiumError
 from podium.models import Agent
@@ -44,39 +43,21 @@ DOWN_TIMEOUT_S = 15.0
 
 def backend_options(value: Any, declared: Options) -> list[str]:
     """Backend options as ``podium up --option`` takes them (``KEY=VALUE``), from a JSON
-    object (``{"model": "x", "temperature": 0.2}``): each value its text, or a JSON value of
-    the type the backend declares for it (``declared``); an unknown key is left for the
-    backend's own check to refuse."""
+    object (``{"model": "x", "temperature": 0.2}``): each value as ``Option.text_of_json``
+    reads it; an unknown key is left for the backend's own check to refuse."""
     value = blank_none(value)
     if value is None:
         return []
     if not isinstance(value, dict):
         raise InvalidInput(f"options must be an object of backend options, got "
                            f"{type(value).__name__}")
-    kinds = {o.name: o.kind for o in declared}
+    by_name = {o.name: o for o in declared}
     out = []
     for key, v in value.items():
         key = limits.name(key, "backend option")
-        kind = kinds.get(key, str)
-        if isinstance(v, str):
-            pass
-        elif isinstance(v, bool) and kind is bool:
-            v = str(v).lower()
-        elif isinstance(v, (int, float)) and not isinstance(v, bool) and kind in (int, float):
-            # (3.0 is the integer 3, as JSON has it; an int option then reads "3")
-            v = str(int(v) if kind is int and isinstance(v, float) and v.is_integer() else v)
-        elif isinstance(v, list) and all(isinstance(x, str) for x in v) and kind == list[str]:
-            v = shlex.join(v)  # (read back as a shell line)
-        else:
-            raise InvalidInput(f"backend option {key!r} must be {_JSON_KINDS.get(kind, 'text')}"
-                               f", not {type(v).__name__}")
-        out.append(f"{key}={v}")
+        option = by_name.get(key, Option(key, str, None, ""))
+        out.append(f"{key}={option.text_of_json(v)}")
     return out
-
-
-#: What a backend option may be given as in JSON, by its declared type (text always works).
-_JSON_KINDS = {int: "an integer or its text", float: "a number or its text",
-               bool: "true, false or their text", list[str]: "a list of texts, or a shell line"}
 
 
 def _reap_when_done(agents: list[Agent]) -> None:

@@ -6,7 +6,6 @@ declared are the same (a route added without its description fails at start-up, 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 from podium import __version__
@@ -83,18 +82,6 @@ def _backend() -> Schema:
             "description": "A registered backend ('podium backends'); blank or null: shell"}
 
 
-def _option(option: Any) -> Schema:
-    """One backend option's value: JSON of its type, within its bounds (its text, as
-    ``--option`` takes it, is accepted too, but only the typed value is stated)."""
-    kinds: dict[Any, Schema] = {str: STR, int: INT, float: NUM, bool: BOOL, Path: STR,
-                                list[str]: {"type": "array", "items": STR}}
-    schema = {**kinds.get(option.kind, {}), "description": option.help}
-    for key, bound in (("minimum", option.min), ("maximum", option.max)):
-        if bound is not None:
-            schema[key] = bound
-    return schema
-
-
 def _options_by_backend() -> list[Schema]:
     """For each registered backend, the options it takes (``podium backends``), as
     conditions on the body of ``/api/team/up``: ``if`` the body names that backend (shell:
@@ -113,7 +100,7 @@ def _options_by_backend() -> list[Schema]:
                    **({} if name == "shell" else {"required": ["backend"]})},
             "then": {"properties": {"options": {
                 "type": ["object", "null"], "additionalProperties": False,
-                "properties": {o.name: _option(o) for o in declared}}}}})
+                "properties": {o.name: o.json_schema() for o in declared}}}}})
     return conditions
 
 

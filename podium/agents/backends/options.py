@@ -11,7 +11,8 @@ line of help and, for numbers, the bounds it allows::
 ``Options.parse`` turns the strings given into typed values (``config.temperature`` is a float
 or None, never a string). An unknown key, a value of the wrong type or one out of range is
 the user's input refused: ``InvalidInput``, one line naming the backend, the option and what it
-expects. The same declaration is what ``podium backends`` lists.
+expects. The same declaration is what ``podium backends`` lists, and what the web API's
+document states (``Option.json_schema``), whose JSON values ``Option.text_of_json`` reads.
 """
 
 from __future__ import annotations
@@ -43,23 +44,54 @@ def _finite(raw: str) -> float:
     return value
 
 
+def _json_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# The text of a JSON value of each type, None for a value of another.
+def _int_text(value: Any) -> str | None:  # (64.0 is the integer 64, as JSON has it)
+    return str(int(value)) if _json_number(value) and float(value).is_integer() else None
+
+
+def _number_text(value: Any) -> str | None:
+    return str(value) if _json_number(value) else None
+
+
+def _bool_text(value: Any) -> str | None:
+    return str(value).lower() if isinstance(value, bool) else None
+
+
+def _args_text(value: Any) -> str | None:  # (read back by shlex.split)
+    ok = isinstance(value, list) and all(isinstance(x, str) for x in value)
+    return shlex.join(value) if ok else None
+
+
 @dataclass(frozen=True)
 class _Type:
-    """How one option type is listed, described in an error, and read from a string."""
+    """How one option type is listed, described in an error, read from a string, and given
+    as JSON (the web API): its JSON Schema, and the text of a JSON value of it (None for a
+    value that is not of it)."""
 
     name: str
     expected: str
     parse: Callable[[str], Any]  # raises ValueError for a string it cannot read
+    json: dict[str, Any]
+    json_expected: str = "text"
+    text_of_json: Callable[[Any], str | None] = lambda value: None
 
 
 _TYPES: dict[Any, _Type] = {
-    str: _Type("str", "text", str),
-    int: _Type("int", "an integer", int),
-    float: _Type("float", "a number", _finite),
-    bool: _Type("bool", "true or false", _bool),
-    Path: _Type("path", "a path", lambda raw: Path(raw).expanduser()),
+    str: _Type("str", "text", str, {"type": "string"}),
+    int: _Type("int", "an integer", int, {"type": "integer"}, "an integer or its text",
+               _int_text),
+    float: _Type("float", "a number", _finite, {"type": "number"}, "a number or its text",
+                 _number_text),
+    bool: _Type("bool", "true or false", _bool, {"type": "boolean"},
+                "true, false or their text", _bool_text),
+    Path: _Type("path", "a path", lambda raw: Path(raw).expanduser(), {"type": "string"}),
     list[str]: _Type("list[str]", "arguments split like a shell line (check the quotes)",
-                     shlex.split),
+                     shlex.split, {"type": "array", "items": {"type": "string"}},
+                     "a list of texts, or a shell line", _args_text),
 }
 
 
@@ -108,6 +140,25 @@ class Option:
                 (self.max is not None and value > self.max):
             raise invalid_option(backend, self.name, raw, self.expected(), kind)
         return value
+
+    def json_schema(self) -> dict[str, Any]:
+        """The option's value as JSON Schema: its JSON type, within its bounds."""
+        schema = {**_TYPES[self.kind].json, "description": self.help}
+        for key, bound in (("minimum", self.min), ("maximum", self.max)):
+            if bound is not None:
+                schema[key] = bound
+        return schema
+
+    def text_of_json(self, value: Any) -> str:
+        """A value given as JSON, as the text ``parse`` reads: a string as it is, or a JSON
+        value of the option's type (a list of texts joined as a shell line); any other value
+        is the user's input refused (its bounds are ``parse``'s to check)."""
+        json_type = _TYPES[self.kind]
+        text = value if isinstance(value, str) else json_type.text_of_json(value)
+        if text is None:
+            raise InvalidInput(f"backend option {self.name!r} must be {json_type.json_expected}"
+                               f", not {type(value).__name__}")
+        return text
 
     def describe(self) -> dict[str, Any]:
         """The option as plain data (for ``podium backends --json``)."""

@@ -118,11 +118,11 @@ class Agents(Leases):
         """Why a statement on the agent's row (``_held_by``) changed nothing: no such agent,
         or another process holds it now."""
         sql = "SELECT host, pid FROM agents WHERE id = ?"
-        if tx is None:
-            with self._reader() as tx:
-                row = tx.one(sql, (agent_id,))
-        else:
+        if tx is not None:
             row = tx.one(sql, (agent_id,))
+        else:
+            with self._reader() as reader:
+                row = reader.one(sql, (agent_id,))
         if row is None:
             return NotFound(f"unknown agent {agent_id!r}")
         return AgentReplaced(agent_id, row["pid"], row["host"])
