@@ -80,6 +80,20 @@ LINK = re.compile(rb"^podium web: (http://127\.0\.0\.1:(\d+)/\?token=\S+)$")
 WARMUP = 10
 #: The throughput variant with no page but one process spinning at nice 19 (``--kinds busy``).
 BUSY_LOOP = "busy"
+
+
+def has_pages(kind: str | None) -> bool:
+    """Whether a throughput variant opens pages (not: none, or the busy loop)."""
+    return kind not in (None, BUSY_LOOP)
+
+
+def target_cell(kind: str | None, hit: bool) -> str:
+    """The table's target column: judged on the socket pages only."""
+    if kind is None:
+        return ""
+    if kind == BUSY_LOOP:
+        return "(what-if)"
+    return ("PASS" if hit else "MISS") + ("" if kind == "socket" else " (not judged)")
 LAT_TARGETS = (20.0, 100.0)  # p50, p99 in ms, with 20 clients
 RATIO_TARGET = 0.90
 
@@ -296,7 +310,7 @@ def throughput_run(browser, kind: str | None, clients: int, n: int, workers: int
             pages.reset()
         first_event = p.store.last_event_id() + 1
         specs = [p.spec("x") for _ in range(n)]
-        paged = kind not in (None, BUSY_LOOP)
+        paged = has_pages(kind)
         groups = {"workers": [w.pid for w in procs], "server": [server.proc.pid],
                   "browser": browser_pids() if paged else [],
                   "playwright driver": browser_pids("node") if paged else [],
@@ -393,8 +407,8 @@ def throughput_section(browser, args, kinds: list[str]) -> bool:
                    + (f"; server and browsers at nice {args.nice}" if args.nice else "")):
         load = C.HostLoad()
         variants: list[tuple[str, str | None]] = [("no page", None)] + \
-            [(f"{args.throughput_clients} {k} pages", k) for k in kinds if k != BUSY_LOOP] + \
-            [("no page, busy loop", BUSY_LOOP) for k in kinds if k == BUSY_LOOP]
+            [(f"{args.throughput_clients} {k} pages", k) for k in kinds if has_pages(k)] + \
+            ([("no page, busy loop", BUSY_LOOP)] if BUSY_LOOP in kinds else [])
         runs: dict[str, list[dict]] = {v: [] for v, _ in variants}
         for r in range(args.repeat):
             order = variants if r % 2 == 0 else list(reversed(variants))
@@ -402,7 +416,7 @@ def throughput_section(browser, args, kinds: list[str]) -> bool:
                 res = throughput_run(browser, kind, args.throughput_clients, args.tasks,
                                      args.workers, args.timeout, args.view, args.nice)
                 runs[label].append(res)
-                extra = "" if kind in (None, BUSY_LOOP) else (
+                extra = "" if not has_pages(kind) else (
                     f", pages with every event once {res['complete']}/{res['pages']}, "
                     f"slowest page {res['recv_s']:.0f} events/s, lag {res['lag_ms']:.0f} ms"
                     + (f", {res['frames']:.0f} frames a page" if "frames" in res else ""))
@@ -417,7 +431,7 @@ def throughput_section(browser, args, kinds: list[str]) -> bool:
             e2e = C.median([x["e2e"] for x in rs])
             ratio = e2e / base if base else float("nan")
             hit = ratio >= RATIO_TARGET
-            nopage = kind in (None, BUSY_LOOP)
+            nopage = not has_pages(kind)
             if kind == "socket":
                 ok = ok and hit
             rows.append([label, f"{e2e:.0f}", f"{C.median([x['drain'] for x in rs]):.0f}",
@@ -426,10 +440,7 @@ def throughput_section(browser, args, kinds: list[str]) -> bool:
                          "" if nopage else f"{max(x['lag_ms'] for x in rs):.0f}",
                          "" if nopage else
                          f"{sum(x['complete'] for x in rs)}/{sum(x['pages'] for x in rs)}",
-                         f"{ratio:.2f}x", "" if kind is None else "(what-if)"
-                         if kind == BUSY_LOOP else
-                         ("PASS" if hit else "MISS") + ("" if kind == "socket" else
-                                                        " (not judged)")])
+                         f"{ratio:.2f}x", target_cell(kind, hit)])
         print(C.table(rows, ["clients", "tasks/s e2e", "drain/s", "events/s committed",
                              "slowest page ev/s", "max lag ms", "pages all once",
                              "ratio to none", "target >= 0.90"]))
