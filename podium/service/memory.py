@@ -104,7 +104,7 @@ def _since(value: Any) -> float | None:
         raise InvalidInput(f"bad since {value!r}: expected an age such as 7d or 12h, or an ISO "
                            "date such as 2026-11-30")
     text = value.strip()
-    if re.fullmatch(r"\d+\s*[smhd]", text):
+    if re.fullmatch(r"[0-9]+[smhd]", text):  # (else: "1 m", "١٢d" get the message below)
         return now() - limits.age(text, "since")
     try:
         t = datetime.fromisoformat(text.replace("Z", "+00:00"))

@@ -27,7 +27,8 @@ def test_a_since_the_document_admits_is_taken(value):
 @pytest.mark.parametrize("value", SINCE_BAD)
 def test_a_since_the_service_refuses_is_not_admitted(value):
     assert not re.search(params.SINCE["pattern"], value)
-    with pytest.raises(InvalidInput):
+    with pytest.raises(InvalidInput, match="bad since .*: expected an age such as 7d or 12h, "
+                                           "or an ISO date"):
         _since(value)
 
 
