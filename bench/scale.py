@@ -17,7 +17,9 @@ backend (echo, shell) and N, in a fresh temporary store, with the real commands:
     through the service API (``Podium.add_task``), a random 5-15 ms apart, each waited for on
     an event follower (300, not 100: the p99 of 100 is the second-worst sample alone);
     latency = the task's ``completed_at`` (stamped by the worker) minus the time just before
-    ``add_task`` (same clock: one machine); p50 / p99;
+    ``add_task`` (same clock: one machine); p50 / p99; and the CPU time per dispatch that each
+    kind of process used meanwhile (the workers, each kind of helper, the PostgreSQL server's
+    processes, this benchmark: its adds and its follower);
   * throughput with all busy: 20 x N tasks added at once (``add_tasks``, one transaction),
     tasks/s = 20 N / (last ``completed_at`` - just before the add);
   * broadcast to all: ``broadcast()`` of one task to every agent, seconds until the last of the
@@ -329,6 +331,19 @@ def idle_window(T: Target, seconds: float, row: dict) -> None:
             row["bench_conns"] = sum(k for a, k in conns.items() if not a.endswith(".2"))
 
 
+def cpu_groups(T: Target) -> dict[str, list[int]]:
+    """The processes of a run by kind (workers, each helper kind, the PostgreSQL server's, this
+    benchmark's), for what each kind uses during the dispatches."""
+    groups: dict[str, list[int]] = {"workers": [], "benchmark": [os.getpid()]}
+    for pid, cmd in marked(T.token).items():
+        groups.setdefault("workers" if is_worker(cmd) else _kind(cmd), []).append(pid)
+    if T.lab is not None:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            pm = int((T.lab.dir / "data" / "postmaster.pid").read_text().split()[0])
+            groups["postgres"] = [pm, *C.descendants(pm)]
+    return groups
+
+
 def dispatch(T: Target, backend: str, k: int, warmup: int, row: dict) -> None:
     from podium.service.events import FINISHING_KINDS
 
@@ -336,6 +351,8 @@ def dispatch(T: Target, backend: str, k: int, warmup: int, row: dict) -> None:
     rnd = random.Random(1)
     sent = []
     load = C.HostLoad()
+    groups = cpu_groups(T)
+    ns0 = {kind: sum(C.run_ns(pid) for pid in pids) for kind, pids in groups.items()}
     with p.follower() as follower:
         for i in range(k + warmup):
             time.sleep(rnd.uniform(0.005, 0.015))
@@ -353,6 +370,9 @@ def dispatch(T: Target, backend: str, k: int, warmup: int, row: dict) -> None:
             if i >= warmup:
                 sent.append((task.id, t0, t_seen))
     row["dispatch_machine_busy_cores"] = load.cores()
+    row["dispatch_cpu_ms_by_kind"] = {
+        kind: (sum(C.run_ns(pid) for pid in pids) - ns0[kind]) / 1e6 / (k + warmup)
+        for kind, pids in groups.items()}
     lat, started, wall, failed = [], [], [], 0
     for tid, t0, t_seen in sent:
         t = p.task(tid)
@@ -534,6 +554,10 @@ def print_table(system: str, rows: list[dict]) -> None:
                         "counted in the idle column: " + ", ".join(
                             f"{k} {v:.3f}%" for k, v in
                             sorted(r.get("idle_helpers_by_kind_pct", {}).items())) + ")")
+        if r.get("dispatch_cpu_ms_by_kind"):
+            by_kind = r["dispatch_cpu_ms_by_kind"]
+            what.append(f"CPU per dispatch {sum(by_kind.values()):.2f} ms: " + ", ".join(
+                f"{k} {v:.2f}" for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])))
         for w in what:
             print(f"  N={r['n']} {r['backend']}: {w}")
 
