@@ -33,6 +33,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import _common as C
+
 
 def sh(*argv: str, timeout: float = 60) -> str:
     r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
@@ -207,6 +209,15 @@ class NetLab:
             r = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
             out += [int(p) for p in r.stdout.split() if p.isdigit()]
         return out
+
+    def server_pids(self) -> list[int]:
+        """The server's processes: its postmaster and every child of it ([] when it is not
+        running)."""
+        try:
+            pm = int((self.dir / "data" / "postmaster.pid").read_text().split()[0])
+        except (OSError, TypeError, ValueError, IndexError):
+            return []
+        return [pm, *C.descendants(pm)]
 
     def down(self) -> None:
         if self._down:

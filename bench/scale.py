@@ -338,9 +338,7 @@ def cpu_groups(T: Target) -> dict[str, list[int]]:
     for pid, cmd in marked(T.token).items():
         groups.setdefault("workers" if is_worker(cmd) else _kind(cmd), []).append(pid)
     if T.lab is not None:
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            pm = int((T.lab.dir / "data" / "postmaster.pid").read_text().split()[0])
-            groups["postgres"] = [pm, *C.descendants(pm)]
+        groups["postgres"] = T.lab.server_pids()
     return groups
 
 

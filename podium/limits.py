@@ -76,6 +76,12 @@ def seconds(value: Any, what: str, zero_ok: bool = False) -> float:
     return float(value)
 
 
+def is_age_text(text: str) -> bool:
+    """Whether ``text`` is written as an age: ASCII digits and a unit (``30d``, ``90m``)."""
+    digits, unit = text[:-1], text[-1:]
+    return digits.isascii() and digits.isdigit() and unit in AGE_UNITS
+
+
 def age(value: Any, what: str = "--older-than") -> float:
     """An age written as a whole number and a unit (``30d``, ``12h``, ``90m``, ``3600s``), or
     a number of seconds, in seconds: from 0 to 100 years."""
@@ -85,10 +91,10 @@ def age(value: Any, what: str = "--older-than") -> float:
                                f"{MAX_AGE_SECONDS} seconds (100 years)")
         return float(value)
     text = value.strip() if isinstance(value, str) else ""
-    digits, unit = text[:-1], text[-1:]
-    if not (digits.isascii() and digits.isdigit() and unit in AGE_UNITS):
+    if not is_age_text(text):
         raise InvalidInput(f"bad {what} {_shown(value)}: expected a whole number and a unit "
                            "(s, m, h or d), e.g. 30d, 12h, 90m or 3600s")
+    digits, unit = text[:-1], text[-1:]
     if len(digits) > 12 or int(digits) * AGE_UNITS[unit] > MAX_AGE_SECONDS:
         raise InvalidInput(f"bad {what} {_shown(value)}: at most {MAX_AGE_SECONDS // 86400}d "
                            "(100 years)")

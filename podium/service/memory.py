@@ -100,17 +100,17 @@ def _since(value: Any) -> float | None:
         return None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    bad = InvalidInput(f"bad since {value!r}: expected an age such as 7d or 12h, or an ISO "
+                       "date such as 2026-11-30")
     if not isinstance(value, str) or not value.strip():
-        raise InvalidInput(f"bad since {value!r}: expected an age such as 7d or 12h, or an ISO "
-                           "date such as 2026-11-30")
+        raise bad
     text = value.strip()
-    if re.fullmatch(r"[0-9]+[smhd]", text):  # (else: "1 m", "١٢d" get the message below)
+    if limits.is_age_text(text):  # (else: "1 m", "١٢d" get the since message)
         return now() - limits.age(text, "since")
     try:
         t = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise InvalidInput(f"bad since {value!r}: expected an age such as 7d or 12h, or an ISO "
-                           "date such as 2026-11-30") from None
+        raise bad from None
     return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
 
 
