@@ -100,9 +100,12 @@ class Host:
 class NetLab:
     """``n`` namespace hosts linked to the root namespace, and a PostgreSQL server on the links."""
 
-    def __init__(self, n: int = 2, max_connections: int | None = None):
+    def __init__(self, n: int = 2, max_connections: int | None = None,
+                 statements: bool = False, conf: tuple[str, ...] = ()):
         self.n = n
+        self.conf = conf  # extra postgresql.conf lines (a what-if: the default is stock)
         self.max_connections = max_connections  # None: the stock setting (100)
+        self.statements = statements  # load pg_stat_statements (planning time included)
         self.token = secrets.token_hex(3)
         self.netns: list[str] = []
         self.server_ips: list[str] = []
@@ -156,6 +159,11 @@ class NetLab:
                     "tcp_keepalives_count = 3\n")
             if self.max_connections is not None:
                 f.write(f"max_connections = {self.max_connections}\n")
+            if self.statements:
+                f.write("shared_preload_libraries = 'pg_stat_statements'\n"
+                        "pg_stat_statements.track_planning = on\n")
+            for line in self.conf:
+                f.write(line + "\n")
         with open(data / "pg_hba.conf", "w") as f:
             f.write("local all all trust\n")
             for ip in self.server_ips:
@@ -188,6 +196,31 @@ class NetLab:
         with self.connect() as conn:
             conn.execute(f"CREATE DATABASE {name}")
         return name, [f"postgresql://podium@{ip}:{self.port}/{name}" for ip in self.server_ips]
+
+    def _connect_to(self, dbname: str):
+        import psycopg
+
+        return psycopg.connect(self.admin_url.rsplit("/", 1)[0] + "/" + dbname,
+                               autocommit=True, connect_timeout=5)
+
+    def reset_statements(self, dbname: str) -> None:
+        """Start ``pg_stat_statements`` afresh (needs ``statements=True``)."""
+        with self._connect_to(dbname) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            conn.execute("SELECT pg_stat_statements_reset()")
+
+    def top_statements(self, dbname: str, limit: int = 15) -> list[dict]:
+        """The statements run in ``dbname`` since the reset, most server time (planning and
+        execution) first."""
+        with self._connect_to(dbname) as conn:
+            rows = conn.execute(
+                "SELECT calls, total_plan_time, total_exec_time, rows, query "
+                "FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid "
+                "WHERE d.datname = %s AND query NOT LIKE '%%pg_stat_statements%%' "
+                "ORDER BY total_plan_time + total_exec_time DESC LIMIT %s",
+                (dbname, limit)).fetchall()
+        return [{"calls": c, "plan_ms": p, "exec_ms": e, "rows": r, "query": q}
+                for c, p, e, r, q in rows]
 
     def drop_database(self, name: str) -> None:
         with contextlib.suppress(Exception), self.connect() as conn:

@@ -326,6 +326,9 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    for s in systems:
+        if s not in ("pg", "sqlite", "procrastinate", "pg-async"):
+            ap.error(f"unknown system {s!r} (pg, sqlite, procrastinate, pg-async)")
     if args.extra and "pg-async" not in systems:
         systems.insert(1, "pg-async")
 

@@ -162,6 +162,7 @@ class Target:
     def __init__(self, system: str, lab: H.NetLab | None, token: str, n: int,
                  pg_host: str | None = None):
         self.system, self.lab, self.token, self.n = system, lab, token, n
+        self.statements = lab is not None and lab.statements
         self.tmp = C.tempdir(f"scale-{system}")
         self.dbname = None
         self._env_before = os.environ.get("XDG_RUNTIME_DIR")
@@ -350,6 +351,8 @@ def dispatch(T: Target, backend: str, k: int, warmup: int, row: dict) -> None:
     sent = []
     load = C.HostLoad()
     groups = cpu_groups(T)
+    if T.statements:
+        T.lab.reset_statements(T.dbname)
     ns0 = {kind: sum(C.run_ns(pid) for pid in pids) for kind, pids in groups.items()}
     with p.follower() as follower:
         for i in range(k + warmup):
@@ -371,6 +374,11 @@ def dispatch(T: Target, backend: str, k: int, warmup: int, row: dict) -> None:
     row["dispatch_cpu_ms_by_kind"] = {
         kind: (sum(C.run_ns(pid) for pid in pids) - ns0[kind]) / 1e6 / (k + warmup)
         for kind, pids in groups.items()}
+    if T.statements:
+        row["dispatch_statements"] = [
+            {**st, "calls": st["calls"] / (k + warmup), "plan_ms": st["plan_ms"] / (k + warmup),
+             "exec_ms": st["exec_ms"] / (k + warmup)}
+            for st in T.lab.top_statements(T.dbname)]
     lat, started, wall, failed = [], [], [], 0
     for tid, t0, t_seen in sent:
         t = p.task(tid)
@@ -558,6 +566,13 @@ def print_table(system: str, rows: list[dict]) -> None:
                 f"{k} {v:.2f}" for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])))
         for w in what:
             print(f"  N={r['n']} {r['backend']}: {w}")
+        if r.get("dispatch_statements"):
+            print(f"  N={r['n']} {r['backend']}: the server's statements per dispatch "
+                  "(pg_stat_statements; ms of planning and execution):")
+            print(C.table([[f"{st['calls']:.2f}", f"{st['plan_ms']:.3f}", f"{st['exec_ms']:.3f}",
+                            " ".join(st["query"].split())[:110]]
+                           for st in r["dispatch_statements"]],
+                          ["calls", "plan ms", "exec ms", "statement"]))
 
 
 def verdicts(rows: list[dict]) -> list[str]:
@@ -595,6 +610,12 @@ def main() -> int:
     ap.add_argument("--pg-host", choices=["auto", "on", "off"],
                     help="PODIUM_PG_HOST for the PostgreSQL hosts' commands (default: unset, "
                          "i.e. Podium's default); 'off': every process connects on its own")
+    ap.add_argument("--pg-statements", action="store_true",
+                    help="load pg_stat_statements in the benchmark's server and print, per "
+                         "dispatch, the statements that took most of its time")
+    ap.add_argument("--pg-conf", action="append", default=[], metavar="LINE",
+                    help="a line added to the benchmark's server's postgresql.conf (a what-if; "
+                         "repeatable), e.g. 'synchronous_commit = off'")
     args = ap.parse_args()
     ns = [int(x) for x in args.n.split(",") if x.strip()]
     backends = [x.strip() for x in args.backends.split(",") if x.strip()]
@@ -635,11 +656,13 @@ def main() -> int:
                 setup_error = f"no namespace hosts here: {why}"
             else:
                 try:
-                    lab = H.NetLab(2)
+                    lab = H.NetLab(2, statements=args.pg_statements,
+                                   conf=tuple(args.pg_conf))
                     lab.up()
                     print(f"  server: PostgreSQL {lab.setting('server_version')} owned by the "
                           f"benchmark, max_connections = {lab.setting('max_connections')}, "
-                          f"on {', '.join(lab.server_ips)} port {lab.port}", flush=True)
+                          f"on {', '.join(lab.server_ips)} port {lab.port}"
+                          + "".join(f"; {line}" for line in args.pg_conf), flush=True)
                 except Exception as e:  # noqa: BLE001
                     setup_error = f"could not set up the hosts and server: {e}"
         try:
