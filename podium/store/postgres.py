@@ -283,6 +283,19 @@ class _PgTx(Tx):
         super().executemany(sql, rows)
         self._sent()
 
+    def all_together(self, statements: list[tuple[str, tuple | list]]) -> list[list[Any]]:
+        # As the transaction's first statements: each on a cursor of its own in the pipeline
+        # where BEGIN waits, so BEGIN and all of them reach the server together; their results
+        # are read once it is synced.
+        if len(statements) < 2 or self._head is None:
+            return super().all_together(statements)
+        with contextlib.ExitStack() as cursors:
+            curs = [cursors.enter_context(self.cur.connection.cursor()) for _ in statements]
+            for cur, (sql, params) in zip(curs, statements):
+                cur.execute(_convert(sql), params)
+            self._sent()
+            return [cur.fetchall() for cur in curs]
+
     def pipeline_tail(self) -> None:
         """Send the rest of the transaction and its COMMIT in one pipeline, synced after
         COMMIT: BEGIN's own when nothing was sent yet."""

@@ -1,8 +1,9 @@
 """Claims and results: an agent takes its next tasks and records what its runs produced.
 
 ``claim_batch`` records the results of the runs an agent just finished and claims its next
-tasks in one transaction (one statement each); tasks handed to the agent come first, read
-without a write. A result is recorded only for the agent's current claim of the task (its
+tasks in one transaction (one statement each, sent together: on PostgreSQL with BEGIN, one
+round trip; the commit's is the other); tasks handed to the agent come first, read without a
+write. A result is recorded only for the agent's current claim of the task (its
 attempt): a late one from an expired lease is refused as stale.
 """
 
@@ -118,22 +119,35 @@ class Claims(Queue):
         results = _Results(finishes, t)
         with self._write() as tx:
             tx.relaxed = not finishes
-            self._record(tx, agent_id, results, t)
             taken_rows: list[Any] = []
-            if limit > 0 and finishes and handed:
+            record = self._record_statement(agent_id, results, t) if finishes else None
+            if record is not None and handed and limit > 0:
+                self._recorded(tx, agent_id, results, t, tx.all(*record))
+                record = None
                 # Handed over while this agent was busy: take them now, with their start time.
                 taken_rows = tx.all(
                     "UPDATE tasks SET started_at = ? WHERE agent_id = ? AND state = 'running' "
                     f"AND started_at IS NULL RETURNING {self._claim_returning}", (t, agent_id))
                 limit -= len(taken_rows)
-            if limit > 0:
-                # One statement claims the whole batch. RETURNING has no set order.
-                claimed = tx.all(
-                    "UPDATE tasks SET state = 'running', agent_id = ?, attempts = attempts + 1, "
-                    "lease_expires = ?, started_at = ?, completed_at = NULL, error = NULL "
-                    f"WHERE seq IN ({sql}{self.claim_lock_clause}) "
-                    f"RETURNING {self._claim_returning}",
-                    [agent_id, t + lease_s, t, *params, limit])
+            # One statement claims the whole batch. RETURNING has no set order.
+            claim_sql = ("UPDATE tasks SET state = 'running', agent_id = ?, "
+                         "attempts = attempts + 1, lease_expires = ?, started_at = ?, "
+                         "completed_at = NULL, error = NULL "
+                         f"WHERE seq IN ({sql}{self.claim_lock_clause}) "
+                         f"RETURNING {self._claim_returning}")
+            claim = (claim_sql, [agent_id, t + lease_s, t, *params, limit]) if limit > 0 else None
+            # The results and the claim go together (one round trip on PostgreSQL).
+            found = tx.all_together([s for s in (record, claim) if s is not None])
+            freed = False
+            if record is not None:
+                freed = self._recorded(tx, agent_id, results, t, found[0])[1]
+            if claim is not None:
+                claimed = found[-1]
+                if freed and len(claimed) < limit:
+                    # What recording made claimable (a dependent now free, a failure to
+                    # retry) is taken too, as when the claim came after the results.
+                    claimed += tx.all(claim_sql, [agent_id, t + lease_s, t, *params,
+                                                  limit - len(claimed)])
                 claimed.sort(key=lambda r: (r["priority"], r["seq"]))
                 for row in claimed:
                     tx.events.append((t, "task.claimed", agent_id, row["id"],
@@ -183,36 +197,43 @@ class Claims(Queue):
 
     def _record(self, tx: Tx, agent_id: str, results: _Results,
                 t: float) -> list[TaskState | None]:
-        """Record results: the usual ones (our running claim, no retry due) in one statement;
-        the others (stale, cancelled meanwhile, a failure to retry) one by one."""
+        """Record results: the usual ones (our running claim, no retry due) in one statement,
+        which also says which of them have dependents to settle; the others (stale, cancelled
+        meanwhile, a failure to retry) one by one."""
         if not results.finishes:
             return []
-        sql = self._record_sql(len(results.finishes))
-        done = {r["id"]: r["started_at"] for r in tx.all(sql, [t, *results.params, agent_id])}
+        return self._recorded(tx, agent_id, results, t,
+                              tx.all(*self._record_statement(agent_id, results, t)))[0]
+
+    def _record_statement(self, agent_id: str, results: _Results,
+                          t: float) -> tuple[str, list[Any]]:
+        """The statement of ``_record`` and its parameters."""
+        return self._record_sql(len(results.finishes)), [t, *results.params, agent_id]
+
+    def _recorded(self, tx: Tx, agent_id: str, results: _Results, t: float,
+                  found: list[Any]) -> tuple[list[TaskState | None], bool]:
+        """The rest of ``_record``, given the rows of its statement; and whether it may have
+        made tasks claimable (a failure queued again, dependents settled)."""
+        done = {r["id"]: r for r in found}
         states: list[TaskState | None] = []
         settle: list[tuple[str, TaskState]] = []
         for f, data in zip(results.finishes, results.events):
-            if f.task_id not in done:
+            recorded = done.get(f.task_id)
+            if recorded is None:
                 states.append(self._finish(tx, agent_id, f, t))
                 continue
             o = f.outcome
             if data is None:  # the worker did not say when it started: the claim's time
-                data = _finish_event(o, t - done[f.task_id])
+                data = _finish_event(o, t - recorded["started_at"])
             tx.events.append((t, f"task.{o.status.value}", agent_id, f.task_id, data))
             count_finished(tx, o.status)
             states.append(o.status)
-            settle.append((f.task_id, o.status))
+            if recorded["has_dependents"]:
+                settle.append((f.task_id, o.status))
         tx.wake_watchers = True
-        if settle:
-            # One look for the whole batch: which of these tasks have dependents at all.
-            ids = [task_id for task_id, _ in settle]
-            has = {r["depends_on"] for r in tx.all(
-                "SELECT DISTINCT depends_on FROM task_deps WHERE depends_on IN "
-                f"({', '.join('?' * len(ids))})", ids)}
-            for task_id, state in settle:
-                if task_id in has:
-                    self._settle_dependents(tx, task_id, state, t)
-        return states
+        for task_id, state in settle:
+            self._settle_dependents(tx, task_id, state, t)
+        return states, bool(settle) or TaskState.QUEUED in states
 
     # A classmethod, so that the cache holds the class (the SQL depends only on its dialect's
     # column types), not every store instance it was ever called on.
@@ -234,7 +255,8 @@ class Claims(Queue):
             f"AND tasks.attempts = {_V['attempt']} AND tasks.state = 'running' "
             f"AND NOT ({_V['failed']} = 1 AND tasks.retry_on_failure = 1 "
             "AND tasks.attempts < tasks.max_attempts) "
-            "RETURNING tasks.id, tasks.started_at")
+            "RETURNING tasks.id, tasks.started_at, EXISTS (SELECT 1 FROM task_deps d "
+            "WHERE d.depends_on = tasks.id) AS has_dependents")
 
     def _finish(self, tx: Tx, agent_id: str, finish: Finish, t: float) -> TaskState | None:
         o: Outcome = finish.outcome

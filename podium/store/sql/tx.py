@@ -62,6 +62,11 @@ class Tx:
     def all(self, sql: str, params: tuple | list = ()) -> list[Any]:
         return self.execute(sql, params).fetchall()
 
+    def all_together(self, statements: list[tuple[str, tuple | list]]) -> list[list[Any]]:
+        """The rows of each statement, run in this order. None may need the rows of another:
+        a dialect may send them all before reading any (PostgreSQL: one round trip)."""
+        return [self.all(sql, params) for sql, params in statements]
+
     def defer(self, sql: str, params: tuple | list = (), many: bool = False) -> None:
         """Run a write just before the commit (``many``: once per row of ``params``); its
         result is not needed. Deferred writes must not depend on each other's effects nor touch
