@@ -1,7 +1,8 @@
 """PostgreSQL write transactions: BEGIN waits for the first statement, so that the two reach the
 server in one round trip (``podium.store.postgres._PgTx``), and everything else behaves as
 with BEGIN alone: a first statement that fails rolls the transaction back, row counts are
-there, and the connection serves the next transaction.
+there, and the connection serves the next transaction. A result and the next claim go out
+together with BEGIN (``Tx.all_together``), and what the result freed is still claimed.
 
 Round trips are counted on the wire, from libpq's own trace of the store's one pooled
 connection (``PGconn.trace``): every simple Query and every Sync the client sends is one wait
@@ -60,6 +61,45 @@ def test_an_add_handing_its_task_over_takes_two_round_trips(pg_store):
     assert trips == 2, "\n".join(sent)
     [task] = [t for t in pg_store.list_tasks() if t.prompt == "handed"]
     assert (task.state.value, task.agent_id) == ("running", "a2")
+
+
+def test_a_result_and_the_next_claim_take_two_round_trips(pg_store):
+    """The result of a run and the agent's next claim go out with BEGIN; the commit's tail is
+    the other round trip."""
+    from podium.models import Outcome, TaskState
+    from podium.store.base import Finish
+
+    pg_store.register_agent("a1", [], "shell", "host", os.getpid(), 30, {})
+    pg_store.add_tasks([TaskSpec("first"), TaskSpec("second")])
+    [first] = pg_store.claim_batch("a1", [], 30, [], 1)
+    done = Finish(first.id, first.attempts, Outcome(TaskState.COMPLETED, output=b"ok",
+                                                     exit_code=0))
+    got: list = []
+    trips, sent = _round_trips(
+        pg_store, lambda: got.extend(pg_store.claim_batch("a1", [], 30, [done], 1)))
+    assert trips == 2, "\n".join(sent)
+    assert [t.prompt for t in got] == ["second"]
+    assert pg_store.task_state(first.id) is TaskState.COMPLETED
+
+
+def test_a_claim_after_results_takes_what_they_freed(pg_store):
+    """A dependent that a result frees, and a failure to retry, are claimed by the same call,
+    after the statements that went out together with the results."""
+    from podium.models import Outcome, TaskState
+    from podium.store.base import Finish
+
+    pg_store.register_agent("a1", [], "shell", "host", os.getpid(), 30, {})
+    [src, retry] = pg_store.add_tasks([TaskSpec("src"),
+                                       TaskSpec("retry", retry_on_failure=True, max_attempts=2)])
+    [after] = pg_store.add_tasks([TaskSpec("after", depends_on=[src.id])])
+    claimed = pg_store.claim_batch("a1", [], 30, [], 2)
+    assert {t.id for t in claimed} == {src.id, retry.id}
+    by_id = {t.id: t for t in claimed}
+    finishes = [Finish(src.id, by_id[src.id].attempts, Outcome(TaskState.COMPLETED, exit_code=0)),
+                Finish(retry.id, by_id[retry.id].attempts,
+                       Outcome(TaskState.FAILED, exit_code=1, error="again"))]
+    again = pg_store.claim_batch("a1", [], 30, finishes, 5)
+    assert sorted(t.id for t in again) == sorted([after.id, retry.id])
 
 
 def test_a_transaction_whose_first_statement_fails_leaves_nothing(pg_store):
