@@ -172,10 +172,11 @@ class NetLab:
            "-l", str(self.dir / "server.log"), "-w", "-t", "30", "start")
         self.admin_url = f"postgresql://podium@{self.server_ips[0]}:{self.port}/postgres"
 
-    def connect(self):
+    def connect(self, dbname: str = "postgres"):
         import psycopg
 
-        return psycopg.connect(self.admin_url, autocommit=True, connect_timeout=5)
+        return psycopg.connect(self.admin_url.rsplit("/", 1)[0] + "/" + dbname,
+                               autocommit=True, connect_timeout=5)
 
     def setting(self, name: str) -> str:
         with self.connect() as conn:
@@ -197,22 +198,16 @@ class NetLab:
             conn.execute(f"CREATE DATABASE {name}")
         return name, [f"postgresql://podium@{ip}:{self.port}/{name}" for ip in self.server_ips]
 
-    def _connect_to(self, dbname: str):
-        import psycopg
-
-        return psycopg.connect(self.admin_url.rsplit("/", 1)[0] + "/" + dbname,
-                               autocommit=True, connect_timeout=5)
-
     def reset_statements(self, dbname: str) -> None:
         """Start ``pg_stat_statements`` afresh (needs ``statements=True``)."""
-        with self._connect_to(dbname) as conn:
+        with self.connect(dbname) as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
             conn.execute("SELECT pg_stat_statements_reset()")
 
     def top_statements(self, dbname: str, limit: int = 15) -> list[dict]:
         """The statements run in ``dbname`` since the reset, most server time (planning and
         execution) first."""
-        with self._connect_to(dbname) as conn:
+        with self.connect(dbname) as conn:
             rows = conn.execute(
                 "SELECT calls, total_plan_time, total_exec_time, rows, query "
                 "FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid "

@@ -162,7 +162,6 @@ class Target:
     def __init__(self, system: str, lab: H.NetLab | None, token: str, n: int,
                  pg_host: str | None = None):
         self.system, self.lab, self.token, self.n = system, lab, token, n
-        self.statements = lab is not None and lab.statements
         self.tmp = C.tempdir(f"scale-{system}")
         self.dbname = None
         self._env_before = os.environ.get("XDG_RUNTIME_DIR")
@@ -351,7 +350,8 @@ def dispatch(T: Target, backend: str, k: int, warmup: int, row: dict) -> None:
     sent = []
     load = C.HostLoad()
     groups = cpu_groups(T)
-    if T.statements:
+    statements = T.lab is not None and T.lab.statements
+    if statements:
         T.lab.reset_statements(T.dbname)
     ns0 = {kind: sum(C.run_ns(pid) for pid in pids) for kind, pids in groups.items()}
     with p.follower() as follower:
@@ -374,10 +374,9 @@ def dispatch(T: Target, backend: str, k: int, warmup: int, row: dict) -> None:
     row["dispatch_cpu_ms_by_kind"] = {
         kind: (sum(C.run_ns(pid) for pid in pids) - ns0[kind]) / 1e6 / (k + warmup)
         for kind, pids in groups.items()}
-    if T.statements:
+    if statements:
         row["dispatch_statements"] = [
-            {**st, "calls": st["calls"] / (k + warmup), "plan_ms": st["plan_ms"] / (k + warmup),
-             "exec_ms": st["exec_ms"] / (k + warmup)}
+            {**st, **{key: st[key] / (k + warmup) for key in ("calls", "plan_ms", "exec_ms")}}
             for st in T.lab.top_statements(T.dbname)]
     lat, started, wall, failed = [], [], [], 0
     for tid, t0, t_seen in sent:

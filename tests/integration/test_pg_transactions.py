@@ -18,7 +18,8 @@ import tempfile
 import pytest
 
 from podium.errors import StoreError
-from podium.models import TaskSpec
+from podium.models import Outcome, TaskSpec, TaskState
+from podium.store.base import Finish
 
 
 @pytest.fixture
@@ -66,9 +67,6 @@ def test_an_add_handing_its_task_over_takes_two_round_trips(pg_store):
 def test_a_result_and_the_next_claim_take_two_round_trips(pg_store):
     """The result of a run and the agent's next claim go out with BEGIN; the commit's tail is
     the other round trip."""
-    from podium.models import Outcome, TaskState
-    from podium.store.base import Finish
-
     pg_store.register_agent("a1", [], "shell", "host", os.getpid(), 30, {})
     pg_store.add_tasks([TaskSpec("first"), TaskSpec("second")])
     [first] = pg_store.claim_batch("a1", [], 30, [], 1)
@@ -85,9 +83,6 @@ def test_a_result_and_the_next_claim_take_two_round_trips(pg_store):
 def test_a_claim_after_results_takes_what_they_freed(pg_store):
     """A dependent that a result frees, and a failure to retry, are claimed by the same call,
     after the statements that went out together with the results."""
-    from podium.models import Outcome, TaskState
-    from podium.store.base import Finish
-
     pg_store.register_agent("a1", [], "shell", "host", os.getpid(), 30, {})
     [src, retry] = pg_store.add_tasks([TaskSpec("src"),
                                        TaskSpec("retry", retry_on_failure=True, max_attempts=2)])
