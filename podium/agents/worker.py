@@ -316,7 +316,8 @@ class Worker:
     def _record_results(self) -> None:
         """Stopping: record what is left to record, claiming nothing."""
         if self._results:
-            self.store.claim_batch(self.name, self.roles, self.lease_s, self._results, 0)
+            self.store.claim_batch(self.name, self.roles, self.lease_s, self._results, 0,
+                                   holder=self.heartbeat.holder)
             self._results = []
 
     def _record_and_claim(self) -> list[Task]:
@@ -324,7 +325,7 @@ class Worker:
         assert self.waiter is not None  # claims happen between _register and _deregister
         handed = self.waiter.handed_over() or self._look
         tasks = self.store.claim_batch(self.name, self.roles, self.lease_s, self._results,
-                                       self._batch, handed)
+                                       self._batch, handed, self.heartbeat.holder)
         self._results = []
         self._backoff.reset()
         self._look = False

@@ -233,7 +233,7 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def claim_batch(
         self, agent_id: str, roles: list[str], lease_s: float, finishes: list[Finish], limit: int,
-        handed: bool = False,
+        handed: bool = False, holder: tuple[str, int] | None = None,
     ) -> list[Task]:
         """Record every result in ``finishes`` and claim up to ``limit`` tasks (best first), in
         one transaction. ``claim`` is the one-task case.
@@ -241,7 +241,13 @@ class Store(abc.ABC):
         ``handed``: look for tasks handed to this agent first (its waiter said so, or it looks
         anyway); with no results to record, finding one takes a read and no write. A handed
         task is running with no ``started_at`` until the worker's first heartbeat for it or its
-        result."""
+        result.
+
+        ``holder``: the caller's (host, pid), as for ``heartbeat``. A process whose agent's
+        name another registered since claims nothing, not even what is handed to the agent
+        (the new holder's), and leaves the agent's row alone; its results count only as
+        results of the claims it still holds (none: the name's new registration took them).
+        Its next heartbeat says ``AgentReplaced``."""
 
     @abc.abstractmethod
     def finish(self, agent_id: str, finish: Finish) -> TaskState | None:

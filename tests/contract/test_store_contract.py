@@ -607,3 +607,31 @@ def test_a_process_whose_name_was_taken_over_neither_beats_nor_deregisters_it(st
         store.deregister("ghost", holder=("h1", 111))
     store.deregister("a1", holder=("h2", 222))
     assert store.get_agent("a1").state.value == "stopped"
+
+
+def test_a_process_whose_name_was_taken_over_claims_nothing(store):
+    """A worker found dead whose name another worker then registered, claiming as its own
+    process (``holder``), takes neither what is handed to the agent (the new holder's) nor
+    what is queued, and its late result leaves the agent's row alone; the new holder claims
+    both as usual."""
+    old, new = ("h1", 111), ("h2", 222)
+    store.register_agent("a1", [], "echo", *old, 0.1, {}, takes_hand_offs=True)
+    [before] = add(store, "claimed before")
+    [c] = store.claim_batch("a1", [], 30, [], 1, True, holder=old)  # (handed at its add)
+    time.sleep(0.3)  # (a1's lease runs out: the name may be taken)
+    store.register_agent("a1", [], "echo", *new, 30, {}, takes_hand_offs=True)
+    assert store.get_task(before.id).state is TaskState.QUEUED  # (taken back by the register)
+    [handed] = add(store, "handed")
+    assert store.get_task(handed.id).agent_id == "a1"  # (handed to the idle agent)
+    for handed_look in (True, False):
+        assert store.claim_batch("a1", [], 30, [], 5, handed_look, holder=old) == []
+    assert store.claim_batch("a1", [], 30, [done(c)], 5, True, holder=old) == []
+    a = store.get_agent("a1")
+    assert (a.pid, a.tasks_done, a.current_task) == (222, 0, handed.id)
+    assert store.get_task(before.id).state is TaskState.QUEUED  # (the late result: stale)
+    [h] = store.claim_batch("a1", [], 30, [], 5, True, holder=new)
+    assert h.id == handed.id
+    assert [t.id for t in store.claim_batch(
+        "a1", [], 30, [done(h, started_at=time.time())], 5, holder=new)] \
+        == [before.id]
+    assert store.get_agent("a1").tasks_done == 1

@@ -9,7 +9,7 @@ from podium.errors import AgentReplaced, AgentRunning, InvalidInput, NotFound
 from podium.models import Agent, TaskState
 from podium.store.base import AgentRemoval, HeartbeatReply
 from podium.store.sql import rows
-from podium.store.sql.claims import candidate_sql
+from podium.store.sql.claims import candidate_sql, held_by
 from podium.store.sql.leases import Leases
 from podium.store.sql.tx import Tx
 
@@ -20,12 +20,6 @@ _RECOVERY_DUE_SQL = (
     "(EXISTS (SELECT 1 FROM tasks WHERE state = 'running' AND lease_expires < ?) OR EXISTS "
     f"(SELECT 1 FROM agents WHERE state IN ({', '.join(repr(s) for s in _LIVE)}) "
     "AND last_heartbeat + lease_s < ?))")
-
-
-def _held_by(holder: tuple[str, int] | None) -> tuple[str, tuple]:
-    """The condition (and its parameters) that the agent's row names the process ``holder``,
-    (host, pid); none without one."""
-    return ("", ()) if holder is None else (" AND host = ? AND pid = ?", holder)
 
 
 class Agents(Leases):
@@ -76,7 +70,7 @@ class Agents(Leases):
         # waits for it. An idle crowd beats all the time: its beat is that one statement.
         work_sql, work_params = (("NULL", []) if roles is None
                                  else self._work_waiting_sql(agent_id, roles))
-        held_sql, held_params = _held_by(holder)
+        held_sql, held_params = held_by(holder)
         sql = ("UPDATE agents SET last_heartbeat = ?, lease_s = ?, "
                f"state = CASE WHEN state = 'dead' THEN ? ELSE state END WHERE id = ?{held_sql} "
                f"RETURNING {_RECOVERY_DUE_SQL} AS recovery_due, {work_sql} AS work_waiting")
@@ -115,7 +109,7 @@ class Agents(Leases):
         return reply
 
     def _not_held(self, agent_id: str, tx: Tx | None = None) -> NotFound | AgentReplaced:
-        """Why a statement on the agent's row (``_held_by``) changed nothing: no such agent,
+        """Why a statement on the agent's row (``held_by``) changed nothing: no such agent,
         or another process holds it now."""
         sql = "SELECT host, pid FROM agents WHERE id = ?"
         if tx is not None:
@@ -165,7 +159,7 @@ class Agents(Leases):
 
     def deregister(self, agent_id, holder=None) -> None:
         t = now()
-        held_sql, held_params = _held_by(holder)
+        held_sql, held_params = held_by(holder)
         with self._write() as tx:
             cur = tx.execute(
                 "UPDATE agents SET state = 'stopped', current_task = NULL, last_heartbeat = ? "

@@ -62,6 +62,21 @@ class _Results:
                                _finish_event(o, t - o.started_at))
 
 
+def held_by(holder: tuple[str, int] | None) -> tuple[str, tuple]:
+    """The condition (and its parameters) that the agent's row names the process ``holder``,
+    (host, pid), for a statement on ``agents``; none without one."""
+    return ("", ()) if holder is None else (" AND host = ? AND pid = ?", holder)
+
+
+def _held_sql(agent_id: str, holder: tuple[str, int] | None) -> tuple[str, list[Any]]:
+    """``held_by`` for a statement on ``tasks``: the agent ``agent_id``'s row names
+    ``holder``."""
+    if holder is None:
+        return "", []
+    held, params = held_by(holder)
+    return f" AND EXISTS (SELECT 1 FROM agents WHERE agents.id = ?{held})", [agent_id, *params]
+
+
 def candidate_sql(roles: list[str]) -> tuple[str, list[Any]]:
     """The next tasks an agent with ``roles`` may take, best first: the query and its role
     parameters (its own parameters are the agent's id first, ``LIMIT ?`` last)."""
@@ -88,19 +103,21 @@ class Claims(Queue):
                 f"(SELECT {self.concat_sql} FROM task_deps d WHERE d.task_id = tasks.id) "
                 "AS deps, (SELECT COALESCE(SUM(version), 0) FROM context) AS ctx_gen")
 
-    @functools.cached_property
-    def _handed_sql(self) -> str:
-        """Tasks handed to an agent (``?``) that it has not picked up yet."""
+    def _handed_sql(self, held: str) -> str:
+        """Tasks handed to an agent (``?``) that it has not picked up yet (``held``: see
+        ``_held_sql``)."""
         return (f"SELECT {self._claim_returning} FROM tasks WHERE agent_id = ? "
-                "AND state = 'running' AND started_at IS NULL ORDER BY priority, seq")
+                f"AND state = 'running' AND started_at IS NULL{held} ORDER BY priority, seq")
 
     def claim(self, agent_id, roles, lease_s, finish=None) -> Task | None:
         tasks = self.claim_batch(agent_id, roles, lease_s, [finish] if finish else [], 1)
         return tasks[0] if tasks else None
 
-    def claim_batch(self, agent_id, roles, lease_s, finishes, limit, handed=False) -> list[Task]:
+    def claim_batch(self, agent_id, roles, lease_s, finishes, limit, handed=False,
+                    holder=None) -> list[Task]:
         sql, role_params = candidate_sql(roles)
         params = [agent_id, *role_params]
+        held, held_params = _held_sql(agent_id, holder)
         if not finishes:
             if limit < 1:
                 return []
@@ -108,7 +125,7 @@ class Claims(Queue):
                 # A cheap look without the write lock: tasks handed to this agent are already
                 # its own, and most wake-ups of a crowd of idle agents end here.
                 with self._reader() as tx:
-                    handed_rows = tx.all(self._handed_sql, (agent_id,))
+                    handed_rows = tx.all(self._handed_sql(held), (agent_id, *held_params))
                     if handed_rows:
                         return self._claimed(handed_rows)
                     if self.precheck_claims and tx.one(sql, [*params, 1]) is None:
@@ -127,15 +144,17 @@ class Claims(Queue):
                 # Handed over while this agent was busy: take them now, with their start time.
                 taken_rows = tx.all(
                     "UPDATE tasks SET started_at = ? WHERE agent_id = ? AND state = 'running' "
-                    f"AND started_at IS NULL RETURNING {self._claim_returning}", (t, agent_id))
+                    f"AND started_at IS NULL{held} RETURNING {self._claim_returning}",
+                    (t, agent_id, *held_params))
                 limit -= len(taken_rows)
             # One statement claims the whole batch. RETURNING has no set order.
             claim_sql = ("UPDATE tasks SET state = 'running', agent_id = ?, "
                          "attempts = attempts + 1, lease_expires = ?, started_at = ?, "
                          "completed_at = NULL, error = NULL "
-                         f"WHERE seq IN ({sql}{self.claim_lock_clause}) "
+                         f"WHERE seq IN ({sql}{self.claim_lock_clause}){held} "
                          f"RETURNING {self._claim_returning}")
-            claim = (claim_sql, [agent_id, t + lease_s, t, *params, limit]) if limit > 0 else None
+            claim = (claim_sql, [agent_id, t + lease_s, t, *params, limit, *held_params]) \
+                if limit > 0 else None
             # The results and the claim go together (one round trip on PostgreSQL).
             found = tx.all_together([s for s in (record, claim) if s is not None])
             freed = False
@@ -147,7 +166,7 @@ class Claims(Queue):
                     # What recording made claimable (a dependent now free, a failure to
                     # retry) is taken too, as when the claim came after the results.
                     claimed += tx.all(claim_sql, [agent_id, t + lease_s, t, *params,
-                                                  limit - len(claimed)])
+                                                  limit - len(claimed), *held_params])
                 claimed.sort(key=lambda r: (r["priority"], r["seq"]))
                 for row in claimed:
                     tx.events.append((t, "task.claimed", agent_id, row["id"],
@@ -155,7 +174,7 @@ class Claims(Queue):
                 tx.wake_watchers = tx.wake_watchers or bool(claimed)
                 taken_rows += claimed
             self._update_agent(tx, agent_id, finishes,
-                               taken_rows[0]["id"] if taken_rows else None)
+                               taken_rows[0]["id"] if taken_rows else None, holder)
         return self._claimed(taken_rows)
 
     @staticmethod
@@ -169,8 +188,9 @@ class Claims(Queue):
         return tasks
 
     def _update_agent(self, tx: Tx, agent_id: str, finishes: list[Finish],
-                      current: str | None) -> None:
-        """One write for the agent's state, current task and counters."""
+                      current: str | None, holder: tuple[str, int] | None = None) -> None:
+        """One write for the agent's state, current task and counters (with ``holder``, only
+        while the agent's row names that process)."""
         tokens_in = sum(f.outcome.tokens_in or 0 for f in finishes)
         tokens_out = sum(f.outcome.tokens_out or 0 for f in finishes)
         cost = sum(f.outcome.cost_usd or 0.0 for f in finishes)
@@ -182,10 +202,12 @@ class Claims(Queue):
             params = []
         else:
             return
+        held, held_params = held_by(holder)
         tx.defer(
             f"UPDATE agents SET {state_sql}, tasks_done = tasks_done + ?, "
             "tokens_in = tokens_in + ?, tokens_out = tokens_out + ?, cost_usd = cost_usd + ? "
-            "WHERE id = ?", (*params, len(finishes), tokens_in, tokens_out, cost, agent_id))
+            f"WHERE id = ?{held}",
+            (*params, len(finishes), tokens_in, tokens_out, cost, agent_id, *held_params))
 
     def finish(self, agent_id, finish) -> TaskState | None:
         t = now()
