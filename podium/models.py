@@ -111,7 +111,9 @@ class Agent:
         return d
 
 
-@dataclass
+# (slots: a task without a __dict__ is a third smaller and a third quicker to make; an add of
+# 10,000 tasks builds 10,000 of them inside its transaction, and each claim builds its own)
+@dataclass(slots=True)
 class Task:
     id: str
     prompt: str
