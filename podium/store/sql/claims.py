@@ -153,8 +153,10 @@ class Claims(Queue):
                          "completed_at = NULL, error = NULL "
                          f"WHERE seq IN ({sql}{self.claim_lock_clause}){held} "
                          f"RETURNING {self._claim_returning}")
-            claim = (claim_sql, [agent_id, t + lease_s, t, *params, limit, *held_params]) \
-                if limit > 0 else None
+
+            def claim_params(n: int) -> list[Any]:
+                return [agent_id, t + lease_s, t, *params, n, *held_params]
+            claim = (claim_sql, claim_params(limit)) if limit > 0 else None
             # The results and the claim go together (one round trip on PostgreSQL).
             found = tx.all_together([s for s in (record, claim) if s is not None])
             freed = False
@@ -165,8 +167,7 @@ class Claims(Queue):
                 if freed and len(claimed) < limit:
                     # What recording made claimable (a dependent now free, a failure to
                     # retry) is taken too, as when the claim came after the results.
-                    claimed += tx.all(claim_sql, [agent_id, t + lease_s, t, *params,
-                                                  limit - len(claimed), *held_params])
+                    claimed += tx.all(claim_sql, claim_params(limit - len(claimed)))
                 claimed.sort(key=lambda r: (r["priority"], r["seq"]))
                 for row in claimed:
                     tx.events.append((t, "task.claimed", agent_id, row["id"],
