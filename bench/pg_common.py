@@ -31,7 +31,7 @@ _databases: list[tuple[str, str]] = []  # (admin url, database)
 
 
 def redact(url: str) -> str:
-    from podium.store.postgres import redact as _redact
+    from podium.store.pgconnect import redact as _redact
 
     return _redact(url)
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from podium import pids, wake
 from podium.models import Agent
 from podium.pids import start_time
-from podium.store.postgres import without_password
+from podium.store.pgconnect import without_password
 
 
 def _canonical(store_url: str) -> str:

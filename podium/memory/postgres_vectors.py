@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from podium.errors import InvalidInput, StoreError, StoreUnavailable
 from podium.memory.matrix import BlobVectors, as_matrix, as_query
-from podium.store.postgres import KEEPALIVES, redact, session_settings
+from podium.store.pgconnect import KEEPALIVES, redact, session_settings
 
 if TYPE_CHECKING:
     from podium.memory.base import Matrix, Vector

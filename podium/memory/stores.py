@@ -24,7 +24,7 @@ from podium import plugins
 from podium.errors import InvalidInput
 from podium.memory.base import VectorStore
 from podium.store import resolve_url, sqlite_path
-from podium.store.postgres import redact
+from podium.store.pgconnect import redact
 
 GROUP = "podium.vector_stores"
 #: Podium's own stores (found without their entry points, which name the same classes).

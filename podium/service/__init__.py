@@ -34,7 +34,7 @@ from podium.store import (
     sqlite_path,
 )
 from podium.store.copy import copy_store
-from podium.store.postgres import without_password
+from podium.store.pgconnect import without_password
 
 __all__ = ["Podium", "Delivery", "PaneDelivery", "EventFollower", "SAFETY_POLL_S",
            "WRITER_LOCK_TIMEOUT_S"]

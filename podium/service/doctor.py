@@ -28,7 +28,7 @@ from podium.agents import backends
 from podium.errors import InvalidInput, PodiumError, StoreNotFound
 from podium.store import Store, open_store
 from podium.store.migrations import MIGRATIONS
-from podium.store.postgres import without_password
+from podium.store.pgconnect import without_password
 
 __all__ = ["Check", "diagnose", "failed", "preflight", "backend_checks", "store_checks",
            "tmux_checks"]

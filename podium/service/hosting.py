@@ -44,7 +44,9 @@ def run_host_daemon(url: str | None) -> int:
     if urlsplit(url).scheme not in ("postgres", "postgresql"):
         raise InvalidInput("podium pg-host serves PostgreSQL stores only "
                            "(--store postgresql://host/dbname)")
-    return pghost.HostDaemon(url).run()
+    from podium.store.pghost.daemon import HostDaemon
+
+    return HostDaemon(url).run()
 
 
 def release_host_helpers(store_url: str) -> None:

@@ -47,7 +47,7 @@ from pathlib import Path
 from podium import pids
 from podium.errors import Conflict, PodiumError, StoreError
 from podium.service.memory_index import MemoryIndex
-from podium.store.postgres import without_password
+from podium.store.pgconnect import without_password
 from podium.wake import channel_dir, private_dir
 
 #: How often an idle indexer looks for new work without being woken: it sleeps on the store's

@@ -1,9 +1,10 @@
 """The shared store: PostgreSQL, for agents on several machines.
 
-Same schema and lifecycle as SQLite (the SQL lives in ``sql.py``); this module supplies what
-differs: a connection pool (psycopg 3), claims with ``SELECT ... FOR UPDATE SKIP LOCKED`` so
-concurrent claimers never wait on each other's rows, and wake-ups through ``LISTEN/NOTIFY`` sent
-inside the committing transaction (delivered exactly when it commits).
+Same schema and lifecycle as SQLite (the SQL lives in ``podium.store.sql``; connecting, in
+``pgconnect``); this module supplies what differs: a connection pool (psycopg 3), claims with
+``SELECT ... FOR UPDATE SKIP LOCKED`` so concurrent claimers never wait on each other's rows,
+and wake-ups through ``LISTEN/NOTIFY`` sent inside the committing transaction (delivered
+exactly when it commits).
 
 Event ids come from a sequence, which hands out numbers at insert time, not commit time: two
 transactions could commit their events out of id order and a reader following the cursor would
@@ -30,17 +31,26 @@ import functools
 import hashlib
 import logging
 import os
-import select
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from podium.errors import StoreError, StoreUnavailable
 from podium.store import hostbeats, pghost
 from podium.store.base import HeartbeatReply, Waiter
 from podium.store.migrations import MIGRATIONS
+from podium.store.pgconnect import (
+    HANDED_PREFIX,
+    KEEPALIVES,
+    LOCK_TIMEOUT_S,
+    WAKE_ALL,
+    PgListener,
+    check_idle,
+    configure_session,
+    explain,
+    psycopg_module,
+    redact,
+)
 from podium.store.sql import SqlStore, Tx
 from podium.wake import ALL_AGENTS, WakeChannel
 
@@ -51,209 +61,11 @@ TYPES = {"id": "BIGSERIAL PRIMARY KEY", "blob": "BYTEA", "float": "DOUBLE PRECIS
          "dialect": "postgresql"}
 _PIPELINE = True  # libpq pipeline mode for a transaction's tail (checked when the store opens)
 _log = logging.getLogger("podium.store")
-#: The wake channel's payloads: every agent; otherwise an agent's id, or this and an agent's id
-#: (a task was handed to it).
-WAKE_ALL = "*"
-HANDED_PREFIX = "h:"
-#: How long any statement waits for a lock before it fails with a clear error.
-LOCK_TIMEOUT_S = 10
-#: Every session's settings (PgBouncer's server connections get them from its connect_query).
-#: Every Podium query is an index lookup or an ordered index range with LIMIT. With stale
-#: statistics (a burst of adds before autovacuum's ANALYZE, or autovacuum off) the planner picks
-#: a bitmap scan + sort of the whole queue for the claim: ~2 ms a claim at 10,000 queued instead
-#: of ~0.03 ms through the tasks_queue index; hence enable_bitmapscan = off.
-def session_settings() -> dict[str, str]:
-    return {"idle_in_transaction_session_timeout": "60s", "lock_timeout": f"{LOCK_TIMEOUT_S}s",
-            "enable_bitmapscan": "off"}
-#: A host cut off mid-transaction must not hold its row locks for hours (the server's default
-#: keepalive), nor hang its own worker: keepalives and a TCP user timeout bound both.
-KEEPALIVES = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 5,
-              "keepalives_interval": 2, "keepalives_count": 3, "tcp_user_timeout": 15000}
 
 
 @functools.lru_cache(maxsize=512)
 def _convert(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for messages and listings."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))
-
-
-def without_password(url: str) -> tuple[str, bool]:
-    """A PostgreSQL URL without its password (in the user part or a ``password=`` parameter),
-    and whether it had one. Other URLs are returned as they are."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("postgres", "postgresql"):
-        return url, False
-    had = False
-    netloc = parts.netloc
-    if parts.password is not None:
-        userinfo, host = netloc.rsplit("@", 1)
-        netloc = f"{userinfo.split(':', 1)[0]}@{host}"
-        had = True
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    kept = [(k, v) for k, v in query if k != "password"]
-    if len(kept) != len(query):
-        had = True
-    if not had:
-        return url, False
-    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(kept))), True
-
-
-def _psycopg():
-    try:
-        import psycopg  # noqa: F401
-        import psycopg_pool  # noqa: F401
-    except ImportError:
-        raise StoreError("PostgreSQL stores need psycopg: pip install 'podium[postgres]' "
-                         "(psycopg[binary] and psycopg-pool)") from None
-    return psycopg
-
-
-def _explain(e: Exception, url: str) -> StoreError:
-    """A clear message for the usual ways of failing to connect."""
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    shown = redact(url)
-    low = msg.lower()
-    if "does not exist" in low and "database" in low:
-        return StoreError(f"{shown}: {msg} (create it with: createdb <name>)")
-    if "password authentication failed" in low or "no password supplied" in low or \
-            "role" in low and "does not exist" in low:
-        return StoreError(f"{shown}: the server refused the credentials: {msg}")
-    if "connection refused" in low or "could not connect" in low or "timeout" in low \
-            or "no route" in low or "could not translate host" in low or "closed" in low \
-            or "terminat" in low or "server" in low:
-        return StoreUnavailable(f"cannot reach PostgreSQL at {shown}: {msg}")
-    return StoreError(f"{shown}: {msg}")
-
-
-def _configure(conn) -> None:
-    for name, value in session_settings().items():
-        conn.execute("SELECT set_config(%s, %s, false)", (name, value))
-    conn.commit()
-
-
-def listen_connection(url: str, channels: tuple[str, ...]) -> psycopg.Connection[Any]:
-    """A connection (autocommit) that LISTENs on ``channels``, in that order; StoreError when
-    it cannot be made."""
-    psycopg = _psycopg()
-    conn = None
-    try:
-        conn = psycopg.connect(url, autocommit=True, **KEEPALIVES)
-        for channel in channels:
-            conn.execute(f"LISTEN {channel}")
-        return conn
-    except psycopg.Error as e:
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.close()
-        raise _explain(e, url) from None
-
-
-def _check_idle(conn) -> None:
-    """The pool's check of a connection it hands out, without a round trip: an idle connection
-    whose socket is readable got something unasked — the server's goodbye (shutdown, restart,
-    terminated backend) or EOF — and only then is it pinged (and dropped if dead)."""
-    if conn.closed or conn.broken:
-        raise _psycopg().OperationalError("the connection is closed")
-    try:
-        ready = bool(select.select([conn.pgconn.socket], [], [], 0)[0])
-    except (OSError, ValueError):
-        ready = True
-    if ready:
-        from psycopg_pool import ConnectionPool
-
-        ConnectionPool.check_connection(conn)
-
-
-class PgListener:
-    """A LISTEN connection: woken by notifications for one agent (or all), or every event."""
-
-    def __init__(self, store: PostgresStore, agent_id: str | None):
-        self.store = store
-        self.agent_id = agent_id
-        self._r, self._w = os.pipe()
-        os.set_blocking(self._r, False)
-        os.set_blocking(self._w, False)
-        self.conn: psycopg.Connection[Any] | None = None
-        self._handed = False
-        if agent_id is not None:
-            self._handoff = HANDED_PREFIX + agent_id
-        self._connect()
-
-    def _connect(self) -> None:
-        self.conn = None
-        self.conn = listen_connection(self.store.url, (
-            self.store.channel_events if self.agent_id is None else self.store.channel_wake,))
-
-    def _relevant(self, payload: str) -> bool:
-        if self.agent_id is None or payload in (WAKE_ALL, self.agent_id):
-            return True
-        if payload == self._handoff:
-            self._handed = True
-            return True
-        return False
-
-    def handed_over(self) -> bool:
-        """Whether a notification since the last call said a task was handed to this agent
-        (also after a reconnect: notifications may have been missed meanwhile)."""
-        handed, self._handed = self._handed, False
-        return handed
-
-    def wait(self, timeout: float | None) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            if self.conn is None or self.conn.closed:
-                try:
-                    self._connect()
-                except StoreError:
-                    time.sleep(min(1.0, timeout or 1.0))
-                    return True  # let the caller try the store (and back off) itself
-                self._handed = self.agent_id is not None  # (missed meanwhile, perhaps)
-                return True
-            pg = self.conn.pgconn
-            try:
-                pg.consume_input()
-                hit = False
-                while (n := pg.notifies()) is not None:
-                    hit = self._relevant(n.extra.decode(errors="replace")) or hit
-                if hit:
-                    return True
-                left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                ready, _, _ = select.select([pg.socket, self._r], [], [], left)
-                if self._r in ready:
-                    try:
-                        while os.read(self._r, 64):
-                            pass
-                    except BlockingIOError:
-                        pass
-                    return True
-                if not ready:
-                    return False
-            except Exception:
-                with contextlib.suppress(Exception):
-                    self.conn.close()
-                self.conn = None
-                continue
-
-    def poke(self) -> None:
-        with contextlib.suppress(OSError):
-            os.write(self._w, b"!")
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            if self.conn is not None:
-                self.conn.close()
-        for fd in (self._r, self._w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
 
 
 class _PgTx(Tx):
@@ -319,7 +131,7 @@ class PostgresStore(SqlStore):
                  host_route: bool = True):
         """``host_route``: go through this host's daemon when it is live (``pghost``; the
         daemon itself does not)."""
-        psycopg = _psycopg()
+        psycopg = psycopg_module()
         from psycopg.rows import dict_row
         from psycopg_pool import ConnectionPool
 
@@ -345,7 +157,7 @@ class PostgresStore(SqlStore):
                 break
             except psycopg.Error as e:
                 if via is url:
-                    raise _explain(e, url) from None
+                    raise explain(e, url) from None
         assert row is not None
         if row[1] is None:
             raise StoreError(f"{redact(url)}: the schema in search_path does not exist")
@@ -359,7 +171,7 @@ class PostgresStore(SqlStore):
         # open their transactions explicitly.
         conn_kwargs["autocommit"] = True
         target: str = url
-        configure: Callable[[Any], None] | None = _configure
+        configure: Callable[[Any], None] | None = configure_session
         self._secret: str | None = secret[0] if secret else None
         if host_route and secret:
             self._route = (pghost.ensure(url, secret[0]) if pghost.mode() == "on" else
@@ -382,7 +194,7 @@ class PostgresStore(SqlStore):
         self._pool = ConnectionPool(
             target, min_size=1, max_size=pool_size, open=False, timeout=5,
             kwargs=conn_kwargs, configure=configure,
-            check=_check_idle, reconnect_timeout=60,
+            check=check_idle, reconnect_timeout=60,
         )
         self._pool.open(wait=False)
         self._closed = False
@@ -414,7 +226,7 @@ class PostgresStore(SqlStore):
                                    "(no connection within 5 s)") from None
         except psycopg.OperationalError as e:
             self._route_failed()
-            raise _explain(e, self.url) from None
+            raise explain(e, self.url) from None
 
     def _route_failed(self) -> None:
         """A connection failed, after the transaction: if it went through this host's daemon

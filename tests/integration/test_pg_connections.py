@@ -335,3 +335,36 @@ def test_hosts_server_restart_the_daemon_listens_and_pools_again(small_server):
         if store is not None:
             store.close()
         host.cleanup()
+
+
+def test_loopback_pgbouncer_killed_under_the_daemon_is_started_again(pg_url):
+    """PgBouncer dies under the host's daemon: the daemon starts it again, with the
+    configuration it had, at the same socket, and the host's workers carry on through it."""
+    if shutil.which("pgbouncer") is None:
+        pytest.skip("needs pgbouncer (apt-get install pgbouncer)")
+    here = Place("k", pg_url)
+    store = open_store(pg_url)
+    try:
+        up(here, 3, "k")
+        (daemon_dir,) = here.daemon_dirs()
+        state = json.loads((daemon_dir / "state.json").read_text())
+        first = _pgbouncer_pid(daemon_dir)
+        ini = (daemon_dir / "pgbouncer.ini").read_text()
+        os.kill(first, 9)
+        wait_for(lambda: (daemon_dir / "pgbouncer.pid").exists()
+                 and _pgbouncer_pid(daemon_dir) != first, 15, 0.1,
+                 what="the daemon to start PgBouncer again")
+        assert pids.exists(state["pid"])  # (the same daemon)
+        assert (daemon_dir / "pgbouncer.ini").read_text() == ini
+        assert oct((daemon_dir / "pgbouncer.ini").stat().st_mode & 0o777) == "0o600"
+        assert "PgBouncer exited" in (daemon_dir / "daemon.log").read_text()
+
+        ids = [t.id for t in store.add_tasks([TaskSpec(prompt="hostname") for _ in range(12)])]
+        wait_for(lambda: all(store.task_state(t).finished for t in ids), 40, 0.1,
+                 what="the tasks added after the restart to finish")
+        assert check_exactly_once(store, ids) == {socket.gethostname(): 12}
+        here.podium("down")
+        wait_for(lambda: not pids.exists(state["pid"]), 15, 0.1, what="the daemon to exit")
+    finally:
+        store.close()
+        here.cleanup()
