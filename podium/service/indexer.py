@@ -23,8 +23,8 @@ transaction; only a machine whose every core is kept busy by other work can make
 long.)
 
 Started by a worker (``WorkerMemory.start_indexer``, when ``PODIUM_MEMORY_INDEX`` is ``on``, the
-default) that finds the lock free as it starts, before it becomes a subreaper, through a shell
-that leaves it to init: it is nobody's child. It exits once this host has had no live agent of
+default) that finds the lock free as it starts, detached (``podium.detach``): it is nobody's
+child. It exits once this host has had no live agent of
 the store (``podium.agents.local``) for ``LINGER_S``, or at once when ``podium down`` stopped the
 host's team (``release``: SIGUSR1); by hand (``podium memory index --follow``) it runs until
 stopped. Whatever it has not got to is remembered by the next read of memory.
@@ -38,13 +38,12 @@ import math
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from podium import pids
+from podium import detach, pids
 from podium.errors import Conflict, PodiumError, StoreError
 from podium.service.memory_index import MemoryIndex
 from podium.store.pgconnect import without_password
@@ -144,9 +143,9 @@ def lowest_priority(own_session: bool) -> None:
 
 
 def spawn(store_url: str, lock_fd: int) -> None:
-    """Start ``podium memory index --follow`` holding ``lock_fd`` (locked), through a shell
-    that puts it in the background and exits: init adopts it, not the caller. The store's URL
-    goes in the environment (a password in an argument would show in ``ps``)."""
+    """Start ``podium memory index --follow`` holding ``lock_fd`` (locked), detached
+    (``podium.detach``: no child of the caller). The store's URL goes in the environment (a
+    password in an argument would show in ``ps``)."""
     log_path = indexer_dir(store_url) / "indexer.log"
     log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     env = {k: v for k, v in os.environ.items() if k not in TASK_MARKERS}
@@ -156,9 +155,7 @@ def spawn(store_url: str, lock_fd: int) -> None:
             "index", "--follow", "--lock-fd", str(lock_fd)]
     try:
         os.set_inheritable(lock_fd, True)
-        subprocess.run(["/bin/sh", "-c", '"$@" </dev/null &', "sh", *argv],
-                       pass_fds=(lock_fd,), env=env, stdin=subprocess.DEVNULL, stdout=log,
-                       stderr=log, start_new_session=True, check=True, timeout=10)
+        detach.start(argv, env=env, log_fd=log, pass_fds=(lock_fd,))
     finally:
         os.close(log)
 

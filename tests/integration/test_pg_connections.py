@@ -368,3 +368,44 @@ def test_loopback_pgbouncer_killed_under_the_daemon_is_started_again(pg_url):
     finally:
         store.close()
         here.cleanup()
+
+
+def test_loopback_a_daemon_a_worker_started_again_outlives_the_workers_programs(pg_url):
+    """The host's daemon killed: the next worker whose connection fails starts a new one
+    (``revive``), as its own child. A worker ends every child that is not a program it runs
+    after each program (``podium.agents.reaper``); the daemon it started must not be one."""
+    if shutil.which("pgbouncer") is None:
+        pytest.skip("needs pgbouncer (apt-get install pgbouncer)")
+    here = Place("v", pg_url)
+    store = open_store(pg_url)
+    try:
+        (agent,) = up(here, 1, "v")
+        (daemon_dir,) = here.daemon_dirs()
+        first = json.loads((daemon_dir / "state.json").read_text())["pid"]
+        os.kill(first, 9)
+        wait_for(lambda: not pids.exists(first), 5, 0.05, what="the daemon to die")
+        revived: list[int] = []
+
+        def new_daemon() -> bool:
+            try:
+                pid = json.loads((daemon_dir / "state.json").read_text())["pid"]
+            except (OSError, ValueError):
+                return False
+            if pid != first and pids.exists(pid):
+                revived.append(pid)
+                return True
+            return False
+        # (the worker finds out at its next transaction: its heartbeat's, within seconds)
+        wait_for(new_daemon, 30, 0.1, what="a worker to start the daemon again")
+        for _ in range(3):
+            tid = store.add_tasks([TaskSpec(prompt="true")])[0].id
+            wait_for(lambda: store.task_state(tid).finished, 30, 0.05, what="a task to finish")
+            assert store.get_task(tid).state is TaskState.COMPLETED
+        time.sleep(0.5)
+        assert pids.exists(revived[0]), "the worker's reaper killed the daemon it started"
+        assert pids.exists(agent["pid"])
+        here.podium("down")
+        wait_for(lambda: not pids.exists(revived[0]), 15, 0.1, what="the daemon to exit")
+    finally:
+        store.close()
+        here.cleanup()

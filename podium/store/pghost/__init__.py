@@ -53,7 +53,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from podium import pids
+from podium import detach, pids
 from podium.errors import InvalidInput, StoreError
 from podium.wake import check_private, private_dir, runtime_dir
 
@@ -257,9 +257,12 @@ def _start(url: str, d: Path) -> dict:
     start = os.fstat(log).st_size
     env = {**os.environ, "PODIUM_STORE": url, MODE_ENV: "off"}  # (not in argv: the password)
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "podium", "pg-host"], env=env, cwd="/",
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                start_new_session=True, close_fds=True)
+        # (detached: the caller may be a worker, whose reaper ends its children after each
+        # program; the daemon serves the whole host beyond it)
+        pid = detach.start([sys.executable, "-m", "podium", "pg-host"], env=env, log_fd=log,
+                           cwd="/")
+    except (OSError, subprocess.SubprocessError, ValueError) as e:
+        raise StoreError(f"the PostgreSQL host daemon did not start: {e}") from None
     finally:
         os.close(log)
     deadline = time.monotonic() + READY_WAIT_S
@@ -267,14 +270,14 @@ def _start(url: str, d: Path) -> dict:
         state = daemon_live(d)
         if state is not None:
             return state
-        code = proc.poll()
-        if code is not None and code != 0:
+        if not pids.exists(pid):
             with open(d / "daemon.log", "rb") as f:
                 f.seek(start)
                 tail = f.read().decode(errors="replace").strip().splitlines()[-1:]
-            why = tail[0] if tail else f"exit code {code}"
-            raise StoreError(f"the PostgreSQL host daemon did not start: {why} "
-                             f"(log: {d}/daemon.log)")
+            if daemon_live(d) is None:  # (not one that lost the race to another starter)
+                why = tail[0] if tail else "it exited"
+                raise StoreError(f"the PostgreSQL host daemon did not start: {why} "
+                                 f"(log: {d}/daemon.log)")
         time.sleep(0.02)
     raise StoreError(f"the PostgreSQL host daemon was not ready within {READY_WAIT_S:g} s "
                      f"(log: {d}/daemon.log)")
