@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -82,8 +83,19 @@ def psycopg_module():
     return psycopg
 
 
+#: SQLSTATE classes and codes of errors that pass (the caller backs off and tries again):
+#: connection exceptions, rollbacks (serialization failure, deadlock), insufficient resources
+#: (too many clients, out of memory, disk full), the server shutting down or not yet up, a lock
+#: not available.
+TRANSIENT_CLASSES = ("08", "40", "53")
+TRANSIENT_CODES = ("57P01", "57P02", "57P03", "55P03")
+
+
 def explain(e: Exception, url: str) -> StoreError:
-    """A clear message for the usual ways of failing to connect."""
+    """One clear line for an error of the server or the connection: StoreUnavailable when it
+    may pass by itself (the server unreachable, the connection lost, a deadlock, too many
+    clients...), StoreError when it needs someone to change something (no such database, bad
+    credentials, a read-only server, a missing right)."""
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     shown = redact(url)
     low = msg.lower()
@@ -92,11 +104,18 @@ def explain(e: Exception, url: str) -> StoreError:
     if "password authentication failed" in low or "no password supplied" in low or \
             "role" in low and "does not exist" in low:
         return StoreError(f"{shown}: the server refused the credentials: {msg}")
-    if "connection refused" in low or "could not connect" in low or "timeout" in low \
-            or "no route" in low or "could not translate host" in low or "closed" in low \
-            or "terminat" in low or "server" in low:
+    sqlstate = getattr(e, "sqlstate", None)
+    if sqlstate is None and _is_operational(e) or sqlstate is not None and \
+            (sqlstate[:2] in TRANSIENT_CLASSES or sqlstate in TRANSIENT_CODES):
+        # (no SQLSTATE: libpq's own failure to connect, to send or to read -- the connection
+        # was lost, TLS ended without a close, a timeout)
         return StoreUnavailable(f"cannot reach PostgreSQL at {shown}: {msg}")
     return StoreError(f"{shown}: {msg}")
+
+
+def _is_operational(e: Exception) -> bool:
+    psycopg = sys.modules.get("psycopg")
+    return psycopg is not None and isinstance(e, psycopg.OperationalError)
 
 
 def configure_session(conn) -> None:

@@ -33,9 +33,9 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from podium.errors import StoreError, StoreUnavailable
+from podium.errors import PodiumError, StoreError, StoreUnavailable
 from podium.store import hostbeats, pghost
 from podium.store.base import HeartbeatReply, Waiter
 from podium.store.migrations import MIGRATIONS
@@ -53,9 +53,6 @@ from podium.store.pgconnect import (
 )
 from podium.store.sql import SqlStore, Tx
 from podium.wake import ALL_AGENTS, WakeChannel
-
-if TYPE_CHECKING:  # psycopg is optional (the postgres extra): imported where used
-    import psycopg
 
 TYPES = {"id": "BIGSERIAL PRIMARY KEY", "blob": "BYTEA", "float": "DOUBLE PRECISION",
          "dialect": "postgresql"}
@@ -224,8 +221,13 @@ class PostgresStore(SqlStore):
             self._route_failed()
             raise StoreUnavailable(f"cannot reach PostgreSQL at {redact(self.url)} "
                                    "(no connection within 5 s)") from None
+        except psycopg.errors.DiskFull:
+            raise StoreUnavailable(f"the PostgreSQL server's disk is full ({redact(self.url)}); "
+                                   "free some space there and retry") from None
         except psycopg.OperationalError as e:
             self._route_failed()
+            raise explain(e, self.url) from None
+        except psycopg.Error as e:  # (a read-only server, a missing right, a dropped schema...)
             raise explain(e, self.url) from None
 
     def _route_failed(self) -> None:
@@ -235,13 +237,8 @@ class PostgresStore(SqlStore):
             return
         try:
             self._route = pghost.revive(self._route, self.url, self._secret)
-        except StoreError as e:
-            _log.warning("podium: %s", e)
-        except psycopg.errors.DiskFull:
-            raise StoreUnavailable(f"the PostgreSQL server's disk is full ({redact(self.url)}); "
-                                   "free some space there and retry") from None
-        except psycopg.Error as e:
-            raise StoreError(f"{redact(self.url)}: {e}".strip()) from None
+        except (PodiumError, OSError) as e:  # (the caller's error says what failed)
+            _log.warning("podium: the PostgreSQL host daemon could not be started again: %s", e)
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[Tx]:

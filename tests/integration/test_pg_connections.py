@@ -399,7 +399,8 @@ def test_loopback_a_daemon_a_worker_started_again_outlives_the_workers_programs(
         wait_for(new_daemon, 30, 0.1, what="a worker to start the daemon again")
         for _ in range(3):
             tid = store.add_tasks([TaskSpec(prompt="true")])[0].id
-            wait_for(lambda: store.task_state(tid).finished, 30, 0.05, what="a task to finish")
+            wait_for(lambda tid=tid: store.task_state(tid).finished, 30, 0.05,
+                     what="a task to finish")
             assert store.get_task(tid).state is TaskState.COMPLETED
         time.sleep(0.5)
         assert pids.exists(revived[0]), "the worker's reaper killed the daemon it started"

@@ -131,3 +131,30 @@ def test_a_transaction_with_no_statement_of_its_own_commits_its_tail(pg_store):
     trips, _ = _round_trips(pg_store, lambda: pg_store.add_event("just.this", data={"x": 1}))
     assert trips == 1
     assert [e.kind for e in pg_store.read_events(0, 100)] == ["just.this"]
+
+
+def test_a_server_that_refuses_writes_gives_one_line_and_changes_nothing(pg_url):
+    """A server in read-only mode (a standby after a failover, or default_transaction_read_only
+    as here) refuses the write: the command says so in one line and exits 1, with no traceback;
+    a read still works."""
+    import subprocess
+    import sys
+
+    from podium.store import open_store
+
+    open_store(pg_url).close()  # (the schema made while writes are allowed)
+    read_only = pg_url + "%20-cdefault_transaction_read_only%3Don"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PODIUM_")}
+    r = subprocess.run([sys.executable, "-m", "podium", "--store", read_only, "task", "add",
+                        "x"], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 1, r
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "read-only" in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, "-m", "podium", "--store", read_only, "task", "list"],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    s = open_store(pg_url)
+    try:
+        assert s.list_tasks() == []
+    finally:
+        s.close()
