@@ -23,7 +23,7 @@ from pathlib import Path
 from podium.agents.backends import Backend, Run
 from podium.agents.heartbeat import Heartbeat
 from podium.agents.workspaces import SharedWorkspace, Workspace
-from podium.errors import StoreUnavailable
+from podium.errors import StoreError, StoreUnavailable
 from podium.models import Outcome, Task, TaskState
 from podium.store import Store
 from podium.store.base import Waiter
@@ -126,15 +126,27 @@ class RunSupervisor:
             # Handed over by the adder: the first heartbeat records the start. Not at once:
             # most short tasks end first and their result records it.
             self.heartbeat.bring_forward(0.05)
+        failure: StoreError | None = None
         while not self._done.is_set():
-            woke = self.waiter.wait(self._wait_s(run, deadline))
+            # (once failed, no more beats: just until the stopped run's backend returns)
+            woke = self.waiter.wait(0.05 if failure else self._wait_s(run, deadline))
             if self._done.is_set():
-                return
+                break
             self._stop_on_worker_stop_or_timeout(run, deadline)
+            if failure is not None:
+                continue
             try:
                 self._check_with_store(run, woke)
             except StoreUnavailable as e:
                 self.log(f"store unavailable while running {run.task.id} ({e}); still running")
+            except StoreError as e:
+                # One that will not pass (a right revoked, a read-only server): the worker
+                # stops, and the run first, so that its program does not outlive the worker.
+                self.log(f"store error while running {run.task.id} ({e}); stopping the run")
+                run.cancel(f"store error: {e}")
+                failure = e
+        if failure is not None:
+            raise failure
 
     def _wait_s(self, run: Run, deadline: float | None) -> float:
         """Until the next heartbeat, or the deadline when sooner (until the run is stopped)."""

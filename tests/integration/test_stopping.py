@@ -333,6 +333,37 @@ def test_postgres_gone_sigterm_is_bounded_down_stops_by_records_and_the_task_rec
         kill_all(started)
 
 
+def test_a_store_error_that_will_not_pass_ends_the_run_before_the_worker(
+        tmp_path, pg_role_url, monkeypatch):
+    """The server starts refusing the worker's writes for good (read-only, as a standby after a
+    failover is) while a program runs: the worker stops, and stops the program first; it does
+    not leave it running on its own while the task goes back to the queue."""
+    url, _ = pg_role_url
+    monkeypatch.setenv("PODIUM_PG_HOST", "off")
+    started = up(url, 1, "--lease", "3")
+    ((name, pid),) = started.items()
+    podium = Podium.open(url)
+    admin = _pg_admin()
+    try:
+        running_task(podium, podium.add_task("sleep 30").id)
+        wait_for(lambda: orphans.find(url, name), 10, what="its program to run")
+        role = urlsplit(url).username
+        admin.execute(f"ALTER ROLE {role} SET default_transaction_read_only = on")
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE usename = %s", (role,))
+        wait_for(lambda: gone(pid), 20, 0.05, what="the worker to stop")
+        assert not orphans.find(url, name), "its program outlived it"
+        log = (tmp_path / ".podium" / "logs" / f"{name}.log").read_text()
+        assert "stopping the run" in log and "read-only" in log, log
+        assert "Traceback" not in log, log
+    finally:
+        admin.close()
+        podium.close()
+        kill_all(started)
+        for group in orphans.find(url, name):
+            os.killpg(group, signal.SIGKILL)
+
+
 def test_a_dead_agent_whose_worker_still_runs_here_keeps_its_name(tmp_path):
     """A worker that cannot beat for a while (here SIGSTOP; a machine too busy, a lease too
     short) is found dead by the others, yet its process runs on: ``up`` must not give its name
