@@ -163,14 +163,19 @@ class PgListener:
     def __init__(self, store: PostgresStore, agent_id: str | None):
         self.store = store
         self.agent_id = agent_id
-        self._r, self._w = os.pipe()
-        os.set_blocking(self._r, False)
-        os.set_blocking(self._w, False)
         self.conn: psycopg.Connection[Any] | None = None
+        self._r = self._w = -1  # (the poke's pipe)
         self._handed = False
         if agent_id is not None:
             self._handoff = HANDED_PREFIX + agent_id
-        self._connect()
+        self._connect()  # (first: a failed one leaves nothing open behind it)
+        try:
+            self._r, self._w = os.pipe()
+            os.set_blocking(self._r, False)
+            os.set_blocking(self._w, False)
+        except OSError:
+            self.close()
+            raise
 
     def _connect(self) -> None:
         self.conn = None
@@ -236,6 +241,8 @@ class PgListener:
             if self.conn is not None:
                 self.conn.close()
         for fd in (self._r, self._w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._r = self._w = -1
 

@@ -410,3 +410,22 @@ def test_loopback_a_daemon_a_worker_started_again_outlives_the_workers_programs(
     finally:
         store.close()
         here.cleanup()
+
+
+def test_loopback_a_listen_connection_that_cannot_be_made_leaves_nothing_open(pg_url):
+    """A process's own LISTEN connection (no host daemon) refused, again and again (the web
+    dashboard's event thread tries once a second while the server is down): each attempt fails
+    with one clear error and leaves no descriptor behind."""
+    from podium.errors import StoreError
+    from podium.store.postgres import PostgresStore
+
+    store = PostgresStore(pg_url, pool_size=1, host_route=False)
+    try:
+        store.url = "postgresql://127.0.0.1:1/nothing"  # (where the listener connects: nobody)
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(20):
+            with pytest.raises(StoreError, match="cannot reach PostgreSQL"):
+                store.event_waiter()
+        assert len(os.listdir("/proc/self/fd")) == before
+    finally:
+        store.close()

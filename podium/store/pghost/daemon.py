@@ -107,8 +107,10 @@ class HostDaemon:
         return 0
 
     def _on_signal(self, signum, frame) -> None:
+        # (a flag only: the main loop, woken by the signal's byte on the wake-up pipe, stops;
+        # setting the Event here could deadlock on its lock if the signal came while the main
+        # thread held it)
         self.stop = True
-        self._stopped.set()
 
     def _on_release(self, signum, frame) -> None:
         self.released = True
