@@ -271,7 +271,15 @@ class Worker:
         if killed:
             self.log(f"killed {killed} process group(s) left running by a previous run of "
                      f"{self.name}")
-        self.waiter = self.store.agent_waiter(self.name)
+        try:
+            self.waiter = self.store.agent_waiter(self.name)
+        except BaseException:
+            # (no wake-ups, no worker: the agent must not stay registered as one, idle and
+            # taking hand-offs, with a process that is gone)
+            local.forget(self.store.url, self.name)
+            with contextlib.suppress(StoreError):
+                self.store.deregister(self.name, holder=registration.this_process())
+            raise
         self.log(f"registered (backend {self.backend.name}, roles {self.roles or 'any'}, "
                  f"store {self.store.url})")
         self.heartbeat = Heartbeat(self.store, self.name, self.lease_s, self.heartbeat_s)

@@ -364,6 +364,35 @@ def test_a_store_error_that_will_not_pass_ends_the_run_before_the_worker(
             os.killpg(group, signal.SIGKILL)
 
 
+def test_a_worker_that_cannot_listen_does_not_stay_registered(tmp_path, pg_role_url):
+    """A worker registers, then cannot open its LISTEN connection (the role's connection limit
+    reached, as a full server's would be): it exits with one clear line and deregisters. Left
+    registered, idle and taking hand-offs, it would be handed tasks by other hosts' adders
+    until its lease ran out."""
+    url, _ = pg_role_url
+    admin = _pg_admin()
+    role = urlsplit(url).username
+    podium = Podium.open(url)
+    podium.close()  # (the schema made)
+    try:
+        admin.execute(f"ALTER ROLE {role} CONNECTION LIMIT 1")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PODIUM_")}
+        p = subprocess.run([sys.executable, "-m", "podium", "--store", url, "agent", "run",
+                            "-n", "deaf", "--backend", "shell"],
+                           capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                           env={**env, "PODIUM_PG_HOST": "off"})
+        assert p.returncode != 0
+        assert "too many connections" in p.stderr and "Traceback" not in p.stderr, p.stderr
+        admin.execute(f"ALTER ROLE {role} CONNECTION LIMIT -1")
+        podium = Podium.open(url)
+        (agent,) = podium.agents()
+        assert (agent.id, agent.state.live) == ("deaf", False), agent
+    finally:
+        admin.execute(f"ALTER ROLE {role} CONNECTION LIMIT -1")
+        admin.close()
+        podium.close()
+
+
 def test_a_dead_agent_whose_worker_still_runs_here_keeps_its_name(tmp_path):
     """A worker that cannot beat for a while (here SIGSTOP; a machine too busy, a lease too
     short) is found dead by the others, yet its process runs on: ``up`` must not give its name
