@@ -123,6 +123,9 @@ class TeamControl:
             if not isinstance(names, list):
                 raise InvalidInput(f"agents must be a list of agent names or null, got "
                                    f"{type(names).__name__}")
+            if not names:  # (an empty list is no way to say "all": that is null)
+                raise InvalidInput("agents is empty: name at least one agent, or send null "
+                                   "to stop every agent of this host")
             names = [limits.name(nm, "agent name") for nm in names]
         drain = boolean(body.get("drain"), "drain")
         timeout = number_or_none(body.get("timeout_s"), "timeout_s")
@@ -132,7 +135,7 @@ class TeamControl:
         def stop() -> list[str]:
             from podium.supervisor import down
 
-            return down(self.podium, timeout_s, drain, names or None)
+            return down(self.podium, timeout_s, drain, names)
         return json_response({"stopped": await self.call(stop)})
 
     async def pane(self, request: Request) -> Response:

@@ -147,7 +147,7 @@ ROUTES: dict[tuple[str, str], tuple[str, dict[str, tuple[Schema, str]], Schema |
                                                      "items": _ref("Agent")}}}),
     ("POST", "/api/team/down"): (
         "Stop this host's agents (all, or those named), as 'podium down'", {},
-        _obj({"agents": P.OPTIONAL_NAMES, "drain": BOOL_OR_NULL,
+        _obj({"agents": P.AGENTS_TO_STOP, "drain": BOOL_OR_NULL,
               "timeout_s": P.WAIT_SECONDS}), 200, _obj({"stopped": IDS})),
     ("GET", "/api/queue"): (
         "Running, queued and blocked tasks, each in the order they run",

@@ -76,6 +76,10 @@ PREFIX: Schema = {"type": ["string", "null"], "maxLength": limits.MAX_PREFIX_BYT
                                  f"{limits.MAX_PREFIX_BYTES} bytes; blank or null: agent)"}
 #: Names, or null for none.
 OPTIONAL_NAMES: Schema = {"type": ["array", "null"], "items": NAME}
+#: Agents to stop: at least one named, or null for all of this host's.
+AGENTS_TO_STOP: Schema = {"type": ["array", "null"], "items": NAME, "minItems": 1,
+                          "description": "The agents to stop (at least one); null or left out: "
+                                         "every agent of this host"}
 #: Seconds: more than 0 (a task's timeout), or from 0 (how long a stop may wait).
 SECONDS: Schema = {"type": ["number", "null"], "exclusiveMinimum": 0,
                    "maximum": limits.MAX_SECONDS,

@@ -436,6 +436,10 @@ def test_team_runs_a_task_added_through_the_api_live(web, api):
             assert series["points"][-1]["tasks"] >= 1
             assert series["by_agent"][name][-1]["tasks"] == 1
             assert series["by_role"]["runner"][-1]["tasks"] == 1
+            # (an empty list names no agent: refused, where it used to stop them all)
+            r = api.post("/api/team/down", json={"agents": []})
+            assert r.status_code == 422 and "agents is empty" in r.json()["error"], r.text
+            assert api.get(f"/api/agents/{name}").json()["agent"]["state"] != "stopped"
         finally:
             r = api.post("/api/team/down", json={"agents": [name]})
         assert r.status_code == 200 and r.json()["stopped"] == [name]
