@@ -190,7 +190,8 @@ class Task:
     def to_dict(self, with_output: bool = True) -> dict[str, Any]:
         d: dict[str, Any] = {
             "id": self.id,
-            "seq": self.seq,
+            # (0: not read from the store -- an add's own answer; the store numbers from 1)
+            "seq": self.seq or None,
             "prompt": self.prompt,
             "context": self.context,
             "priority": self.priority.name.lower(),

@@ -47,8 +47,10 @@ COMPONENTS: dict[str, Schema] = {
               "heartbeat_age_s, current_task, tokens and cost_usd."},
     "Task": {"type": "object", "description": "A task (times in Unix seconds): prompt, "
              "context, priority, target, depends_on, state, attempts, tokens, cost_usd, "
-             "duration_s; a single task also output, stderr (base64 when output_encoding "
-             "says so), result, dependents and the states of its neighbours."},
+             "duration_s; seq, its place in the history (the cursor of 'before'; null in "
+             "the answer of an add, which does not read it back); a single task also output, "
+             "stderr (base64 when output_encoding says so), result, dependents and the "
+             "states of its neighbours."},
     "Message": {"type": "object"},
     "ContextEntry": {"type": "object", "properties": {"key": STR, "value": STR, "version": INT,
                                                       "updated_at": NUM,

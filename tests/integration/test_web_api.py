@@ -402,6 +402,9 @@ def test_team_runs_a_task_added_through_the_api_live(web, api):
             shown = "<script>alert(1)</script> naïve 日本語 🎻"
             t = api.post("/api/tasks", json={"prompt": f"printf '%s' '{shown}'",
                                              "role": "runner"}).json()["task"]
+            # (an add does not read its task back: no seq yet, rather than a wrong one)
+            assert t["seq"] is None
+            assert api.get(f"/api/tasks/{t['id']}").json()["task"]["seq"] >= 1
             events = frames(ws, lambda got: any(e["kind"] == "task.completed" and
                                                 e["task_id"] == t["id"] for e in got))
             strictly_increasing(events)
