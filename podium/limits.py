@@ -165,6 +165,18 @@ def port(value: Any, any_free: bool = False) -> int:
     return integer(value, "port", 0 if any_free else 1, MAX_PORT)
 
 
+#: What a blank name or text is made of: Unicode's white space as Python has it (``isspace``,
+#: which counts U+001C-U+001F and U+0085) and as JSON Schema's ``\s`` has it (ECMA-262,
+#: which counts the zero-width no-break space U+FEFF): the document's patterns name the same
+#: characters (``podium.web.params``).
+BLANK = "".join(c for c in map(chr, range(0x3001)) if c.isspace()) + "\ufeff"
+
+
+def blank(value: str) -> bool:
+    """Whether ``value`` holds nothing but ``BLANK`` characters (or nothing)."""
+    return not value.strip(BLANK)
+
+
 #: Control characters (C0, DEL, C1): no name holds one.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
@@ -175,7 +187,7 @@ def name(value: Any, what: str) -> str:
     line, and a terminal acts on them). Empty is refused, never taken as "the default"."""
     if not isinstance(value, str):
         raise InvalidInput(f"{what} must be text, got {type(value).__name__}")
-    if not value.strip():
+    if blank(value):
         raise InvalidInput(f"{what} is empty")
     try:
         size = len(value.encode("utf-8"))
@@ -234,7 +246,7 @@ def text(value: Any, what: str, allow_empty: bool = False) -> str:
             raise InvalidInput(f"{what} is not valid UTF-8 (byte {e.start})") from None
     if not isinstance(value, str):
         raise InvalidInput(f"{what} must be text, got {type(value).__name__}")
-    if not allow_empty and not value.strip():
+    if not allow_empty and blank(value):
         raise InvalidInput(f"{what} is empty")
     if len(value) > MAX_TEXT_BYTES // 4 and len(value.encode("utf-8")) > MAX_TEXT_BYTES:
         raise InvalidInput(f"{what} is larger than {MAX_TEXT_BYTES // (1024 * 1024)} MiB")

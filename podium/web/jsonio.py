@@ -151,8 +151,9 @@ def number_or_none(value: Any, what: str) -> Any:
 
 
 def priority_of(value: Any) -> Any:
-    """A priority by name, or by its value (0 high, 1 normal, 2 low); empty: normal."""
-    value = blank_none(value)
+    """A priority by name, or by its value (0 high, 1 normal, 2 low; 1.0 is 1, as in JSON);
+    empty: normal."""
+    value = json_int(blank_none(value))
     if isinstance(value, int) and not isinstance(value, bool) and value in (0, 1, 2):
         return Priority(value)
     return value

@@ -49,9 +49,12 @@ STREAM_AFTER = IntParam(0, limits.MAX_EVENT_ID)
 
 # -- body fields ----------------------------------------------------------------------------
 _NO_NUL = "^[^\\u0000]*$"
-_NOT_BLANK = "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$"
+# (not blank: limits.BLANK, the characters that \s is in both ECMA-262 and Python, and those that
+# only one of them counts: U+001C-U+001F, U+0085, U+FEFF)
+_BLANK_CLASS = "\\s\\u001c-\\u001f\\u0085\\ufeff"
+_NOT_BLANK = f"^[^\\u0000]*[^{_BLANK_CLASS}\\u0000][^\\u0000]*$"
 _NAME_CHAR = "[^\\u0000-\\u001f\\u007f-\\u009f]"  # (no control character)
-_NAME = f"^{_NAME_CHAR}*[^\\s\\u0000-\\u001f\\u007f-\\u009f]{_NAME_CHAR}*$"
+_NAME = f"^{_NAME_CHAR}*[^{_BLANK_CLASS}\\u0000-\\u001f\\u007f-\\u009f]{_NAME_CHAR}*$"
 _NAME_HELP = f"at most {limits.MAX_NAME_BYTES} bytes of UTF-8, no control character"
 
 #: A text the service needs (a prompt, a message): not blank, no NUL, at most 64 MiB.

@@ -3,7 +3,10 @@ what a pattern admits, the service takes; what the service refuses, the pattern 
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
+import subprocess
 
 import pytest
 
@@ -100,3 +103,55 @@ def test_the_document_states_each_backends_options():
     assert by_backend["codex"]["extra_args"]["type"] == "array"
     assert by_backend["claude"]["keep_session"]["type"] == "boolean"
     assert set(by_backend["shell"]) == {"shell"}
+
+
+# -- blank: one notion for the service and the document -------------------------------------
+
+#: Every character that either engine's \s counts, and some that neither does.
+_SPACES = sorted(set(limits.BLANK) | {"\u200b", "\u180e", "x", "\u3000", "\u00ad"})
+
+
+def _ecma_matches(pattern: str, values: list[str]) -> list[bool] | None:
+    """Whether ECMA-262's regular expressions (Node's, as JSON Schema specifies) find
+    ``pattern`` in each value; None without Node."""
+    node = shutil.which("node")
+    if node is None:
+        return None
+    script = ("const [p, vs] = JSON.parse(require('fs').readFileSync(0, 'utf8'));"
+              "console.log(JSON.stringify(vs.map(v => new RegExp(p, 'u').test(v))));")
+    out = subprocess.run([node, "-e", script], input=json.dumps([pattern, values]),
+                         capture_output=True, text=True, check=True, timeout=30).stdout
+    return json.loads(out)
+
+
+@pytest.mark.parametrize("schema, check", [
+    (params.TEXT, lambda v: limits.text(v, "text")),
+    (params.NAME, lambda v: limits.name(v, "name")),
+], ids=["text", "name"])
+def test_blank_is_the_same_to_the_service_and_to_the_document(schema, check):
+    """A text or name of one character: the document's pattern admits it (by Python's regular
+    expressions, and by ECMA-262's where Node is installed) exactly when the service does not
+    call it empty."""
+    values = [c * 2 for c in _SPACES]
+    taken = []
+    for v in values:
+        try:
+            check(v)
+            taken.append(True)
+        except InvalidInput as e:
+            assert "empty" in str(e) or "control character" in str(e), e
+            taken.append(False)
+    assert [bool(re.search(schema["pattern"], v)) for v in values] == taken
+    ecma = _ecma_matches(schema["pattern"], values)
+    if ecma is not None:
+        assert ecma == taken, [hex(ord(v[0])) for v, a, b in zip(values, ecma, taken) if a != b]
+    assert not taken[_SPACES.index("\ufeff")] and taken[_SPACES.index("x")]
+
+
+def test_a_priority_by_value_is_a_json_integer():
+    from podium.models import Priority
+    from podium.web.jsonio import priority_of
+
+    assert [priority_of(v) for v in (0, 1.0, 2, "high", None)] == \
+        [Priority.HIGH, Priority.NORMAL, Priority.LOW, "high", None]
+    assert priority_of(1.5) == 1.5 and priority_of(True) is True  # (the service refuses them)
