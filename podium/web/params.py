@@ -108,4 +108,5 @@ SINCE: Schema = {
                "([T ]([01][0-9]|2[0-3])(:[0-5][0-9](:[0-5][0-9](\\.[0-9]{1,6})?)?)?)?"
                "(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?)\\s*$",
     "description": "An age (7d, 12h, 90m) or an ISO date or time (2026-11-30, "
-                   "2026-11-30T12:00Z)"}
+                   "2026-11-30T12:00Z) that is on the calendar (2026-02-31 is refused: a "
+                   "pattern cannot say so)"}
