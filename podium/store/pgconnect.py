@@ -41,7 +41,6 @@ KEEPALIVES = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 5,
               "keepalives_interval": 2, "keepalives_count": 3, "tcp_user_timeout": 15000}
 
 
-
 def redact(url: str) -> str:
     """The URL without its password, for messages and listings."""
     parts = urlsplit(url)
@@ -105,11 +104,13 @@ def explain(e: Exception, url: str) -> StoreError:
             "role" in low and "does not exist" in low:
         return StoreError(f"{shown}: the server refused the credentials: {msg}")
     sqlstate = getattr(e, "sqlstate", None)
-    if sqlstate is None and _is_operational(e) or sqlstate is not None and \
-            (sqlstate[:2] in TRANSIENT_CLASSES or sqlstate in TRANSIENT_CODES):
+    if sqlstate is None and _is_operational(e):
         # (no SQLSTATE: libpq's own failure to connect, to send or to read -- the connection
         # was lost, TLS ended without a close, a timeout)
         return StoreUnavailable(f"cannot reach PostgreSQL at {shown}: {msg}")
+    if sqlstate is not None and (sqlstate[:2] in TRANSIENT_CLASSES or
+                                 sqlstate in TRANSIENT_CODES):
+        return StoreUnavailable(f"{shown}: {msg} (it may pass: try again)")
     return StoreError(f"{shown}: {msg}")
 
 
@@ -245,4 +246,3 @@ class PgListener:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         self._r = self._w = -1
-
