@@ -36,13 +36,12 @@ from pathlib import Path
 from typing import Any
 
 from podium.errors import PodiumError, StoreError, StoreUnavailable
-from podium.store import hostbeats, pghost
+from podium.store import hostbeats, pgconnect, pghost
 from podium.store.base import HeartbeatReply, Waiter
 from podium.store.migrations import MIGRATIONS
 from podium.store.pgconnect import (
     HANDED_PREFIX,
     KEEPALIVES,
-    LOCK_TIMEOUT_S,
     WAKE_ALL,
     PgListener,
     check_idle,
@@ -215,8 +214,8 @@ class PostgresStore(SqlStore):
                 yield conn
         except psycopg.errors.LockNotAvailable:
             raise StoreUnavailable(
-                f"{redact(self.url)}: waited {LOCK_TIMEOUT_S} s for a lock that another session "
-                "holds (pg_locks shows which); try again") from None
+                f"{redact(self.url)}: waited {pgconnect.LOCK_TIMEOUT_S} s for a lock that "
+                "another session holds (pg_locks shows which); try again") from None
         except PoolTimeout:
             self._route_failed()
             raise StoreUnavailable(f"cannot reach PostgreSQL at {redact(self.url)} "
