@@ -9,7 +9,7 @@ through a shell that puts it in the background and exits, while this process is 
 (the few milliseconds the shell takes): the helper goes to init (or to a subreaper above this
 process, such as a service manager), not to this process. A program of this process's that
 leaves an orphan in those milliseconds loses it the same way: the worker's reaper will not see
-that one.
+that one. (The switch itself, ``become_subreaper``, is here too: the reaper turns it on.)
 """
 
 from __future__ import annotations
@@ -23,24 +23,40 @@ _PR_SET_CHILD_SUBREAPER = 36  # (from <linux/prctl.h>)
 _PR_GET_CHILD_SUBREAPER = 37
 
 
+def _prctl(option: int, arg: object) -> bool:
+    """``prctl(option, arg)`` succeeded (False where there is no such call: not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes  # (only here: most processes never need it)
+
+    try:
+        return ctypes.CDLL(None).prctl(option, arg, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def become_subreaper(on: bool = True) -> bool:
+    """Make this process a child subreaper (Linux's ``PR_SET_CHILD_SUBREAPER``: orphaned
+    descendants become its children), or no longer one; whether the system did."""
+    return _prctl(_PR_SET_CHILD_SUBREAPER, int(on))
+
+
+def _is_subreaper() -> bool:
+    import ctypes
+
+    flag = ctypes.c_int(0)
+    return _prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(flag)) and bool(flag.value)
+
+
 @contextlib.contextmanager
 def _not_a_subreaper() -> Iterator[None]:
     """This process is no child subreaper meanwhile (it is again afterwards if it was)."""
-    libc = None
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL(None)
-            flag = ctypes.c_int(0)
-            if libc.prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(flag), 0, 0, 0) != 0 or \
-                    not flag.value or libc.prctl(_PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0) != 0:
-                libc = None  # (it is none, or cannot say: nothing to restore)
+    was = _is_subreaper() and become_subreaper(False)
     try:
         yield
     finally:
-        if libc is not None:
-            libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        if was:
+            become_subreaper(True)
 
 
 def start(argv: list[str], *, env: dict[str, str], log_fd: int, cwd: str | None = None,
@@ -53,4 +69,8 @@ def start(argv: list[str], *, env: dict[str, str], log_fd: int, cwd: str | None 
                                pass_fds=pass_fds, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
                                stdout=subprocess.PIPE, stderr=log_fd, start_new_session=True,
                                check=True, timeout=10)
-    return int(shell.stdout.strip())
+    pid = shell.stdout.strip()
+    if not pid.isdigit():
+        raise subprocess.SubprocessError(f"the shell that started {argv[0]} said {pid!r}, "
+                                         "not its pid")
+    return int(pid)

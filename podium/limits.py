@@ -169,7 +169,9 @@ def port(value: Any, any_free: bool = False) -> int:
 #: which counts U+001C-U+001F and U+0085) and as JSON Schema's ``\s`` has it (ECMA-262,
 #: which counts the zero-width no-break space U+FEFF): the document's patterns name the same
 #: characters (``podium.web.params``).
-BLANK = "".join(c for c in map(chr, range(0x3001)) if c.isspace()) + "\ufeff"
+#: (Written out: finding them takes 0.5 ms, at every start; a test checks the list.)
+BLANK = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004"
+         "\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff")
 
 
 def blank(value: str) -> bool:

@@ -18,15 +18,12 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
-from podium import orphans
-
-_PR_SET_CHILD_SUBREAPER = 36  # (from <linux/prctl.h>)
+from podium import detach, orphans
 
 #: How long ``end`` waits for killed children to die: one stuck in the kernel may never; it is
 #: reaped, without waiting again, when a later program ends after it died.
@@ -47,25 +44,13 @@ _adopting: bool | None = None  # whether this process is a subreaper (None: not 
 _stuck: set[int] = set()  # children that outlived a SIGKILL for _END_WITHIN_S
 
 
-def _become_subreaper() -> bool:
-    if not sys.platform.startswith("linux"):
-        return False
-    import ctypes  # (only here: most processes never start a program)
-
-    try:
-        libc = ctypes.CDLL(None)
-        return libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
-
-
 def adopt_orphans() -> bool:
     """Make this process the one that orphaned descendants go to (see the module's docstring);
     False where the system cannot."""
     global _adopting
     with _lock:
         if _adopting is None:
-            _adopting = _become_subreaper()
+            _adopting = detach.become_subreaper()
         return _adopting
 
 

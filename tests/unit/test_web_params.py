@@ -107,6 +107,11 @@ def test_the_document_states_each_backends_options():
 
 # -- blank: one notion for the service and the document -------------------------------------
 
+def test_blank_is_unicode_white_space_and_the_zero_width_no_break_space():
+    assert limits.BLANK == "".join(c for c in map(chr, range(0x110000)) if c.isspace()) + \
+        "\ufeff"
+
+
 #: Every character that either engine's \s counts, and some that neither does.
 _SPACES = sorted(set(limits.BLANK) | {"\u200b", "\u180e", "x", "\u3000", "\u00ad"})
 

@@ -261,7 +261,7 @@ def _start(url: str, d: Path) -> dict:
         # program; the daemon serves the whole host beyond it)
         pid = detach.start([sys.executable, "-m", "podium", "pg-host"], env=env, log_fd=log,
                            cwd="/")
-    except (OSError, subprocess.SubprocessError, ValueError) as e:
+    except (OSError, subprocess.SubprocessError) as e:
         raise StoreError(f"the PostgreSQL host daemon did not start: {e}") from None
     finally:
         os.close(log)
@@ -270,14 +270,14 @@ def _start(url: str, d: Path) -> dict:
         state = daemon_live(d)
         if state is not None:
             return state
-        if not pids.exists(pid):
+        # (gone, and no other starter's daemon serves instead: the log says why)
+        if not pids.exists(pid) and daemon_live(d) is None:
             with open(d / "daemon.log", "rb") as f:
                 f.seek(start)
                 tail = f.read().decode(errors="replace").strip().splitlines()[-1:]
-            if daemon_live(d) is None:  # (not one that lost the race to another starter)
-                why = tail[0] if tail else "it exited"
-                raise StoreError(f"the PostgreSQL host daemon did not start: {why} "
-                                 f"(log: {d}/daemon.log)")
+            why = tail[0] if tail else "it exited"
+            raise StoreError(f"the PostgreSQL host daemon did not start: {why} "
+                             f"(log: {d}/daemon.log)")
         time.sleep(0.02)
     raise StoreError(f"the PostgreSQL host daemon was not ready within {READY_WAIT_S:g} s "
                      f"(log: {d}/daemon.log)")

@@ -130,27 +130,28 @@ class Bouncer:
         self.log = log
         self.conninfo: str | None = None
         self._proc: subprocess.Popen | None = None
+        self._exe: str | None = None
         self._ini: str | None = None
         self._restarts = 0
 
     def start(self, conn: Any, pool: int) -> None:
         """Start PgBouncer for a pool like ``conn`` (see ``configuration``); without it (not
         installed, or it does not start) ``conninfo`` stays None and the log says why."""
-        exe = shutil.which("pgbouncer")
-        if exe is None:
+        self._exe = shutil.which("pgbouncer")
+        if self._exe is None:
             self.log("pgbouncer is not installed: relaying wake-ups only")
             return
         self._ini = configuration(conn, self.dir, pool)
-        self._run(exe)
+        self._run()
 
-    def _run(self, exe: str) -> None:
-        assert self._ini is not None
+    def _run(self) -> None:
+        assert self._exe is not None and self._ini is not None
         self._kill_stale()
         ini = self.dir / "pgbouncer.ini"
         fd = os.open(ini, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         with open(fd, "w") as f:
             f.write(self._ini)
-        argv = [exe, str(ini)]
+        argv = [self._exe, str(ini)]
         if os.geteuid() == 0:
             # PgBouncer refuses root. In a user namespace it is uid 1 there and still root
             # outside, so it can use root's private directory; nothing else changes for it.
@@ -160,8 +161,12 @@ class Bouncer:
                          "relaying wake-ups only")
                 return
             argv = [unshare, "--user", "--map-user=1", "--map-group=1", *argv]
-        self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, close_fds=True,
-                                      preexec_fn=_die_with_parent)
+        try:
+            self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, close_fds=True,
+                                          preexec_fn=_die_with_parent)
+        except OSError as e:  # (gone from disk since the daemon started, say)
+            self.log(f"PgBouncer cannot be started ({e}); relaying wake-ups only")
+            return
         conninfo = (f"host={self.dir} port={BOUNCER_PORT} dbname={BOUNCER_DB} "
                     f"user=podium connect_timeout=5")
         import psycopg
@@ -201,10 +206,9 @@ class Bouncer:
             return True
         self.log(f"PgBouncer exited with code {self._proc.returncode}")
         self._proc, self.conninfo = None, None
-        exe = shutil.which("pgbouncer")
-        if self._restarts < MAX_RESTARTS and exe is not None:
+        if self._restarts < MAX_RESTARTS:
             self._restarts += 1
-            self._run(exe)
+            self._run()
         return self.conninfo is not None
 
     def stop(self) -> None:
