@@ -31,7 +31,8 @@ import functools
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -128,9 +129,6 @@ class PostgresStore(SqlStore):
         """``host_route``: go through this host's daemon when it is live (``pghost``; the
         daemon itself does not)."""
         psycopg = psycopg_module()
-        from psycopg.rows import dict_row
-        from psycopg_pool import ConnectionPool
-
         self.url = url
         self.home = Path(os.environ.get("PODIUM_HOME", ".podium")).resolve()
         self._route: pghost.Route | None = None
@@ -159,15 +157,6 @@ class PostgresStore(SqlStore):
             raise StoreError(f"{redact(url)}: the schema in search_path does not exist")
         # One migrator at a time across every host (the store's own lock table may not exist yet).
         self._migration_lock = int(hashlib.sha1(f"{row[0]}/{row[1]}".encode()).hexdigest()[:15], 16)
-        # Keepalives and a TCP user timeout (KEEPALIVES), and the server ends transactions left
-        # idle (session_settings).
-        conn_kwargs: dict[str, Any] = {"row_factory": dict_row, **KEEPALIVES}
-        # Autocommit: readers run bare statements (READ COMMITTED gives each statement its own
-        # snapshot anyway, so BEGIN/COMMIT around a read only cost two round trips); writers
-        # open their transactions explicitly.
-        conn_kwargs["autocommit"] = True
-        target: str = url
-        configure: Callable[[Any], None] | None = configure_session
         self._secret: str | None = secret[0] if secret else None
         if host_route and secret:
             self._route = (pghost.ensure(url, secret[0]) if pghost.mode() == "on" else
@@ -178,20 +167,9 @@ class PostgresStore(SqlStore):
             self._relay = WakeChannel(self._route.wake_key)
             assert self._secret is not None  # (a route is found by the secret)
             self._idle_beats = hostbeats.IdleBeats(pghost.host_dir(self._secret))
-            if self._route.bouncer is not None:
-                # PgBouncer in transaction mode: a statement prepared on one server connection
-                # would be missing on the next, so none is; the session settings come from its
-                # connect_query (see pghost). Its keepalives are its own.
-                target, configure, pool_size = self._route.bouncer, None, pghost.CLIENT_POOL
-                conn_kwargs = {"row_factory": dict_row, "autocommit": True,
-                               "connect_timeout": 5, "prepare_threshold": None}
-            else:
-                pool_size = 1  # (no PgBouncer on this host: each process one connection)
-        self._pool = ConnectionPool(
-            target, min_size=1, max_size=pool_size, open=False, timeout=5,
-            kwargs=conn_kwargs, configure=configure,
-            check=check_idle, reconnect_timeout=60,
-        )
+        self._direct_pool_size = pool_size
+        self._route_lock = threading.Lock()
+        self._pool = self._new_pool(self._route)
         self._pool.open(wait=False)
         self._closed = False
         self._psycopg = psycopg
@@ -202,6 +180,32 @@ class PostgresStore(SqlStore):
         key = hashlib.sha256(f"podium channels {self.store_secret()}".encode()).hexdigest()
         self.channel_wake = f"podium_wake_{key[:24]}"
         self.channel_events = f"podium_events_{key[24:48]}"
+
+    def _new_pool(self, route: pghost.Route | None) -> Any:
+        """A pool (not yet open) of connections to the server: through ``route``'s PgBouncer
+        when it has one, else directly."""
+        from psycopg.rows import dict_row
+        from psycopg_pool import ConnectionPool
+
+        # Autocommit: readers run bare statements (READ COMMITTED gives each statement its own
+        # snapshot anyway, so BEGIN/COMMIT around a read only cost two round trips); writers
+        # open their transactions explicitly.
+        if route is not None and route.bouncer is not None:
+            # PgBouncer in transaction mode: a statement prepared on one server connection
+            # would be missing on the next, so none is; the session settings come from its
+            # connect_query (see pghost). Its keepalives are its own.
+            return ConnectionPool(
+                route.bouncer, min_size=1, max_size=pghost.CLIENT_POOL, open=False, timeout=5,
+                kwargs={"row_factory": dict_row, "autocommit": True, "connect_timeout": 5,
+                        "prepare_threshold": None},
+                check=check_idle, reconnect_timeout=60)
+        # Keepalives and a TCP user timeout (KEEPALIVES), and the server ends transactions left
+        # idle (configure_session). Through a daemon without PgBouncer, each process keeps one.
+        return ConnectionPool(
+            self.url, min_size=1, max_size=self._direct_pool_size if route is None else 1,
+            open=False, timeout=5,
+            kwargs={"row_factory": dict_row, "autocommit": True, **KEEPALIVES},
+            configure=configure_session, check=check_idle, reconnect_timeout=60)
 
     # -- dialect hooks --------------------------------------------------------------
     @contextlib.contextmanager
@@ -231,13 +235,23 @@ class PostgresStore(SqlStore):
 
     def _route_failed(self) -> None:
         """A connection failed, after the transaction: if it went through this host's daemon
-        and the daemon is gone, start it again for the caller's next try."""
-        if self._route is None or self._route.bouncer is None or self._secret is None:
-            return
-        try:
-            self._route = pghost.revive(self._route, self.url, self._secret)
-        except (PodiumError, OSError) as e:  # (the caller's error says what failed)
-            _log.warning("podium: the PostgreSQL host daemon could not be started again: %s", e)
+        and the daemon is gone, start it again for the caller's next try. A new daemon's
+        PgBouncer has the old one's socket, so the pool carries on; when the new daemon has
+        none (PgBouncer could not be started this time), the pool is made afresh, direct."""
+        with self._route_lock:  # (the heartbeat's thread and the worker's may both fail)
+            old = self._route
+            if old is None or old.bouncer is None or self._secret is None:
+                return
+            try:
+                self._route = new = pghost.revive(old, self.url, self._secret)
+            except (PodiumError, OSError) as e:  # (the caller's error says what failed)
+                _log.warning("podium: the PostgreSQL host daemon could not be started again: "
+                             "%s", e)
+                return
+            if new.bouncer != old.bouncer:
+                pool, self._pool = self._pool, self._new_pool(new)
+                self._pool.open(wait=False)
+                pool.close(timeout=0)  # (connections in use are closed as they come back)
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[Tx]:

@@ -19,6 +19,7 @@ Loopback (``test_loopback_*``, always runs when PostgreSQL does)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -61,9 +62,12 @@ class Place:
         self.hostname = f"podium-conn-{label}" if netns else socket.gethostname()
         self.runtime = _private_tmp(f"pdx{label}")  # (XDG_RUNTIME_DIR: the daemon's files)
         self.cwd = _private_tmp(f"pdw{label}")  # (logs/ of podium up)
+        self.path: str | None = None  # (PATH, when not this process's)
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PODIUM_")}
+        if self.path is not None:
+            env["PATH"] = self.path
         return {**env, "XDG_RUNTIME_DIR": str(self.runtime)}
 
     def wrap(self, argv: list[str]) -> list[str]:
@@ -410,6 +414,56 @@ def test_loopback_a_daemon_a_worker_started_again_outlives_the_workers_programs(
     finally:
         store.close()
         here.cleanup()
+
+
+def test_loopback_a_daemon_started_again_without_pgbouncer_serves_the_workers_directly(pg_url):
+    """The host's daemon and its PgBouncer killed, and PgBouncer no longer to be found when a
+    worker starts the daemon again: the new daemon relays wake-ups without it, and the workers,
+    whose pools went to the old PgBouncer's socket, connect directly instead of retrying a
+    socket that nothing serves."""
+    real = shutil.which("pgbouncer")
+    if real is None:
+        pytest.skip("needs pgbouncer (apt-get install pgbouncer)")
+    here = Place("b", pg_url)
+    bin_dir = _private_tmp("pdbin")
+    (bin_dir / "pgbouncer").symlink_to(real)
+    here.path = os.pathsep.join([str(bin_dir)] + [
+        d for d in os.environ.get("PATH", "").split(os.pathsep)
+        if d and not os.path.exists(os.path.join(d, "pgbouncer"))])
+    store = open_store(pg_url)
+    try:
+        agents = up(here, 2, "b")
+        (daemon_dir,) = here.daemon_dirs()
+        first = json.loads((daemon_dir / "state.json").read_text())
+        assert first["bouncer"], first
+        (bin_dir / "pgbouncer").unlink()  # (the next daemon finds none)
+        bouncer = _pgbouncer_pid(daemon_dir)
+        os.kill(first["pid"], 9)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(bouncer, 9)
+        wait_for(lambda: not pids.exists(first["pid"]) and not pids.exists(bouncer), 5, 0.05,
+                 what="the daemon and its PgBouncer to die")
+
+        def new_state() -> dict | None:
+            try:
+                state = json.loads((daemon_dir / "state.json").read_text())
+            except (OSError, ValueError):
+                return None
+            return state if state["pid"] != first["pid"] and pids.exists(state["pid"]) else None
+        # (the workers find out at their next transaction: a heartbeat's, within seconds)
+        state = wait_for(new_state, 30, 0.1, what="a worker to start the daemon again")
+        assert not state["bouncer"], state
+        ids = [t.id for t in store.add_tasks([TaskSpec(prompt="hostname") for _ in range(6)])]
+        wait_for(lambda: all(store.task_state(t).finished for t in ids), 30, 0.1,
+                 what="the tasks added after the new daemon started to finish")
+        assert check_exactly_once(store, ids) == {socket.gethostname(): 6}
+        assert {a.pid for a in store.list_agents() if a.state.live} == {a["pid"] for a in agents}
+        here.podium("down")
+        wait_for(lambda: not pids.exists(state["pid"]), 15, 0.1, what="the daemon to exit")
+    finally:
+        store.close()
+        here.cleanup()
+        shutil.rmtree(bin_dir, ignore_errors=True)
 
 
 def test_loopback_a_listen_connection_that_cannot_be_made_leaves_nothing_open(pg_url):

@@ -33,7 +33,8 @@ get their own. A pointer named after the daemon's URL (``bouncer_for``) lets a p
 the store with that URL make even its first connection through PgBouncer: two hundred workers
 starting at once need no server connection each. A process whose connection through a killed
 daemon failed starts a new one (``revive``): same directory, same socket paths, so its pool and
-wake-up sockets carry on. (PgBouncer is told to die with the daemon; as root, the user namespace
+wake-up sockets carry on (a new daemon that could not start PgBouncer: its pool connects
+directly instead, ``PostgresStore._route_failed``). (PgBouncer is told to die with the daemon; as root, the user namespace
 clears that, and a new daemon stops a PgBouncer left behind; left alone, it closes its idle
 server connections after ``server_idle_timeout``.)
 """
