@@ -17,6 +17,10 @@ through a generation counter beside Chroma's files (``podium-generation``): each
 (~40 ms at 10,000 vectors) and so sees the other's writes. (Chroma shares one client among the
 instances of a process that open the same directory: open one per directory per process.) A
 Chroma server needs none of this.
+
+What an embedded ChromaDB writes is private whatever the umask (Chroma makes its files with the
+umask's mode): its directory and the index directories in it are 0700, its files 0600, set
+after opening and after each write (``_tighten``; what else the directory holds is left alone).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import fcntl
 import hashlib
 import os
 import re
+import stat
 import struct
 import threading
 from collections.abc import Collection, Iterator, Sequence
@@ -43,6 +48,36 @@ INSTALL = "pip install 'podium[chroma]'"
 MODEL_KEY = "podium_model_id"
 DIM_KEY = "podium_dim"
 GENERATION_FILE = "podium-generation"
+#: What of an embedded ChromaDB's directory is Chroma's (or Podium's), to keep private: its
+#: database (with SQLite's side files), the generation counter, and the index directories (named
+#: by UUIDs).
+_CHROMA_OWN = re.compile(r"chroma\.sqlite3(-wal|-shm|-journal)?|podium-generation|"
+                         r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _tighten(path: Path) -> None:
+    """Chroma's files in the directory ``path`` 0600, its directories 0700."""
+    def fix(p: Path, is_dir: bool) -> None:
+        try:
+            want = 0o700 if is_dir else 0o600
+            if not p.is_symlink() and stat.S_IMODE(p.lstat().st_mode) != want:
+                os.chmod(p, want)
+        except OSError:
+            pass  # (gone meanwhile, or not ours to change: Chroma's own calls say so)
+
+    try:
+        entries = [e for e in os.scandir(path) if _CHROMA_OWN.fullmatch(e.name)]
+    except OSError:
+        return
+    for entry in entries:
+        is_dir = entry.is_dir(follow_symlinks=False)
+        fix(Path(entry.path), is_dir)
+        if is_dir:
+            for root, dirs, files in os.walk(entry.path):
+                for name in dirs:
+                    fix(Path(root, name), True)
+                for name in files:
+                    fix(Path(root, name), False)
 
 
 def _chromadb() -> Any:
@@ -87,6 +122,8 @@ class ChromaVectors(VectorStore):
                                  f"{e.strerror}") from None
             self._generation = self._read_generation()
         self._client = self._connect()
+        if self.path is not None:
+            _tighten(self.path)
 
     # -- the client ----------------------------------------------------------------------
     def _where(self) -> str:
@@ -156,6 +193,7 @@ class ChromaVectors(VectorStore):
             finally:
                 self._generation = self._read_generation() + 1
                 os.pwrite(self._genfile, struct.pack("<q", self._generation), 0)
+                _tighten(self.path)
         finally:
             fcntl.flock(self._genfile, fcntl.LOCK_UN)
 

@@ -12,6 +12,11 @@ Without a URL the vectors follow the task store: a SQLite store keeps them in it
 Any other scheme names a vector store plugin (entry point group ``podium.vector_stores``;
 ``NAME://...`` or ``NAME+...://...``), whose class is called with the whole URL. A URL that
 cannot be right is one ``InvalidInput`` line, before anything is opened or created.
+
+A read (``create=False``: a search, a count) of an embedded store that does not exist (a
+SQLite file, a ChromaDB directory holding no ChromaDB) is ``StoreNotFound``, and creates
+nothing. The directories Podium makes for an embedded ChromaDB are 0700 whatever the umask
+(and ``ChromaVectors`` keeps Chroma's files in them private).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from podium import plugins
-from podium.errors import InvalidInput
+from podium.errors import InvalidInput, StoreError, StoreNotFound
 from podium.memory.base import VectorStore
 from podium.store import resolve_url, sqlite_path
 from podium.store.pgconnect import redact
@@ -38,8 +43,32 @@ def _bad(url: str, why: str) -> InvalidInput:
     return InvalidInput(f"bad memory URL {redact(url)!r}: {why}")
 
 
-def _chroma(url: str) -> VectorStore:
-    from podium.memory.chroma import ChromaVectors
+#: The file an embedded ChromaDB keeps its tables in: a directory without it holds none.
+CHROMA_FILE = "chroma.sqlite3"
+
+
+def _no_store(url: str, why: str) -> StoreNotFound:
+    return StoreNotFound(f"no such memory store: {redact(url)} ({why}; it is made when a memory "
+                         "is first stored with this --memory)")
+
+
+def _private_dirs(path: Path) -> None:
+    """Make ``path`` and its missing parents, each 0700 whatever the umask."""
+    missing = []
+    for d in (path, *path.parents):
+        if d.exists():
+            break
+        missing.append(d)
+    try:
+        for d in reversed(missing):
+            d.mkdir(mode=0o700)
+            os.chmod(d, 0o700)
+    except OSError as e:
+        raise StoreError(f"cannot make the ChromaDB directory {path}: {e.strerror}") from None
+
+
+def _chroma(url: str, create: bool = True) -> VectorStore:
+    from podium.memory.chroma import ChromaVectors, _chromadb
 
     try:
         parts = urlsplit(url)
@@ -53,7 +82,15 @@ def _chroma(url: str) -> VectorStore:
         if not path.startswith("/") or path.strip("/") == "":
             raise _bad(url, "an embedded ChromaDB needs an absolute directory, as in "
                             "chroma:///home/me/team/chroma")
-        return ChromaVectors(path=Path(path))
+        where = Path(path).expanduser().resolve()
+        if not create and not (where / CHROMA_FILE).is_file():
+            raise _no_store(url, f"{where} does not exist" if not where.exists()
+                            else f"{where} holds no ChromaDB")
+        if where.exists() and not where.is_dir():
+            raise _bad(url, f"{where} is not a directory")
+        _chromadb()  # (installed, before any directory is made for it)
+        _private_dirs(where)
+        return ChromaVectors(path=where)
     if not parts.hostname:
         raise _bad(url, "name the ChromaDB server, as in chroma://127.0.0.1:8000")
     if parts.path.strip("/"):
@@ -72,9 +109,11 @@ def _plugin(url: str, scheme: str) -> VectorStore:
     return store
 
 
-def open_vectors(memory_url: str | None, store_url: str | None) -> VectorStore:
+def open_vectors(memory_url: str | None, store_url: str | None,
+                 create: bool = True) -> VectorStore:
     """The vector store ``memory_url`` names (default: ``PODIUM_MEMORY``, else the one that
-    follows the task store at ``store_url``); see the module's docstring."""
+    follows the task store at ``store_url``); see the module's docstring. ``create``: an
+    embedded store that does not exist yet is made (else ``StoreNotFound``, nothing made)."""
     if memory_url is None:
         memory_url = os.environ.get("PODIUM_MEMORY") or None
     if memory_url is None:
@@ -96,7 +135,7 @@ def open_vectors(memory_url: str | None, store_url: str | None) -> VectorStore:
     if scheme.startswith("chroma"):
         if scheme not in BUILTIN_SCHEMES:
             raise _bad(url, EXPECTED)
-        return _chroma(url)
+        return _chroma(url, create)
     if scheme and scheme not in BUILTIN_SCHEMES:
         return _plugin(url, scheme)
     try:
@@ -109,4 +148,6 @@ def open_vectors(memory_url: str | None, store_url: str | None) -> VectorStore:
         return PostgresVectors(url)
     from podium.memory.sqlite_vectors import SQLiteVectors
 
+    if not create and not found[0].exists():
+        raise _no_store(url, f"{found[0]} does not exist")
     return SQLiteVectors(found[0])

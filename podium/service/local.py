@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from podium.agents import local
 from podium.agents.local import LocalAgent, running_here
+from podium.service.team import name_key
 from podium.store import resolve_url, sqlite_path
 
 __all__ = ["LocalAgent", "local_agents", "running_here", "store_url_of"]
@@ -24,5 +25,5 @@ def store_url_of(url: str | None) -> str:
 
 def local_agents(url: str | None) -> list[LocalAgent]:
     """The agents of the store at ``url`` that run on this host, by their own records (those
-    whose process is gone are dropped)."""
-    return local.live(store_url_of(url))
+    whose process is gone are dropped), by name as every listing gives them."""
+    return sorted(local.live(store_url_of(url)), key=lambda a: name_key(a.name))

@@ -13,7 +13,9 @@ reads memory: a search, ``similar_tasks`` and
 recall remember and embed what is new first (embedding for at most ``CATCH_UP_S``: what is
 left is still found by its keywords, and ``memory_stats`` says how much), ``memory_stats``
 remembers without embedding. ``PODIUM_MEMORY_INDEX`` (``on``, ``lazy``, ``off``) sets this;
-``PODIUM_MEMORY`` / ``use_memory`` the vector store, ``PODIUM_EMBEDDER`` the embedder.
+``PODIUM_MEMORY`` / ``use_memory`` the vector store, ``PODIUM_EMBEDDER`` the embedder. The reads
+(searches, ``similar_tasks``, ``memory_stats``) make no vector store: one that does not exist is
+``StoreNotFound``.
 """
 
 from __future__ import annotations
@@ -200,6 +202,7 @@ class MemoryCalls(ServiceBase):
             raise InvalidInput(f"bad search mode {mode!r}: expected one of {', '.join(MODES)}")
         where = MemoryFilter(kind=kind, role=limits.optional_name(role, "role"),
                              since=_since(since))
+        self.memory.open_vectors(create=False)  # (a read makes no vector store)
         self._catch_up(embed=mode != "keyword")
         return self.memory.search(text, k, where, mode)
 
@@ -213,6 +216,7 @@ class MemoryCalls(ServiceBase):
         if _TASK_ID.fullmatch(text.strip()):
             task = self.store.get_task(task_id_of(self.store, text.strip()))
             text, where.not_task = task.prompt, task.id
+        self.memory.open_vectors(create=False)  # (a read makes no vector store)
         self._catch_up(embed=True)
         return self.memory.search(text, k, where, "hybrid")
 
@@ -259,6 +263,7 @@ class MemoryCalls(ServiceBase):
         """How much is remembered, by kind; how much is embedded by the current model; the
         embedder, the vector store and their sizes. Remembers new work first (no embedding)."""
         setting = index_setting()
+        self.memory.open_vectors(create=False)  # (a count makes no vector store)
         if setting != "off":
             self.memory.remember_work()
         counts = self.store.memory_counts()

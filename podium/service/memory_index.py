@@ -156,12 +156,18 @@ class MemoryIndex:
 
     @property
     def vectors(self) -> VectorStore:
+        """The vector store, made if it does not exist yet (for a write)."""
+        return self.open_vectors(create=True)
+
+    def open_vectors(self, create: bool) -> VectorStore:
+        """The vector store, opened on first need; without ``create``, one that does not exist
+        is ``StoreNotFound`` and nothing is made (a read: a search, a count)."""
         if self._vectors is None:
             from podium.memory import open_vectors
 
             with self._open_lock:
                 if self._vectors is None:
-                    self._vectors = open_vectors(self.memory_url, self.store.url)
+                    self._vectors = open_vectors(self.memory_url, self.store.url, create)
         return self._vectors
 
     def embed(self, texts: Sequence[str]) -> Matrix:

@@ -4,14 +4,27 @@ A task is accepted whatever the team looks like (agents come and go), but a task
 agent can take waits forever without a word unless someone says so. ``Readiness`` reads the
 team once and answers for any number of tasks: a task for an agent that is stopped, dead or
 interactive (its pane takes what a person types, not tasks), for a role no live agent has, or
-for anyone when no worker is live.
+for anyone when no worker is live. ``cancelled_at_add`` says why a task was cancelled as it was
+added (a dependency had failed or been cancelled already): ``ReportCalls.add_warning`` gives a
+face the one warning to show for a task just added.
 """
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 
 from podium.models import Agent, Task, TaskState
+
+
+def restart_command(agent: Agent) -> str:
+    """The command that starts ``agent`` again as it ran: its name, its backend (the default,
+    ``shell``, would run another backend's prompts as shell commands) and its roles, quoted for
+    a POSIX shell so that it can be pasted as it is."""
+    words = ["podium", "agent", "run", "--name", agent.id, "--backend", agent.backend]
+    for role in agent.roles:
+        words += ["--role", role]
+    return shlex.join(words)
 
 
 @dataclass(frozen=True)
@@ -40,7 +53,7 @@ class Readiness:
                         "types, not tasks")
             if not a.state.live:
                 return (f"agent {target_agent} is {a.state.value}; start it again with "
-                        f"'podium agent run --name {target_agent}'")
+                        f"'{restart_command(a)}'")
             if target_role is not None and target_role not in a.roles:
                 return f"agent {target_agent} does not have role {target_role!r}"
             return None
@@ -58,3 +71,19 @@ class Readiness:
         if task.state not in (TaskState.QUEUED, TaskState.BLOCKED):
             return None
         return self.reason(task.target_agent, task.target_role)
+
+
+def cancelled_at_add(task: Task) -> str | None:
+    """Why ``task``, just added, was cancelled at once, and what to do about it: one of its
+    dependencies had failed or been cancelled before it was added (the documented rule:
+    dependents of a failed task are cancelled); None for any other task."""
+    if task.state is not TaskState.CANCELLED or not task.depends_on or not task.error:
+        return None
+    words = task.error.split()  # ("dependency", its id, its state), as the store gives it
+    if len(words) != 3 or words[0] != "dependency" or words[1] not in task.depends_on:
+        return None
+    dep, state = words[1], words[2]
+    ended = "failed" if state == "failed" else f"been {state}"
+    return (f"{task.id} was cancelled at once: its dependency {dep} had already {ended}, so it "
+            f"will never run; 'podium task retry {dep}' queues {dep} again, and {task.id} "
+            "after it")

@@ -1,5 +1,5 @@
-"""Reports: the team at a glance (status), what it cost (in all, and over time), and whether
-waiting tasks can run."""
+"""Reports: the team at a glance (status), what it cost (in all, and over time), whether
+waiting tasks can run, and what to warn of about a task just added."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 from podium import limits
 from podium.clock import now
 from podium.models import CostReport, Task, TeamStatus, Unrunnable
-from podium.service.readiness import Readiness
-from podium.service.team import TeamCalls
+from podium.service.readiness import Readiness, cancelled_at_add
+from podium.service.team import TeamCalls, by_name
 
 #: The most buckets one cost series has.
 MAX_BUCKETS = 1000
@@ -74,9 +74,20 @@ class ReportCalls(TeamCalls):
         when one can take it (or it is not waiting)."""
         return Readiness.of(self.agents()).task_reason(task)
 
+    def add_warning(self, task: Task) -> str | None:
+        """The one warning to show for a task just added (``add_task``), naming it; None when
+        there is nothing to say: it was cancelled at once, a dependency having failed or been
+        cancelled already (``cancelled_at_add``), or it will wait, with why (``why_waiting``).
+        The task is accepted either way."""
+        cancelled = cancelled_at_add(task)
+        if cancelled is not None:
+            return cancelled
+        why = self.why_waiting(task)
+        return None if why is None else f"{task.id} will wait: {why}"
+
     def costs(self) -> CostReport:
         """Tokens and cost per agent, per role, per backend and overall (see ``CostReport``)."""
-        return CostReport.of(self.store.list_agents())
+        return CostReport.of(by_name(self.store.list_agents()))
 
     def cost_series(self, bucket_s: int = 3600, buckets: int = 48) -> CostSeries:
         """What finished tasks cost per ``bucket_s`` seconds over the last ``buckets`` buckets

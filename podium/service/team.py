@@ -1,9 +1,10 @@
-"""The team: agents (listing, deregistering, waiting for them to register, removing those
-gone) and their mailboxes (messages typed into panes, reports, hooks, their latest response);
-logs (an agent's log file, a task's output: ``podium.service.logs``)."""
+"""The team: agents (listing them by name, deregistering, waiting for them to register,
+removing those gone) and their mailboxes (messages typed into panes, reports, hooks, their
+latest response); logs (an agent's log file, a task's output: ``podium.service.logs``)."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +27,18 @@ if TYPE_CHECKING:
 
 #: How often ``wait_registered`` looks again (and runs its check) while nothing happens.
 REGISTER_POLL_S = 0.2
+
+
+def name_key(name: str) -> tuple:
+    """The order agents are listed in, by name, numbers as numbers: ``agent-2`` before
+    ``agent-10`` (the key ``podium.render.name_key`` gives the text faces)."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part)
+                 for part in re.split(r"(\d+)", name) if part)
+
+
+def by_name(agents: list[Agent]) -> list[Agent]:
+    """``agents`` in the order every listing gives them: by name (``name_key``)."""
+    return sorted(agents, key=lambda a: name_key(a.id))
 
 
 class TeamCalls(TaskCalls):
@@ -62,11 +75,13 @@ class TeamCalls(TaskCalls):
         return self.store.add_tasks(specs, registration.may_run)
 
     def agents(self) -> list[Agent]:
+        """Every agent, by name (``name_key``: ``agent-2`` before ``agent-10``), those found
+        silent marked dead first."""
         try:
             self._recover()
         except StoreUnavailable:
             pass  # (a full disk, say: the listing is still worth showing; nothing was changed)
-        return self.store.list_agents()
+        return by_name(self.store.list_agents())
 
     def agent(self, agent_id: str) -> Agent:
         return self.store.get_agent(limits.name(agent_id, "agent id"))
@@ -218,6 +233,8 @@ class TeamCalls(TaskCalls):
                 gone.append(a.id)
         done = self.store.remove_agents(gone)
         done.kept.update(kept)
+        done.removed.sort(key=name_key)
+        done.kept = dict(sorted(done.kept.items(), key=lambda kv: name_key(kv[0])))
         return done
 
     # -- logs -----------------------------------------------------------------------------

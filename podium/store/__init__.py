@@ -190,12 +190,18 @@ def open_store(url: str | None = None, init: bool = False, create: bool = True,
     if synchronous.upper() not in SYNCHRONOUS:
         raise InvalidInput(f"bad synchronous={synchronous!r}: "
                            f"expected one of {', '.join(SYNCHRONOUS)}")
-    if not p.exists():
+    try:
+        exists = p.exists()
+    except OSError:  # (permission denied on the way: SQLiteStore says so, in one line)
+        exists = True
+    if not exists:
         if not (create or init):
             if not explicit:
                 where = " (nor in any parent directory)"
-            elif not p.parent.is_dir():
+            elif not os.path.lexists(p.parent):
                 where = f" (directory {p.parent} does not exist)"
+            elif not p.parent.is_dir():
+                where = f" ({p.parent} is not a directory)"
             else:
                 where = ""
             raise StoreNotFound(

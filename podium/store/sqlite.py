@@ -80,10 +80,20 @@ def _store_error(e: sqlite3.Error, path: Path) -> StoreError:
 
 def _create_private(path: Path) -> None:
     """Create the store's file readable by this user only, whatever the umask (SQLite gives
-    its ``-wal`` and ``-shm`` files the database's mode)."""
+    its ``-wal`` and ``-shm`` files the database's mode). An empty file already there (``podium
+    init`` makes a store in it) is made so too, with any ``-wal`` or ``-shm`` it has."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
+        for p in (path, *(Path(f"{path}{end}") for end in ("-wal", "-shm"))):
+            try:
+                if stat.S_IMODE(os.stat(p).st_mode) != 0o600:
+                    os.chmod(p, 0o600)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise StoreError(f"cannot make store {path} private (chmod 600 {p}): "
+                                 f"{e.strerror}") from None
         return
     except OSError as e:
         raise StoreError(f"cannot create store {path}: {e.strerror}") from None
@@ -91,6 +101,50 @@ def _create_private(path: Path) -> None:
         os.fchmod(fd, 0o600)
     finally:
         os.close(fd)
+
+
+#: What ``stat`` calls the files a store cannot be, for the message refusing them.
+_NOT_FILES = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+              (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+              (stat.S_ISSOCK, "a socket"))
+
+
+def _check_parent(path: Path) -> None:
+    """The directory a new store at ``path`` goes in is one."""
+    parent = path.parent
+    try:
+        is_dir = stat.S_ISDIR(os.stat(parent).st_mode)
+    except FileNotFoundError:
+        raise StoreError(f"cannot create store {path}: directory {parent} does not "
+                         "exist") from None
+    except OSError as e:
+        raise StoreError(f"cannot open store {path}: {e.strerror}") from None
+    if not is_dir:
+        raise StoreError(f"cannot create store {path}: {parent} is not a directory")
+
+
+def check_path(path: Path) -> None:
+    """Refuse, with one line and before anything is created, a store path that cannot be one:
+    a directory, a FIFO, a device or a socket; one in a directory that does not exist (or is
+    no directory); one this user may not read. Nothing there yet is fine (a new store)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        _check_parent(path)
+        return
+    except NotADirectoryError:
+        file = next((d for d in reversed(path.parents) if d.exists() and not d.is_dir()),
+                    path.parent)
+        raise StoreError(f"cannot open store {path}: {file} is not a directory") from None
+    except OSError as e:
+        raise StoreError(f"cannot open store {path}: {e.strerror}") from None
+    for test, kind in _NOT_FILES:
+        if test(st.st_mode):
+            raise StoreError(f"cannot open store {path}: it is {kind}, not a Podium store "
+                             "(give a file path)")
+    if not os.access(path, os.R_OK):
+        raise StoreError(f"cannot open store {path}: permission denied (this user may not "
+                         "read it)")
 
 
 def _refuse_foreign(conn: sqlite3.Connection, path: Path) -> None:
@@ -136,10 +190,12 @@ class SQLiteStore(SqlStore):
     def __init__(self, path: str | os.PathLike, synchronous: str = "NORMAL", migrate: bool = True,
                  create_in_empty_file: bool = False,
                  lock_timeout_s: float | None = None):
-        """Open the store at ``path``, creating it when there is no file. An existing empty file
-        is refused (it is no store: a truncated or mistaken one) unless
-        ``create_in_empty_file`` (``podium init``). A write waits up to ``lock_timeout_s`` for
-        the writer lock (None: for as long as it takes)."""
+        """Open the store at ``path``, creating it (0600) when there is no file. An existing
+        empty file is refused (it is no store: a truncated or mistaken one) unless
+        ``create_in_empty_file`` (``podium init``), which makes it 0600 too. A path that cannot
+        be a store (``check_path``: a directory, a FIFO, a device...) is refused before
+        anything is created. A write waits up to ``lock_timeout_s`` for the writer lock (None:
+        for as long as it takes)."""
         self.path = Path(path).resolve()
         sync = synchronous.upper()
         if sync not in SYNCHRONOUS:
@@ -148,9 +204,7 @@ class SQLiteStore(SqlStore):
         self.synchronous = sync
         self.url = f"sqlite://{self.path}"
         self.home = self.path.parent
-        if not self.path.parent.is_dir():
-            raise StoreError(f"cannot create store {self.path}: "
-                             f"directory {self.path.parent} does not exist")
+        check_path(self.path)
         self.lock_timeout_s = lock_timeout_s
         lock_path = self._lock_path = str(self.path) + "-writer.lock"
         made_lock = not os.path.exists(lock_path)
@@ -188,7 +242,8 @@ class SQLiteStore(SqlStore):
                 self.migrate()
         except BaseException as e:
             os.close(self._lockfile)  # (and with it the lock)
-            refused = isinstance(e, StoreError) or "not a database" in str(e)
+            refused = isinstance(e, StoreError) or "not a database" in str(e) \
+                or "unable to open" in str(e)
             if made_lock and refused:  # (nobody uses it as a store: no one else holds the lock)
                 os.unlink(lock_path)  # a refused file is left as it was found
             if isinstance(e, sqlite3.Error):
