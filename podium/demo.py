@@ -1,7 +1,9 @@
 """``podium demo``: a real team of agents running a small pipeline to completion, offline.
 
 It starts N background shell agents and one ``local`` AI agent (Gemma 3 270M, in-process via
-llama.cpp; skipped with a note when it is not installed) on a fresh embedded store, then queues:
+llama.cpp; skipped with a note when it is not installed; ``--ai-backend`` picks another, and an
+unknown one or a bad ``--ai-option`` is refused before anything starts) on a fresh embedded
+store, then queues:
   1. a broadcast so every shell agent reports where it runs,
   2. for the AI agent: write ``is_prime`` in Python (a base model completes the code),
   3. three counting tasks in parallel (primes in three ranges, each by a Python child),
@@ -27,9 +29,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from podium import render
-from podium.errors import PodiumError
+from podium.agents.backends import parse_options
+from podium.errors import BackendUnavailable, PodiumError
 from podium.models import Task
 from podium.service import Podium
+from podium.service.doctor import preflight
 from podium.supervisor import down, up
 
 PRIMES = (
@@ -84,6 +88,11 @@ AI_SEED = 25
 
 def run_demo(n_agents: int, keep: bool, write: Callable[[str], None], ai_backend: str = "local",
              ai_options: list[str] | None = None) -> int:
+    if ai_options is None:
+        ai_options = _ai_options() if ai_backend == "local" else []
+    # Before anything starts: an unknown backend or a bad option is the user's error (raised);
+    # a known one that cannot run here (its package missing, not logged in) is skipped.
+    unavailable = _ai_unavailable(ai_backend, ai_options)
     home = Path(tempfile.mkdtemp(prefix="podium-demo-"))
     podium = Podium.open(str(home / "podium.db"))
     py = shlex.quote(sys.executable)
@@ -99,16 +108,18 @@ def run_demo(n_agents: int, keep: bool, write: Callable[[str], None], ai_backend
         where = podium.broadcast('echo "$PODIUM_AGENT_ID on $(hostname), pid $$"')
 
         ai = None
-        try:
-            if ai_options is None:
-                ai_options = _ai_options() if ai_backend == "local" else []
-            ai = up(podium, 1, ai_backend, ["writer"], ai_options, prefix="ai",
-                    workdir=str(home), wait_s=120)[0]
-            what = "Gemma 3 270M in-process, llama.cpp" if ai_backend == "local" else ai_backend
-            write(f"started 1 AI agent: {ai.id} ({what})\n\n")
-        except PodiumError as e:
-            hint = "./scripts/bootstrap local" if ai_backend == "local" else "see the README"
-            write(f"no {ai_backend} AI agent ({e}); {hint}\n\n")
+        if unavailable is not None:
+            hint = "; ./scripts/bootstrap local installs it" if ai_backend == "local" else ""
+            write(f"no {ai_backend} AI agent ({unavailable}){hint}\n\n")
+        else:
+            try:
+                ai = up(podium, 1, ai_backend, ["writer"], ai_options, prefix="ai",
+                        workdir=str(home), wait_s=120)[0]
+                what = ("Gemma 3 270M in-process, llama.cpp" if ai_backend == "local"
+                        else ai_backend)
+                write(f"started 1 AI agent: {ai.id} ({what})\n\n")
+            except PodiumError as e:  # (it could run here, yet did not start: its log says why)
+                write(f"no {ai_backend} AI agent ({e})\n\n")
 
         code = None
         if ai is not None:  # queued first, so that the idle AI agent takes it at once
@@ -179,6 +190,16 @@ def run_demo(n_agents: int, keep: bool, write: Callable[[str], None], ai_backend
             import shutil
 
             shutil.rmtree(home, ignore_errors=True)
+
+
+def _ai_unavailable(ai_backend: str, ai_options: list[str]) -> BackendUnavailable | None:
+    """Why the AI agent's backend cannot run here (None: it can), as ``podium up`` would refuse
+    it; ``InvalidInput`` for an unknown backend or an option it does not take."""
+    try:
+        preflight(ai_backend, parse_options(ai_options), Path.cwd())
+    except BackendUnavailable as e:
+        return e
+    return None
 
 
 def _ai_options() -> list[str]:

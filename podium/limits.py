@@ -6,12 +6,17 @@ value reaches a database that one store would keep and the other refuse. A check
 value it accepts (``int`` for counts, ``float`` for seconds) or raises ``InvalidInput`` naming
 the option and the range allowed. The service calls these for every call it takes; faces call
 them only for what they hand to no service call (worker timing, agent counts and names, ports,
-directories), before the store is opened.
+directories), before the store is opened. Numbers set in the environment (``PODIUM_MAX_OUTPUT``,
+``PODIUM_CLAIM_BATCH``, ``PODIUM_RECALL``) are read by ``env_integer`` where they are used, never
+on import, so that a bad one fails only what uses it (and ``podium up`` before it starts any
+worker).
 """
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 from typing import Any
 
 from podium.errors import InvalidInput
@@ -43,6 +48,13 @@ MAX_RECALL = 20
 #: The longest name (agent id, role, prefix, sender, session, context key, task id), in bytes
 #: of UTF-8: agent names become log file names, which most file systems cap at 255 bytes.
 MAX_NAME_BYTES = 200
+#: Output kept whole per task, stdout and stderr each (``PODIUM_MAX_OUTPUT``): 16 MiB by
+#: default, from 1 byte to 1 GiB (the output is held in memory, then in one store row).
+DEFAULT_MAX_OUTPUT = 16 * 1024 * 1024
+MAX_OUTPUT = 1024 * 1024 * 1024
+#: Tasks an inline (in-process, instant) backend claims per transaction (``PODIUM_CLAIM_BATCH``).
+DEFAULT_CLAIM_BATCH = 64
+MAX_CLAIM_BATCH = 1000
 
 
 def _number(value: Any) -> bool:
@@ -144,6 +156,48 @@ def lease(lease_s: Any, heartbeat_s: Any | None = None) -> tuple[float, float | 
 def recall(value: Any, what: str = "recall") -> int:
     """How many memories to recall into a prompt (0: none)."""
     return integer(value, what, 0, MAX_RECALL)
+
+
+def env_integer(variable: str, default: int, low: int, high: int, what: str) -> int:
+    """The whole number the environment variable ``variable`` holds (``default`` when it is
+    unset or blank): ASCII digits, from ``low`` to ``high``; else ``InvalidInput`` in one line
+    naming the variable and the range (``PODIUM_CLAIM_BATCH='abc': a number of tasks from 1 to
+    1000``). Read at each call: a bad value fails what uses it, not every command."""
+    raw = os.environ.get(variable, "").strip()
+    if not raw:
+        return default
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 20 and low <= int(raw) <= high):
+        raise InvalidInput(f"{variable}={_shown(raw)}: a number of {what} from {low} to {high}")
+    return int(raw)
+
+
+def max_output() -> int:
+    """``PODIUM_MAX_OUTPUT``: the bytes of stdout (and of stderr) kept whole per task."""
+    return env_integer("PODIUM_MAX_OUTPUT", DEFAULT_MAX_OUTPUT, 1, MAX_OUTPUT, "bytes")
+
+
+def claim_batch() -> int:
+    """``PODIUM_CLAIM_BATCH``: the tasks an inline backend's worker claims at a time."""
+    return env_integer("PODIUM_CLAIM_BATCH", DEFAULT_CLAIM_BATCH, 1, MAX_CLAIM_BATCH, "tasks")
+
+
+def env_recall() -> int:
+    """``PODIUM_RECALL``, as ``podium up`` checks it for its workers (which read it as
+    ``--recall``): 0 to ``MAX_RECALL`` memories, 0 when unset."""
+    return env_integer("PODIUM_RECALL", 0, 0, MAX_RECALL, "memories")
+
+
+def directory(value: Any, what: str) -> str:
+    """A directory given on purpose (``given``) that exists and can be read: the path as given."""
+    value = given(value, what)
+    path, shown = Path(value), repr(value) if _CONTROL.search(value) else value
+    if not path.exists():
+        raise InvalidInput(f"{what} {shown}: no such directory")
+    if not path.is_dir():
+        raise InvalidInput(f"{what} {shown}: not a directory")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise InvalidInput(f"{what} {shown}: permission denied")
+    return value
 
 
 def list_limit(value: Any) -> int:

@@ -1,7 +1,9 @@
 """Interactive agents: a program with its own terminal UI (Claude Code, a shell, a REPL) in a pane.
 
 ``podium agent interactive --name N -- CMD ...`` registers the agent, runs CMD in the foreground
-of its terminal (it owns the pane), heartbeats from a thread, and deregisters when CMD exits.
+of its terminal (it owns the pane), heartbeats from a thread, and deregisters when CMD exits. A
+CMD that cannot be started leaves no agent behind: it is looked for before the agent registers
+(and an agent registered for it only now is removed if it still fails to start).
 Text reaches it through ``podium send`` (a tmux paste, see ``podium.tmux``). Its state comes from
 structured signals — Claude Code hooks calling ``podium hook`` — and only when none has arrived,
 from the pane's activity (output in the last few seconds: busy; else idle).
@@ -11,13 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import threading
 import time
 
 from podium.agents import registration
-from podium.errors import AgentReplaced, StoreError
+from podium.errors import AgentReplaced, InvalidInput, NotFound, StoreError
 from podium.models import AgentState
 from podium.store import Store
 from podium.tmux import Tmux
@@ -77,15 +80,27 @@ class InteractiveAgent:
                 pass  # the lease tolerates a missed beat; the next one retries
 
     def run(self) -> int:
+        program = self.argv[0]
+        if shutil.which(program) is None:  # (before registering: a typo leaves no agent behind)
+            why = "no such program" if os.sep not in program else (
+                "no such file" if not os.path.exists(program) else "not an executable file")
+            raise InvalidInput(f"cannot start {program}: {why}")
+        try:
+            self.store.get_agent(self.name)
+            existed = True
+        except NotFound:
+            existed = False
         registration.register(self.store, self.name, self.roles,
-                              f"interactive:{os.path.basename(self.argv[0])}", self.lease_s,
+                              f"interactive:{os.path.basename(program)}", self.lease_s,
                               self._meta(), os.getpid())
         env = dict(os.environ, PODIUM_AGENT_ID=self.name, PODIUM_STORE=self.store.url)
         try:
             child = subprocess.Popen(self.argv, env=env)
-        except OSError as e:
+        except OSError as e:  # (found, yet it would not start: a bad interpreter line, say)
             self.store.deregister(self.name)
-            raise StoreError(f"cannot start {self.argv[0]}: {e.strerror}") from None
+            if not existed:  # (an agent of that name that was there before keeps its history)
+                self.store.remove_agents([self.name])
+            raise InvalidInput(f"cannot start {program}: {e.strerror}") from None
 
         def forward(signum, frame):
             if child.poll() is None:

@@ -8,7 +8,10 @@ deregister. A task added while the worker waits is usually handed to it by the a
 transaction: the wake-up says so (a hint, never the task itself: the worker reads what was
 handed to it from the store) and the worker starts it without a claim of its own (its first
 heartbeat, or its result, records the start). While the store is unavailable the worker backs
-off, keeping the results it has to record.
+off, keeping the results it has to record. An in-process instant backend (``echo``) claims up
+to ``PODIUM_CLAIM_BATCH`` tasks at a time, and a run keeps ``PODIUM_MAX_OUTPUT`` bytes of each
+output: both read (``podium.limits``) when the worker is made, a bad value refused before it
+registers.
 
 Signals: SIGTERM stops now — the running task is killed and handed back to the queue without
 counting the attempt — then the agent deregisters. SIGINT drains — the running task finishes —
@@ -39,9 +42,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from podium import orphans
+from podium import limits, orphans
 from podium.agents import local, reaper, registration
-from podium.agents.backends import MAX_OUTPUT_BYTES, Backend
+from podium.agents.backends import Backend
 from podium.agents.execution import STOPPING, RunSupervisor
 from podium.agents.heartbeat import Heartbeat
 from podium.errors import AgentReplaced, StoreError, StoreUnavailable
@@ -53,8 +56,6 @@ from podium.store.base import Waiter
 if TYPE_CHECKING:
     from podium.service.recall import WorkerMemory
 
-#: Tasks an inline (in-process, instant) backend claims per transaction.
-CLAIM_BATCH = int(os.environ.get("PODIUM_CLAIM_BATCH", 64))
 #: A task's log lines wait at most this long for the worker to write them (see ``Worker.note``).
 NOTES_FLUSH_S = 1.0
 #: A worker told to stop now (SIGTERM, a second SIGINT) exits within this many seconds of the
@@ -111,12 +112,17 @@ class Worker:
         lease_s: float = 30.0,
         heartbeat_s: float | None = None,
         workdir: Path | None = None,
-        max_output: int = MAX_OUTPUT_BYTES,
+        max_output: int | None = None,
         log: Callable[[str], None] | None = None,
         meta: dict | None = None,
         echo_output: bool = False,
         memory: WorkerMemory | None = None,
     ):
+        # The environment's settings first (``InvalidInput`` for a bad one, nothing made yet):
+        # None takes PODIUM_MAX_OUTPUT; an inline backend claims PODIUM_CLAIM_BATCH at a time.
+        self.max_output = limits.max_output() if max_output is None else max_output
+        # In-process instant backends take several tasks per transaction; others one at a time.
+        self._batch = limits.claim_batch() if backend.inline else 1
         self.store = store
         self.name = name
         self.backend = backend
@@ -124,7 +130,6 @@ class Worker:
         self.lease_s = lease_s
         self.heartbeat_s = heartbeat_s or max(0.2, lease_s / 6)
         self.workdir = Path(workdir or os.getcwd())
-        self.max_output = max_output
         self.log = log or self._log_to_stderr
         #: An in-process backend's task lines: written with the next flush (the worker waiting
         #: for work, a second after the oldest, or any other log line), not each on its own.
@@ -139,8 +144,6 @@ class Worker:
         self._stop_deadline: float | None = None  # (monotonic; set when told to stop now)
         self._watchdog: _StopWatchdog | None = None
         self.waiter: Waiter | None = None
-        # In-process instant backends take several tasks per transaction; others one at a time.
-        self._batch = CLAIM_BATCH if backend.inline else 1
         self._results: list[Finish] = []  # of the tasks run, not yet recorded
         # Look for tasks handed over before the waiter listened (or whose wake-up was lost).
         self._look = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,9 @@ from podium.cli.base import (
 from podium.clock import now
 from podium.errors import InvalidInput, StoreError, StoreNotFound
 
+#: The lease of an agent started without ``--lease`` (``up``, ``agent run``, ``interactive``).
+DEFAULT_LEASE_S = 30.0
+
 
 @cli.command()
 @click.argument("n", type=int)
@@ -30,9 +34,10 @@ from podium.errors import InvalidInput, StoreError, StoreNotFound
               help="Backend option (repeat).")
 @click.option("--prefix", default="agent", show_default=True,
               help="Agent names: PREFIX-1, PREFIX-2...")
-@click.option("--lease", type=float, help="Lease seconds (an agent silent this long is dead).")
-@click.option("--workdir", type=click.Path(file_okay=False),
-              help="Working directory of the agents.")
+@click.option("--lease", type=float, default=DEFAULT_LEASE_S, show_default=True,
+              help="Lease seconds (an agent silent this long is dead).")
+@click.option("--workdir", metavar="DIRECTORY",
+              help="Working directory of the agents (an existing one).")
 @click.option("--tmux", "in_tmux", is_flag=True,
               help="Run the agents in panes of a tmux session, with a dashboard pane.")
 @click.option("--tmux-session", "session", default="podium", show_default=True,
@@ -54,18 +59,21 @@ def up(c: Ctx, n, backend, roles, options, prefix, lease, workdir, in_tmux, sess
     # Checked before the store opens: supervisor and worker take these as they are.
     n, prefix = limits.agent_count(n), limits.agent_prefix(prefix)
     roles = [limits.name(r, "role") for r in roles]
-    if lease is not None:
-        lease = limits.lease(lease)[0]
-    if workdir is not None:
-        workdir = limits.given(workdir, "--workdir")
+    lease = limits.lease(lease)[0]
+    if workdir is not None:  # (as 'agent run' will refuse it, in each worker, after it started)
+        workdir = limits.directory(workdir, "--workdir")
     session = limits.name(session, "tmux session")
     if interactive is not None:
         interactive = limits.given(interactive, "--interactive command")
     if interactive and not in_tmux:
         raise InvalidInput("--interactive needs --tmux (an interactive program needs a pane)")
     if not interactive:  # (its options checked here, before any worker or log is made)
-        # ...and whether it can run at all, as 'podium doctor' says (a claude not logged in
-        # is refused now, not at the first task); cheap: no model loaded, no network.
+        # What each worker reads from the environment: refused here, not by every worker.
+        limits.max_output()
+        limits.claim_batch()
+        limits.env_recall()
+        # And whether the backend can run at all, as 'podium doctor' says (a claude not logged
+        # in is refused now, not at the first task); cheap: no model loaded, no network.
         backends.load(backend)(backends.parse_options(options), Path(workdir or ".")).preflight()
     if in_tmux:
         agents = up_tmux(c.podium, n, backend, list(roles), list(options), prefix, lease, workdir,
@@ -79,7 +87,7 @@ def up(c: Ctx, n, backend, roles, options, prefix, lease, workdir, in_tmux, sess
     for a in agents:
         write(f"{a.id}  pid {a.pid}  backend {a.backend}\n")
     if in_tmux:
-        write(f"tmux session {session}: podium attach --session {session}\n")
+        write(f"tmux session {session}: podium attach --tmux-session {shlex.quote(session)}\n")
     else:
         write(f"logs: {log_dir(c.podium)}\n")
 
@@ -183,7 +191,7 @@ def agent_list(c: Ctx, as_json: bool) -> None:
 @click.option("--role", "-r", "roles", multiple=True)
 @click.option("--backend", "-b", default="shell", show_default=True)
 @click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE")
-@click.option("--lease", type=float, default=30.0, show_default=True,
+@click.option("--lease", type=float, default=DEFAULT_LEASE_S, show_default=True,
               help="Seconds a claim lives without a heartbeat.")
 @click.option("--heartbeat", type=float, help="Heartbeat interval (default lease/6).")
 @click.option("--workdir", type=click.Path(file_okay=False, exists=True))
@@ -213,7 +221,7 @@ def agent_run(c: Ctx, name, roles, backend, options, lease, heartbeat, workdir,
 @agent.command("interactive", context_settings={"ignore_unknown_options": True})
 @click.option("--name", "-n", required=True)
 @click.option("--role", "-r", "roles", multiple=True)
-@click.option("--lease", type=float, default=30.0, show_default=True)
+@click.option("--lease", type=float, default=DEFAULT_LEASE_S, show_default=True)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @pass_ctx
 def agent_interactive(c: Ctx, name, roles, lease, command) -> None:

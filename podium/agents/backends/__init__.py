@@ -12,8 +12,9 @@ it takes as ``options`` (see ``podium.agents.backends.options``) and reads them,
 model missing, not logged in) with a message that says how to fix it. ``doctor`` lists what
 it needs, each checked cheaply, as ``Finding`` rows for ``podium doctor`` (default: ``check``
 as one row), and ``preflight`` is what ``podium up`` asks before it starts any worker (default:
-the first failing row of ``doctor``). ``CappedBuffer`` keeps a run's output up to its limit,
-and ``describe`` lists every backend for ``podium backends``.
+the first failing row of ``doctor``). ``CappedBuffer`` keeps a run's output up to its limit
+(``Run.max_output``: the worker's ``PODIUM_MAX_OUTPUT``, 16 MiB by default), and ``describe``
+lists every backend for ``podium backends``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from podium import plugins
+from podium import limits, plugins
 from podium.agents.backends.options import Option, Options, invalid_option, parse_options
 from podium.errors import BackendUnavailable, InvalidInput, PodiumError
 from podium.models import Outcome, Task
@@ -37,8 +38,9 @@ __all__ = ["GROUP", "MAX_OUTPUT_BYTES", "Backend", "CappedBuffer", "Finding", "O
 
 GROUP = "podium.backends"
 
-#: Output kept whole per task (stdout, and stderr separately); more is cut and marked truncated.
-MAX_OUTPUT_BYTES = int(os.environ.get("PODIUM_MAX_OUTPUT", 16 * 1024 * 1024))
+#: Output kept whole per task (stdout, and stderr separately) by default; more is cut and marked
+#: truncated. A worker keeps ``limits.max_output()`` (``PODIUM_MAX_OUTPUT``, read when it starts).
+MAX_OUTPUT_BYTES = limits.DEFAULT_MAX_OUTPUT
 
 
 class CappedBuffer:
@@ -239,15 +241,16 @@ def describe() -> list[dict[str, Any]]:
 
 
 def _describe(name: str) -> dict[str, Any]:
-    """One backend: its options, and whether it can run here (its ``check``, with the default
-    options), with the reason when it cannot."""
+    """One backend: its options, and whether it can run here (its ``preflight``, with the
+    default options: what ``podium up`` asks, which loads no model), with the reason when it
+    cannot."""
     try:
         cls = load(name)
     except Exception as e:  # a plugin that cannot even be imported is what a listing must show
         return {"name": name, "options": [], "available": False,
                 "reason": f"cannot be loaded: {e}"}
     try:
-        cls().check()
+        cls().preflight()
     except PodiumError as e:
         reason: str | None = str(e)
     else:
