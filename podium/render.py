@@ -3,8 +3,11 @@ text tables and event lines, written once so that both show them alike.
 
 What these one-line views show of the store's text (names, prompts, reasons, event data) has its
 control characters written as escapes (``visible``): a prompt holding ESC or CR cannot recolour
-the terminal, move its cursor, set its title or overwrite the line. The views of a whole text
-(``podium task show``, ``result``, ``logs``) give it byte for byte, as ``cat`` would.
+the terminal, move its cursor, set its title or overwrite the line; so have the output lines
+``podium watch`` shows under a ``task.output`` event (``output_lines``). Free text in a table's
+cell (names, roles, prompts) is cut to a width (``short``, ``NAME_WIDTH``) so that one long
+value cannot widen the whole table. The views of a whole text (``podium task show``, ``result``,
+``logs``) give it byte for byte, as ``cat`` would.
 """
 
 from __future__ import annotations
@@ -43,6 +46,19 @@ def short(text: str | None, width: int = 50) -> str:
     ``width`` characters with an …."""
     line = visible((text or "").replace("\n", " ⏎ "))
     return line if len(line) <= width else line[: width - 1] + "…"
+
+
+#: The width a name (an agent, a role, a task's target) is cut to in a table's cell.
+NAME_WIDTH = 24
+
+
+def output_lines(text: str, prefix: str = "  | ") -> str:
+    """Output text as lines under an event line, each after ``prefix``, with its control
+    characters as escapes (``visible``; a CR-LF line end is a line end); "" for no text."""
+    text = text.replace("\r\n", "\n").rstrip("\n")
+    if not text:
+        return ""
+    return "".join(f"{prefix}{visible(line)}\n" for line in text.split("\n"))
 
 
 def output_text(data: bytes | None) -> str:
@@ -118,7 +134,9 @@ def event_line(ev: Event) -> str:
 
 
 def event_output(ev: Event) -> str | None:
-    """The output a ``task.output`` event carries (None for other events)."""
+    """The output a ``task.output`` event carries, as the worker decoded it (bytes that are
+    not UTF-8 are \ufffd), control characters and all (None for other events): show it on a
+    terminal through ``output_lines`` or ``short``."""
     return ev.data.get("chunk") or None
 
 

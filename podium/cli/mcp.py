@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from podium import limits
 from podium.cli.base import (
@@ -27,16 +28,32 @@ def mcp_group() -> None:
 @click.option("--http", "use_http", is_flag=True,
               help="Streamable HTTP at http://HOST:PORT/mcp (bearer token) instead of stdio.")
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="With --http: address to bind.")
+              help="With --http: address to bind (anything but loopback needs --allow-remote).")
 @click.option("--port", type=int, default=8765, show_default=True,
               help="With --http: port (0: any free one).")
+@click.option("--allow-remote", is_flag=True,
+              help="With --http: allow a non-loopback --host: the server is then reachable "
+                   "from the network (the token is still needed).")
 @pass_ctx
-def mcp_serve(c: Ctx, use_http, host, port) -> None:
+def mcp_serve(c: Ctx, use_http, host, port, allow_remote) -> None:
     """Serve Podium's tools and resources over MCP (stdio by default)."""
     from podium.mcp import serve
+    from podium.web.security import is_loopback_host
 
-    # Before the store opens; an empty host would bind every interface.
-    host, port = limits.name(host, "host"), limits.port(port, any_free=True)
+    # Before the store opens: options stdio would ignore are refused, and an empty host would
+    # bind every interface.
+    if not use_http:
+        ctx = click.get_current_context()
+        given = [f"--{name.replace('_', '-')}" for name in ("host", "port", "allow_remote")
+                 if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE]
+        if given:
+            raise InvalidInput(f"{' and '.join(given)} need{'s' if len(given) == 1 else ''} "
+                               "--http: stdio, the default, listens on no address")
+    host = limits.name(host.strip().strip("[]"), "host")
+    port = limits.port(port, any_free=True)
+    if use_http and not is_loopback_host(host) and not allow_remote:
+        raise InvalidInput(f"--host {host} is not a loopback address: the MCP server would be "
+                           "reachable from the network; add --allow-remote to do that anyway")
     serve(c.podium, http=use_http, host=host, port=port)
 
 

@@ -17,6 +17,7 @@ from podium.cli.base import (
     write_table,
 )
 from podium.clock import iso
+from podium.errors import InvalidInput
 
 
 @cli.command()
@@ -51,12 +52,16 @@ def inbox(c: Ctx, agent_id, unread, ack, outbox, as_json) -> None:
 @cli.command()
 @click.option("--status", "-s", required=True, help="idle, busy, waiting_input, or any word.")
 @click.option("--note", "-m", help="Free text; '-' reads stdin.")
-@click.option("--agent", envvar="PODIUM_AGENT_ID", required=True,
+@click.option("--agent", envvar="PODIUM_AGENT_ID",
               help="The reporting agent (default $PODIUM_AGENT_ID, set for tasks).")
-@click.option("--task", "task_id", envvar="PODIUM_TASK_ID")
+@click.option("--task", "task_id", envvar="PODIUM_TASK_ID", metavar="ID",
+              help="The task the report is about (default $PODIUM_TASK_ID, set for tasks).")
 @pass_ctx
 def report(c: Ctx, status, note, agent, task_id) -> None:
     """An agent reports its own status to the orchestrator."""
+    if agent is None:
+        raise InvalidInput("report: which agent? give --agent NAME (inside a task "
+                           "$PODIUM_AGENT_ID says it)")
     m = c.podium.report(agent, status, read_arg(note, "note") if note else None, task_id)
     write(f"report {m.id} from {agent}\n")
 

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from podium import render
+from podium import limits, render
 from podium.cli.base import (
     EXIT_CANCELLED,
     EXIT_FAILED,
@@ -20,6 +20,22 @@ from podium.cli.base import (
     write_json,
     write_table,
 )
+from podium.errors import InvalidInput
+from podium.models import Task
+
+
+def _with_seq(c: Ctx, t: Task) -> dict:
+    """``t``, just added, as JSON with its ``seq``: read back for --json only (the add itself
+    does not read it, sparing every add a round trip)."""
+    return {**t.to_dict(), "seq": c.podium.task(t.id).seq or None}
+
+
+def _context(value: str | None) -> str | None:
+    """``--context`` as given; an empty one (which would mean no context: the default) is
+    refused, as every empty string is."""
+    if value is not None and limits.blank(value):
+        raise InvalidInput("--context is empty: leave it out for a task without context")
+    return value
 
 
 @cli.group()
@@ -51,15 +67,16 @@ def task() -> None:
 def task_add(c: Ctx, prompt, agent, role, priority, depends_on, context, timeout, max_attempts,
              retry, session, recall, as_json) -> None:
     """Queue a task; PROMPT '-' reads it from stdin. Prints the task id."""
+    context = _context(context)  # (before the store opens: it may be made for the task)
     t = c.podium.add_task(read_arg(prompt, "prompt"), agent=agent, role=role, priority=priority,
                           depends_on=list(depends_on), context=context, timeout_s=timeout,
                           max_attempts=max_attempts, retry=retry, session=session,
                           recall=recall)
-    why = c.podium.why_waiting(t)
-    if why is not None:  # (accepted all the same: the agent may be started later)
-        click.echo(f"podium: warning: {t.id} will wait: {why}", err=True)
-    if as_json:
-        write_json(t.to_dict())
+    warning = c.podium.add_warning(t)  # (accepted all the same: the agent may come later)
+    if warning is not None:
+        click.echo(f"podium: warning: {warning}", err=True)
+    if as_json:  # (with the seq that --before pages by: the database numbered it at commit)
+        write_json(_with_seq(c, t))
     else:
         write(t.id + "\n")
 
@@ -79,7 +96,7 @@ def _task_text(t, why: str | None = None) -> str:
         f"created    {render.when(t.created_at)}",
         f"started    {render.when(t.started_at)}",
         f"completed  {render.when(t.completed_at)}",
-        f"duration   {r['duration_ms'] if r['duration_ms'] is not None else '-'} ms",
+        f"duration   {'-' if r['duration_ms'] is None else str(r['duration_ms']) + ' ms'}",
     ]
     if t.exit_code is not None:
         lines.append(f"exit code  {t.exit_code}")
@@ -127,10 +144,11 @@ def task_list(c: Ctx, state, agent, limit, before, as_json) -> None:
     if as_json:
         write_json([t.to_dict(with_output=False) for t in tasks])
         return
-    rows = [[t.id, t.state.value, t.priority.name.lower(), render.target(t), t.agent_id or "-",
-             render.tries(t), render.age(t.created_at), render.short(t.prompt)] for t in tasks]
-    write_table(rows, ["TASK", "STATE", "PRIORITY", "TARGET", "AGENT", "TRIES", "AGE",
-                               "PROMPT"])
+    rows = [[t.id, t.state.value, t.priority.name.lower(),
+             render.short(render.target(t), render.NAME_WIDTH),
+             render.short(t.agent_id or "-", render.NAME_WIDTH), render.tries(t),
+             render.age(t.created_at), render.short(t.prompt)] for t in tasks]
+    write_table(rows, ["TASK", "STATE", "PRIORITY", "TARGET", "AGENT", "TRIES", "AGE", "PROMPT"])
 
 
 @task.command("cancel")
@@ -211,9 +229,10 @@ cli.add_command(_result_alias, "result")
 @pass_ctx
 def broadcast(c: Ctx, prompt, context, timeout, as_json) -> None:
     """Give every live agent its own copy of a task; prints one task id per agent."""
+    context = _context(context)
     tasks = c.podium.broadcast(read_arg(prompt, "prompt"), context=context, timeout_s=timeout)
     if as_json:
-        write_json([t.to_dict() for t in tasks])
+        write_json([_with_seq(c, t) for t in tasks])
         return
     for t in tasks:
         write(f"{t.id} {t.target_agent}\n")

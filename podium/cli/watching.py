@@ -32,8 +32,8 @@ def watch(c: Ctx, after, task_id, idle_timeout, as_json) -> None:
             continue
         write(render.event_line(ev) + "\n")
         output = render.event_output(ev)
-        if output:
-            write("  | " + output.rstrip("\n").replace("\n", "\n  | ") + "\n")
+        if output:  # (control characters as escapes: the output cannot drive the terminal)
+            write(render.output_lines(output))
 
 
 @cli.command()
@@ -52,7 +52,8 @@ def status(c: Ctx, as_json) -> None:
     write("agents  " + ", ".join(f"{v} {k}" for k, v in d["agents"].items()) + "\n")
     write("tasks   " + ", ".join(f"{v} {k}" for k, v in s.tasks_by_state.items()) + "\n")
     for ag in s.live_agents:
-        write(f"  {render.visible(ag.id):<14} {ag.state.value:<8} {ag.current_task or '-'}\n")
+        write(f"  {render.short(ag.id, render.NAME_WIDTH):<14} {ag.state.value:<8} "
+              f"{ag.current_task or '-'}\n")
     for u in s.unrunnable:
         target = u.target_agent or (f"role {u.target_role}" if u.target_role else "any agent")
         write(render.short(f"waiting for nobody: {u.tasks} queued task(s) for {target}: "
@@ -73,15 +74,18 @@ def costs(c: Ctx, as_json) -> None:
     def cols(r) -> list[str]:
         return [str(r["tasks"]), str(r["tokens_in"]), str(r["tokens_out"]), f"{r['cost_usd']:.4f}"]
 
-    write_table([[r["agent"], r["backend"], render.roles(r["roles"]), *cols(r)]
-                         for r in s["agents"]], ["AGENT", "BACKEND", "ROLES", *nums])
+    def name(text: str) -> str:
+        return render.short(text, render.NAME_WIDTH)
+
+    write_table([[name(r["agent"]), name(r["backend"]), name(render.roles(r["roles"])), *cols(r)]
+                 for r in s["agents"]], ["AGENT", "BACKEND", "ROLES", *nums])
     write("\n")
-    write_table([[r["role"] or "-", str(r["agents"]), *cols(r)] for r in s["roles"]],
-                        ["ROLE", "AGENTS", *nums])
+    write_table([[name(r["role"] or "-"), str(r["agents"]), *cols(r)] for r in s["roles"]],
+                ["ROLE", "AGENTS", *nums])
     write("\n")
-    write_table([[r["backend"], str(r["agents"]), *cols(r)] for r in s["backends"]] +
-                        [["total", str(s["total"]["agents"]), *cols(s["total"])]],
-                        ["BACKEND", "AGENTS", *nums])
+    write_table([[name(r["backend"]), str(r["agents"]), *cols(r)] for r in s["backends"]] +
+                [["total", str(s["total"]["agents"]), *cols(s["total"])]],
+                ["BACKEND", "AGENTS", *nums])
 
 
 @cli.command()

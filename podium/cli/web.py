@@ -23,7 +23,7 @@ def web(c: Ctx, host, port, open_browser, allow_remote) -> None:
     from podium.web.serve import check_bind, serve
 
     # Before the store opens: an empty host would bind every interface.
-    host = limits.name(host, "host").strip().strip("[]")
+    host = limits.name(host.strip().strip("[]"), "host")
     port = limits.port(port, any_free=True)
     check_bind(host, allow_remote)
     serve(c.podium, host, port, open_browser, allow_remote, say=click.echo)

@@ -106,6 +106,8 @@ BAD = [
     (["mcp", "serve", "--http", "--port", "65536"], None, "bad port 65536"),
     (["mcp", "serve", "--http", "--port", "-1"], None, "bad port -1"),
     (["mcp", "serve", "--http", "--host", ""], None, "host is empty"),
+    (["web", "--host", "[]", "--allow-remote"], None, "host is empty"),  # (not every interface)
+    (["web", "--host", " "], None, "host is empty"),
     # empty strings never mean "the default"
     (["task", "add", "--agent", "", "x"], None, "agent id is empty"),
     (["task", "add", "--agent", " ", "x"], None, "agent id is empty"),
