@@ -34,9 +34,9 @@ the store with that URL make even its first connection through PgBouncer: two hu
 starting at once need no server connection each. A process whose connection through a killed
 daemon failed starts a new one (``revive``): same directory, same socket paths, so its pool and
 wake-up sockets carry on (a new daemon that could not start PgBouncer: its pool connects
-directly instead, ``PostgresStore._route_failed``). (PgBouncer is told to die with the daemon; as root, the user namespace
-clears that, and a new daemon stops a PgBouncer left behind; left alone, it closes its idle
-server connections after ``server_idle_timeout``.)
+directly instead, ``PostgresStore._route_failed``). (PgBouncer is told to die with the daemon;
+as root, the user namespace clears that, and a new daemon stops a PgBouncer left behind; left
+alone, it closes its idle server connections after ``server_idle_timeout``.)
 """
 
 from __future__ import annotations
