@@ -41,6 +41,16 @@ def visible(text: str) -> str:
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
+#: The same, but tab: a view that lays text out in lines expands it.
+_CONTROL_BUT_TAB = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def visible_lines(text: str) -> str:
+    """Output for a view that shows it as lines (the dashboard's output screen): CR-LF line
+    ends as newlines, every other control character but tab as an escape (``visible``)."""
+    return _CONTROL_BUT_TAB.sub(lambda m: f"\\x{ord(m.group()):02x}", text.replace("\r\n", "\n"))
+
+
 def short(text: str | None, width: int = 50) -> str:
     """``text`` on one line (newlines shown as ⏎, control characters as escapes), cut to
     ``width`` characters with an …."""

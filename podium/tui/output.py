@@ -75,7 +75,8 @@ class OutputScreen(ModalScreen[None]):
 
     def _write(self, text: str) -> None:
         self.body += text
-        self.query_one("#output", Log).write(text)
+        # (escaped: a program's ESC sequences must not reach the terminal the dashboard is in)
+        self.query_one("#output", Log).write(render.visible_lines(text))
 
     def _show_result(self, task: Task) -> None:
         """The finished task's result, in place of the live text when that says less."""

@@ -247,8 +247,8 @@ def test_heartbeat_ages_idle_after_cancel_and_live_output(podium, workers):
             assert podium.agent("w-1").state.value == "idle"
 
             # 'o' follows a running task's output live, and stops when it ends
-            live = podium.add_task(f"echo first; echo {MARKUP[5:]}; sleep 1.5; echo second",
-                                   agent="w-1")
+            live = podium.add_task(f"echo first; echo {MARKUP[5:]}; printf 'esc\\033[31mred\\n'; "
+                                   "sleep 1.5; echo second", agent="w-1")
             await settle(pilot, app, lambda: live.id in tasks.rows
                          and cell(tasks, live.id, "state") == "running")
             tasks.move_cursor(row=tasks.get_row_index(live.id))
@@ -259,9 +259,12 @@ def test_heartbeat_ages_idle_after_cancel_and_live_output(podium, workers):
             assert screen.following and "second" not in screen.body
             assert podium.task(live.id).state is TaskState.RUNNING
             await settle(pilot, app, lambda: "second" in screen.body and not screen.following)
-            assert screen.body == "first\n[bold]x[/] [red]y [/]\nsecond\n"
+            assert screen.body == "first\n[bold]x[/] [red]y [/]\nesc\x1b[31mred\nsecond\n"
             await settle(pilot, app, lambda: "[bold]x[/] [red]y [/]" in shown(
                 screen.query_one("#output")))
+            # (the program's ESC is shown, not sent to the terminal the dashboard is in)
+            drawn = shown(screen.query_one("#output"))
+            assert "esc\\x1b[31mred" in drawn and "\x1b" not in drawn
             assert "completed" in str(screen.query_one("#output-title").content)
             await pilot.press("escape")
             events = app.query_one("#events", RichLog)  # the output's markup, verbatim there too

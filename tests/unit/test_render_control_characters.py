@@ -25,3 +25,9 @@ def test_one_line_views_hold_no_control_character():
         assert not any(ord(c) < 32 and c != "\n" or 0x7f <= ord(c) <= 0x9f for c in view), view
         assert "\\x1b]0;pwned\\x07" in view
 
+
+
+def test_output_shown_as_lines_keeps_newlines_and_tabs_and_escapes_the_rest():
+    # (the dashboard's output screen: CR-LF ends a line; a tab is laid out, ESC is shown)
+    assert render.visible_lines(NASTY + "\r\nnext\n") == (
+        "title\\x1b]0;pwned\\x07 red\\x1b[31m over\\x0dwrite\ttab\\x9bcsi\nnext\n")
