@@ -153,12 +153,14 @@ def _progress_line(what: str):
 
 
 def _agents_out(c: Ctx, as_json: bool) -> None:
-    agents = sorted(c.podium.agents(), key=lambda a: render.name_key(a.id))
+    agents = c.podium.agents()  # (by name)
     if as_json:
         t = now()
         write_json([a.to_dict(t) for a in agents])
         return
-    rows = [[a.id, a.state.value, render.roles(a.roles), a.backend, a.host, str(a.pid or "-"),
+    w = render.NAME_WIDTH
+    rows = [[render.short(a.id, w), a.state.value, render.short(render.roles(a.roles), w),
+             render.short(a.backend, w), render.short(a.host, w), str(a.pid or "-"),
              a.current_task or "-", render.age(a.last_heartbeat), str(a.tasks_done),
              render.short(a.note, 30)] for a in agents]
     write_table(rows, ["AGENT", "STATE", "ROLES", "BACKEND", "HOST", "PID", "TASK",

@@ -143,6 +143,10 @@ def test_a_long_role_or_agent_does_not_widen_task_list(cli, podium):
     assert len(lines) == 3
     assert max(len(x) for x in lines) < 150, [len(x) for x in lines]
     assert "role:rrrrrrrrrrrrrrrrrr…" in lines[1] and "aaaaaaaaaaaaaaaaaaaaaaa…" in lines[2]
+    podium.store.register_agent("b-1", [role], "echo", "h" * 200, 1, 30.0, {})
+    lines = ok(cli("agents")).splitlines()
+    assert max(len(x) for x in lines) < 200, [len(x) for x in lines]
+    assert "rrrrrrrrrrrrrrrrrrrrrrr…" in lines[2] and "hhhhhhhhhhhhhhhhhhhhhhh…" in lines[2]
 
 
 # -- empty --context: refused; an empty context value: a value --------------------------------
