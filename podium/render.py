@@ -4,7 +4,8 @@ text tables and event lines, written once so that both show them alike.
 What these one-line views show of the store's text (names, prompts, reasons, event data) has its
 control characters written as escapes (``visible``): a prompt holding ESC or CR cannot recolour
 the terminal, move its cursor, set its title or overwrite the line; so have the output lines
-``podium watch`` shows under a ``task.output`` event (``output_lines``). Free text in a table's
+``podium watch`` shows under a ``task.output`` event (``output_lines``), and the dashboard's
+output screen (``visible_lines``, which keeps tabs and line ends). Free text in a table's
 cell (names, roles, prompts) is cut to a width (``short``, ``NAME_WIDTH``) so that one long
 value cannot widen the whole table. The views of a whole text (``podium task show``, ``result``,
 ``logs``) give it byte for byte, as ``cat`` would.
