@@ -13,6 +13,8 @@ the server exits at once when its client goes.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import json
 import sys
 import threading
@@ -84,6 +86,48 @@ def _opt(value: str) -> str | None:
     return value or None
 
 
+#: The most characters one text (a prompt, an output, a message) has in a reply: a reply carries
+#: its JSON twice (structured, and as text), and clients cap what they take (the MCP SDK's HTTP
+#: client, 1 MiB an event: a 2 MiB prompt echoed back failed the call after the task was made).
+#: A longer one is cut, and the reply's ``cut_in_reply`` gives each cut field's full length
+#: (the whole text: ``podium task show`` / ``podium task result --raw``). A multiple of 4, so
+#: base64 output stays decodable.
+REPLY_TEXT_CHARS = 100_000
+
+
+def fit_reply(value: Any) -> Any:
+    """``value`` (a tool's reply) with every string longer than ``REPLY_TEXT_CHARS`` cut to it;
+    a dict holding cut strings says which, with their lengths, in ``cut_in_reply``."""
+    if isinstance(value, list):
+        return [fit_reply(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out: dict[str, Any] = {}
+    cut: dict[str, int] = {}
+    for key, v in value.items():
+        if isinstance(v, str) and len(v) > REPLY_TEXT_CHARS:
+            out[key], cut[key] = v[:REPLY_TEXT_CHARS], len(v)
+        else:
+            out[key] = fit_reply(v)
+    if cut:
+        out["cut_in_reply"] = cut
+    return out
+
+
+def _fitted(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` (a tool) whose reply goes through ``fit_reply``; same signature and schema."""
+    if inspect.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def tool_async(*args: Any, **kwargs: Any) -> Any:
+            return fit_reply(await fn(*args, **kwargs))
+        return tool_async
+
+    @functools.wraps(fn)
+    def tool(*args: Any, **kwargs: Any) -> Any:
+        return fit_reply(fn(*args, **kwargs))
+    return tool
+
+
 def build_server(podium: Podium, name: str = "podium") -> MCPServer:
     """The MCP server over ``podium`` (tools, resources); run it with ``serve``."""
     mcp = MCPServer(name, title="Podium", version=__version__, instructions=INSTRUCTIONS,
@@ -91,6 +135,7 @@ def build_server(podium: Podium, name: str = "podium") -> MCPServer:
 
     # -- the team -------------------------------------------------------------------------
     @mcp.tool(annotations=READ)
+    @_fitted
     def get_agents() -> dict[str, Any]:
         """List every agent: id, state (starting, idle, busy, waiting_input, stopped, dead),
         roles, backend, host, pid, current task, heartbeat age in seconds, tasks done, tokens
@@ -100,6 +145,7 @@ def build_server(podium: Podium, name: str = "podium") -> MCPServer:
             return {"agents": [a.to_dict(t) for a in podium.agents()]}
 
     @mcp.tool(annotations=READ)
+    @_fitted
     def get_system_status() -> dict[str, Any]:
         """Podium at a glance: the store, agents by state, tasks by state (blocked, queued,
         running, completed, failed, cancelled), the live agents, and the last event id."""
@@ -108,6 +154,7 @@ def build_server(podium: Podium, name: str = "podium") -> MCPServer:
 
     # -- tasks ----------------------------------------------------------------------------
     @mcp.tool(annotations=WRITE)
+    @_fitted
     def assign_task(
         prompt: Prompt,
         agent_id: Annotated[str, _d("Only this agent may take it ('' = any).")] = "",
@@ -132,6 +179,7 @@ def build_server(podium: Podium, name: str = "podium") -> MCPServer:
             return t.to_dict(with_output=False)
 
     @mcp.tool(annotations=WRITE)
+    @_fitted
     def broadcast_task(
         prompt: Prompt,
         context: TaskContext = "",
@@ -144,6 +192,7 @@ def build_server(podium: Podium, name: str = "podium") -> MCPServer:
                     "tasks": [t.to_dict(with_output=False) for t in tasks]}
 
     @mcp.tool(annotations=READ)
+    @_fitted
     def get_task_result(task_id: TaskId) -> dict[str, Any]:
         """A task's result now, finished or not: status (its state), output, error, exit_code,
         agent_id, attempts, duration_ms, times, tokens and cost. output is null until it ran."""
@@ -151,6 +200,7 @@ def build_server(podium: Podium, name: str = "podium") -> MCPServer:
             return podium.task(task_id).result()
 
     @mcp.tool(annotations=READ)
+    @_fitted
     async def wait_for_task(
         task_id: TaskId,
         timeout_s: Annotated[float, Field(ge=0, le=limits.MAX_SECONDS,
@@ -165,6 +215,7 @@ def build_server(podium: Podium, name: str = "podium") -> MCPServer:
             return {"finished": t.state.finished, **t.result()}
 
     @mcp.tool(annotations=READ)
+    @_fitted
     def get_all_results(
         agent_id: Annotated[str, Field(description="Only tasks this agent ran ('' = all).")] = "",
         limit: Limit = 20,
@@ -177,6 +228,7 @@ def build_server(podium: Podium, name: str = "podium") -> MCPServer:
 
     @mcp.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=True,
                                           idempotent_hint=True, open_world_hint=False))
+    @_fitted
     def cancel_task(task_id: TaskId) -> dict[str, Any]:
         """Cancel a task: a blocked or queued one at once, a running one is killed. Tasks that
         depend on it are cancelled too. Returns the task (a finished task is left as it is)."""
@@ -185,6 +237,7 @@ def build_server(podium: Podium, name: str = "podium") -> MCPServer:
 
     # -- messages -------------------------------------------------------------------------
     @mcp.tool(annotations=WRITE)
+    @_fitted
     def send_to_agent(agent_id: AgentId, message: Text) -> dict[str, Any]:
         """Put a message in an agent's inbox (an interactive agent in a tmux pane also gets it
         typed in). Returns the message with its id."""
@@ -192,6 +245,7 @@ def build_server(podium: Podium, name: str = "podium") -> MCPServer:
             return podium.send(agent_id, message, sender="orchestrator").to_dict()
 
     @mcp.tool(annotations=READ)
+    @_fitted
     def get_agent_messages(agent_id: AgentId, limit: Limit = 20) -> dict[str, Any]:
         """An agent's mailbox: inbox (messages sent to it, with read_at once it read them) and
         outbox (reports it sent), the last `limit` of each, oldest first. Marks nothing read."""
@@ -201,6 +255,7 @@ def build_server(podium: Podium, name: str = "podium") -> MCPServer:
                     "outbox": [m.to_dict() for m in podium.outbox(agent_id, limit=limit)]}
 
     @mcp.tool(annotations=READ)
+    @_fitted
     def get_agent_response(agent_id: AgentId) -> dict[str, Any]:
         """The agent's latest response: whichever is newer of its latest outbound message (a
         report it sent, e.g. with 'podium report') and the result of the task it finished last.
@@ -211,6 +266,7 @@ def build_server(podium: Podium, name: str = "podium") -> MCPServer:
 
     # -- shared context -------------------------------------------------------------------
     @mcp.tool(annotations=WRITE)
+    @_fitted
     def update_shared_context(
         content: Annotated[str, Field(description="The new value (replaces the old one).")],
         key: Annotated[str, Field(description="Which document (default 'shared').")] = "shared",
@@ -221,6 +277,7 @@ def build_server(podium: Podium, name: str = "podium") -> MCPServer:
             return podium.set_context(key, content, by="orchestrator").to_dict()
 
     @mcp.tool(annotations=READ)
+    @_fitted
     def get_shared_context(
         key: Annotated[str, Field(description="One document ('' = all of them).")] = "",
     ) -> dict[str, Any]:
@@ -233,6 +290,7 @@ def build_server(podium: Podium, name: str = "podium") -> MCPServer:
 
     # -- memory ---------------------------------------------------------------------------
     @mcp.tool(annotations=READ)
+    @_fitted
     def search_memory(
         query: Annotated[str, _d("What to look for, in words (keywords and meaning both "
                                  "count).")],
@@ -254,6 +312,7 @@ def build_server(podium: Podium, name: str = "podium") -> MCPServer:
             return {"hits": [h.to_dict() for h in hits]}
 
     @mcp.tool(annotations=WRITE)
+    @_fitted
     def remember(
         text: Annotated[str, _d("What to remember: a finding, a decision, how something was "
                                 "solved.")],
@@ -267,6 +326,7 @@ def build_server(podium: Podium, name: str = "podium") -> MCPServer:
             return {"memories": [m.to_dict() for m in made]}
 
     @mcp.tool(annotations=READ)
+    @_fitted
     def similar_tasks(
         task_or_text: Annotated[str, _d("A task id (t-...): tasks like its prompt; or any "
                                         "text: tasks like it.")],
@@ -278,6 +338,7 @@ def build_server(podium: Podium, name: str = "podium") -> MCPServer:
             return {"hits": [h.to_dict() for h in podium.similar_tasks(task_or_text, k=k)]}
 
     @mcp.tool(annotations=WRITE)
+    @_fitted
     def retry_task(task_id: TaskId) -> dict[str, Any]:
         """Run a failed or cancelled task again, afresh: it is queued (blocked while a
         dependency is still to complete) with attempts, error and output cleared, and the
@@ -304,7 +365,7 @@ def build_server(podium: Podium, name: str = "podium") -> MCPServer:
                   description="One task with its result (JSON).")
     def task_resource(task_id: str) -> str:
         with _resource_errors():
-            return _dumps(podium.task(task_id).to_dict())
+            return _dumps(fit_reply(podium.task(task_id).to_dict()))
 
     return mcp
 

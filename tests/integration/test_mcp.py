@@ -265,6 +265,34 @@ def test_http_every_tool(store_url, podium, workers, http_server):
     anyio.run(main)
 
 
+def test_http_a_big_prompt_and_output_fit_the_reply(store_url, podium, workers, http_server):
+    """A 2 MiB prompt (the limit is 64 MiB), which the echo agents give back as a 2 MiB output,
+    through the stock client, which takes at most 1 MiB an event (a reply carries its JSON
+    twice): the reply cuts each text to REPLY_TEXT_CHARS and says so (``cut_in_reply``: the
+    full lengths); the task was made once, whole."""
+    from podium.mcp.server import REPLY_TEXT_CHARS
+    _start_team(workers)
+    prompt = "é" + "x" * (2 * 1024 * 1024)
+
+    async def main():
+        async with http_client(http_server.url, http_server.token) as client:
+            t = await call(client, "assign_task", prompt=prompt)
+            assert t["cut_in_reply"] == {"prompt": len(prompt)}
+            assert t["prompt"] == prompt[:REPLY_TEXT_CHARS]
+            r = await call(client, "wait_for_task", task_id=t["id"], timeout_s=60)
+            assert r["finished"] and r["status"] == "completed", r.get("error")
+            assert r["cut_in_reply"] == {"output": len(prompt)}
+            assert r["output"] == prompt[:REPLY_TEXT_CHARS]
+            listed = await call(client, "get_all_results", limit=5)
+            last = listed["tasks"][-1]
+            assert last["cut_in_reply"] == {"prompt": len(prompt)}
+            assert last["result"]["cut_in_reply"] == {"output": len(prompt)}
+
+    anyio.run(main)
+    (task,) = [x for x in podium.tasks() if len(x.prompt) > REPLY_TEXT_CHARS]  # (made once)
+    assert task.prompt == prompt and podium.task(task.id).output == prompt.encode()
+
+
 def test_wait_does_not_block_other_calls(store_url, podium, workers, tmp_path):
     """Long waits run off the event loop: other calls on the same session answer meanwhile."""
     workers.start("a1", backend="echo")
