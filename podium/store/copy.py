@@ -2,6 +2,9 @@
 
 Rows are copied table by table with their ids, in one transaction on the destination, which
 must be empty. Export and backup come for free: ``podium store copy postgresql://... backup.db``.
+The copy's agents are all stopped: the processes of those live in the source serve the source
+(``podium down`` on the copy must not signal them); its tasks are as they were, and a task
+that was running is taken back by the copy's lease recovery, as after a crash.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from podium.errors import Conflict, InvalidInput
+from podium.models import AgentState
 from podium.store.base import Store
 from podium.store.sql import SqlStore
 
@@ -51,5 +55,9 @@ def copy_store(src: Store, dst: Store,
             counts[table] = n
             if progress:
                 progress(table, n)
+        live = [s.value for s in AgentState if s.live]
+        out.execute(f"UPDATE agents SET state = ?, current_task = NULL "
+                    f"WHERE state IN ({', '.join('?' * len(live))})",
+                    (AgentState.STOPPED.value, *live))
         dst._after_copy(out)
     return counts

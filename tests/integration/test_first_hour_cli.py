@@ -214,3 +214,30 @@ def test_add_and_broadcast_json_show_the_seq(podium, cli):
     for t in sent:
         assert t["seq"] == json.loads(cli("task", "show", t["id"], "--json").stdout)["seq"]
         assert t["seq"] > added["seq"]
+
+
+# -- a copy's agents are stopped: down on the copy leaves the source's team alone ---------------
+
+def test_down_on_a_store_copy_leaves_the_source_teams_workers(tmp_path):
+    source, copy = tmp_path / "source.db", tmp_path / "copy.db"
+    env = {"PODIUM_HOME": str(tmp_path / ".podium")}
+    ok = dict(env=env, timeout=60)
+    assert run_cli("init", store_url=str(source), **ok).returncode == 0
+    r = run_cli("up", "1", "--backend", "echo", "--prefix", "src", "--json",
+                store_url=str(source), **ok)
+    assert r.returncode == 0, r.stderr
+    (agent,) = json.loads(r.stdout)
+    try:
+        r = run_cli("store", "copy", str(source), str(copy), **ok)
+        assert r.returncode == 0, r.stderr
+        agents = json.loads(run_cli("agents", "--json", store_url=str(copy), **ok).stdout)
+        assert [(a["id"], a["state"], a["current_task"]) for a in agents] == \
+            [("src-1", "stopped", None)]
+        r = run_cli("down", store_url=str(copy), **ok)
+        assert r.returncode == 0, r.stderr
+        time.sleep(0.5)
+        assert os.path.exists(f"/proc/{agent['pid']}"), "down on the copy stopped the source's"
+        live = json.loads(run_cli("agents", "--json", store_url=str(source), **ok).stdout)
+        assert [a["state"] for a in live] == ["idle"]
+    finally:
+        run_cli("down", store_url=str(source), **ok)
