@@ -52,6 +52,7 @@ from podium.models import Outcome, Task
 from podium.prompt import compose
 from podium.store import Finish, Store
 from podium.store.base import Waiter
+from podium.store.pgconnect import redact
 
 if TYPE_CHECKING:
     from podium.service.recall import WorkerMemory
@@ -284,7 +285,7 @@ class Worker:
                 self.store.deregister(self.name, holder=registration.this_process())
             raise
         self.log(f"registered (backend {self.backend.name}, roles {self.roles or 'any'}, "
-                 f"store {self.store.url})")
+                 f"store {redact(self.store.url)})")
         self.heartbeat = Heartbeat(self.store, self.name, self.lease_s, self.heartbeat_s)
         self._supervisor = RunSupervisor(
             self.store, self.name, self.backend, self.waiter, self.heartbeat,

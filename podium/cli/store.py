@@ -20,7 +20,7 @@ from podium.service import Podium
 @pass_ctx
 def init(c: Ctx) -> None:
     """Create (or migrate) the store and print where it is (an empty file becomes a store)."""
-    write(c.open(init=True).url + "\n")
+    write(c.open(init=True).shown_url + "\n")
 
 
 @cli.group()

@@ -7,6 +7,7 @@ from pathlib import Path
 from podium.agents import registration
 from podium.service.delivery import PaneDelivery
 from podium.store import Store
+from podium.store.pgconnect import redact
 
 #: How often a waiting call re-checks the store even without a wake-up (a safety net).
 SAFETY_POLL_S = 2.0
@@ -27,6 +28,11 @@ class ServiceBase:
     def url(self) -> str:
         """The store's URL (a PostgreSQL password in it included: see ``shareable_url``)."""
         return self.store.url
+
+    @property
+    def shown_url(self) -> str:
+        """The store's URL to show (a PostgreSQL password as ``***``)."""
+        return redact(self.store.url)
 
     @property
     def home(self) -> Path:

@@ -63,7 +63,7 @@ class ReportCalls(TeamCalls):
         unrunnable = [Unrunnable(n, agent, role, reason)
                       for agent, role, n in self.store.queued_targets()
                       if (reason := ready.reason(agent, role)) is not None]
-        return TeamStatus(store_url=self.url, agents_by_state=by_state,
+        return TeamStatus(store_url=self.shown_url, agents_by_state=by_state,
                           tasks_by_state=self.store.counts(),
                           live_agents=[a for a in agents if a.state.live],
                           last_event_id=self.store.last_event_id(),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import select
 import sys
 import time
@@ -42,13 +43,19 @@ KEEPALIVES = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 5,
 
 
 def redact(url: str) -> str:
-    """The URL without its password, for messages and listings."""
+    """The URL with its password (in the user part, or a ``password=`` parameter) as ``***``,
+    for messages and listings."""
     parts = urlsplit(url)
-    if parts.password is None:
+    netloc, query = parts.netloc, _PASSWORD_PARAM.sub(r"\1***", parts.query)
+    if parts.password is not None:
+        netloc = f"{parts.username or ''}:***@{netloc.rsplit('@', 1)[-1]}"
+    if (netloc, query) == (parts.netloc, parts.query):
         return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+#: A ``password=`` parameter's value in a query string.
+_PASSWORD_PARAM = re.compile(r"((?:^|&)password=)[^&]*", re.IGNORECASE)
 
 
 def without_password(url: str) -> tuple[str, bool]:

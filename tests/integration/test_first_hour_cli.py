@@ -7,6 +7,7 @@ loads no model; ``task add --json`` and ``broadcast --json`` show the ``seq``.""
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import shlex
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -241,3 +243,36 @@ def test_down_on_a_store_copy_leaves_the_source_teams_workers(tmp_path):
         assert [a["state"] for a in live] == ["idle"]
     finally:
         run_cli("down", store_url=str(source), **ok)
+
+
+# -- a PostgreSQL password is never shown ----------------------------------------------------
+
+def test_a_postgres_password_is_never_shown(pg_url, tmp_path):
+    """In the user part or as ``password=``: ``init``, ``status`` (text and JSON), a worker's
+    log and an error say ``***`` (the test server trusts loopback, so any password logs in)."""
+    secret = "TopS3cretPW"
+    parts = urlsplit(pg_url)
+    user = parts.username or getpass.getuser()  # (libpq's default)
+    url = urlunsplit(parts._replace(netloc=f"{user}:{secret}@{parts.hostname}"
+                                           f"{':' + str(parts.port) if parts.port else ''}"))
+    env = {"PODIUM_HOME": str(tmp_path / ".podium"), "PODIUM_PG_HOST": "off"}
+    outputs = []
+    for args in (["init"], ["status"], ["status", "--json"]):
+        r = run_cli(*args, store_url=url, env=env)
+        assert r.returncode == 0, r.stderr
+        outputs.append(r.stdout + r.stderr)
+    assert b":***@" in outputs[0] and b":***@" in outputs[1]
+    r = run_cli("up", "1", "--backend", "echo", "--prefix", "pw", store_url=url, env=env)
+    assert r.returncode == 0, r.stderr
+    try:
+        log = wait_for(lambda: (t := (tmp_path / ".podium" / "logs" / "pw-1.log").read_bytes())
+                       and b"registered" in t and t, timeout=20, what="the worker's log")
+        outputs.append(log)
+    finally:
+        run_cli("down", store_url=url, env=env)
+    unreachable = f"postgresql://{user}@127.0.0.1:1/test?password={secret}&sslmode=disable"
+    line = error_line(run_cli("status", store_url=unreachable, env=env))
+    assert "password=***" in line, line
+    for out in outputs:
+        assert secret.encode() not in out, out
+    assert secret not in line
