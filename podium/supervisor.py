@@ -76,8 +76,9 @@ def up(podium: Podium, n: int, backend: str, roles: list[str], options: list[str
     if wait_s is None:
         wait_s = 20.0 + 0.25 * n
     ensure_host_daemon(podium)  # (PostgreSQL: the workers share this host's connections)
+    podium.private_home()  # (.podium/ of a PostgreSQL store: made here, private)
     logs = log_dir(podium)
-    logs.mkdir(mode=0o700, parents=True, exist_ok=True)
+    logs.mkdir(mode=0o700, exist_ok=True)
     names = free_names(podium, n, prefix)
     started = time.time()
     log_starts = {}  # (where this start's lines begin in each appended log)

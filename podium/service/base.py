@@ -6,7 +6,7 @@ from pathlib import Path
 
 from podium.agents import registration
 from podium.service.delivery import PaneDelivery
-from podium.store import Store
+from podium.store import Store, make_home
 from podium.store.pgconnect import redact
 
 #: How often a waiting call re-checks the store even without a wake-up (a safety net).
@@ -38,3 +38,11 @@ class ServiceBase:
     def home(self) -> Path:
         """The directory for files that belong with the store (worker logs, the MCP token)."""
         return self.store.home
+
+    def private_home(self) -> Path:
+        """``home``, made when missing as the default store's directory is (0700 whatever the
+        umask, with a ``.gitignore`` that keeps it out of git); one that exists is left as it is
+        (a SQLite store's directory may be a project's)."""
+        if not self.home.exists():
+            make_home(self.home)
+        return self.home

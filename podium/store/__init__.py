@@ -149,7 +149,7 @@ def sqlite_path(url: str | None) -> tuple[Path, dict[str, str]] | None:
                            f"{path.split('/', 1)[0]}") from None
 
 
-def _make_home(home: Path) -> None:
+def make_home(home: Path) -> None:
     """The default store's directory: private (its files hold prompts), and kept out of git."""
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:  # (0600 like every file there, whatever the umask)
@@ -207,6 +207,6 @@ def open_store(url: str | None = None, init: bool = False, create: bool = True,
             raise StoreNotFound(
                 f"no store at {p}{where}: 'podium init' makes one, or give --store URL")
         if not explicit:
-            _make_home(p.parent)
+            make_home(p.parent)
     return SQLiteStore(p, synchronous=synchronous, create_in_empty_file=init,
                        lock_timeout_s=lock_timeout_s)

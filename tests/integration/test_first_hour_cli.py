@@ -3,7 +3,8 @@ real SQLite store:
 the restart hint works as printed; agents are listed by name by status, costs, broadcast,
 down and prune; odd store paths are one error line and create nothing; reading a ChromaDB
 that does not exist makes none; ``init`` in an empty file leaves it private; ``backends``
-loads no model; ``task add --json`` and ``broadcast --json`` show the ``seq``."""
+loads no model; ``task add --json`` and ``broadcast --json`` show the ``seq``; a store copy's
+agents are stopped; a PostgreSQL password is never shown; ``up`` makes ``.podium/`` private."""
 
 from __future__ import annotations
 
@@ -276,3 +277,23 @@ def test_a_postgres_password_is_never_shown(pg_url, tmp_path):
     for out in outputs:
         assert secret.encode() not in out, out
     assert secret not in line
+
+
+def test_up_on_a_postgres_store_makes_its_home_private(pg_url, tmp_path):
+    """``.podium/`` (the logs' directory of a PostgreSQL store) made by ``up`` is 0700 with a
+    ``.gitignore``, whatever the umask, as a SQLite store's is."""
+    home = tmp_path / "project" / ".podium"
+    home.parent.mkdir()
+    env = {"PODIUM_HOME": str(home), "PODIUM_PG_HOST": "off"}
+    old = os.umask(0o022)
+    try:
+        r = run_cli("up", "1", "--backend", "echo", "--prefix", "home", store_url=pg_url, env=env)
+    finally:
+        os.umask(old)
+    try:
+        assert r.returncode == 0, r.stderr
+        assert stat.S_IMODE(home.stat().st_mode) == 0o700
+        assert (home / ".gitignore").read_text().strip().endswith("*")
+        assert stat.S_IMODE((home / "logs").stat().st_mode) == 0o700
+    finally:
+        run_cli("down", store_url=pg_url, env=env)
