@@ -2,9 +2,10 @@
 
 The token is generated once (``secrets.token_urlsafe``) into ``<home>/mcp-token`` with mode 0600
 and read back on every start; ``podium mcp token`` prints it. Requests are checked in this order:
-an ``Origin`` header that is not a loopback origin gets 403 (a browser page on another site,
-DNS rebinding), a missing or wrong ``Authorization: Bearer`` token gets 401. The SDK's own
-transport security then checks ``Host`` (421) and ``Origin`` once more.
+a ``Host`` that is not this server's (a loopback name or the bound address, with its port)
+gets 421 (DNS rebinding), an ``Origin`` header that is not a loopback origin 403 (a browser
+page on another site), a missing or wrong ``Authorization: Bearer`` token 401. The SDK's own
+transport security then checks ``Host`` and ``Origin`` once more.
 """
 
 from __future__ import annotations
@@ -61,18 +62,16 @@ def is_loopback_origin(origin: str) -> bool:
             and not parts.path.strip("/"))
 
 
-def allowed_hosts(bind_host: str) -> list[str] | None:
-    """``Host`` header values the SDK accepts: loopback names (any port) and the bound host.
-
-    None when bound to every interface (any Host then; the token and Origin checks remain).
-    """
+def allowed_hosts(bind_host: str, port: int) -> list[str] | None:
+    """``Host`` header values this server answers: a loopback name or the bound host, with the
+    server's port (without it only on port 80). None when bound to every interface (any Host
+    then; the token and Origin checks remain)."""
     if bind_host in ("0.0.0.0", "::", ""):
         return None
-    names = {*LOOPBACK_NAMES, bind_host}
     out: list[str] = []
-    for n in sorted(names):
+    for n in sorted({*LOOPBACK_NAMES, bind_host}):
         h = f"[{n}]" if ":" in n else n
-        out += [h, f"{h}:*"]
+        out += [f"{h}:{port}"] + ([h] if port == 80 else [])
     return out
 
 
@@ -81,17 +80,23 @@ ALLOWED_ORIGINS = [f"{scheme}://{h}{port}" for scheme in ("http", "https")
 
 
 class Guard:
-    """ASGI middleware in front of the MCP app: Origin (403), then bearer token (401)."""
+    """ASGI middleware in front of the MCP app: Host (421), Origin (403), then bearer token
+    (401), each refused with a JSON ``{"error": ...}``. ``hosts``: ``allowed_hosts``."""
 
-    def __init__(self, app, token: str):
+    def __init__(self, app, token: str, hosts: list[str] | None):
         self.app = app
         self._token = token.encode()
+        self._hosts = None if hosts is None else {h.lower() for h in hosts}
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        host = headers.get("host", "")
+        if self._hosts is not None and host.lower() not in self._hosts:
+            await _deny(send, 421, f"Host {host!r} is not this server's (DNS rebinding?)")
+            return
         origin = headers.get("origin")
         if origin is not None and not is_loopback_origin(origin):
             await _deny(send, 403, f"origin {origin!r} is not allowed (only loopback origins are)")

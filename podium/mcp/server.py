@@ -410,17 +410,19 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, indent=2)
 
 
-def http_app(server: MCPServer, token: str, host: str = "127.0.0.1"):
-    """The streamable HTTP ASGI app at /mcp behind the Origin and bearer-token guard."""
+def http_app(server: MCPServer, token: str, host: str = "127.0.0.1", port: int = 8765):
+    """The streamable HTTP ASGI app at /mcp behind the Host, Origin and bearer-token guard
+    (``port``: the one it listens on, which a ``Host`` must name)."""
     from mcp.server.transport_security import TransportSecuritySettings
 
     from podium.mcp.security import ALLOWED_ORIGINS, Guard, allowed_hosts
 
-    hosts = allowed_hosts(host)
+    hosts = allowed_hosts(host, port)
     security = TransportSecuritySettings(
         enable_dns_rebinding_protection=hosts is not None,
         allowed_hosts=hosts or [], allowed_origins=ALLOWED_ORIGINS)
-    return Guard(server.streamable_http_app(transport_security=security, host=host), token)
+    return Guard(server.streamable_http_app(transport_security=security, host=host), token,
+                 hosts)
 
 
 def serve(podium: Podium, http: bool = False, host: str = "127.0.0.1", port: int = 8765) -> None:
@@ -435,7 +437,7 @@ def serve(podium: Podium, http: bool = False, host: str = "127.0.0.1", port: int
 
     from podium.mcp.security import LOOPBACK_NAMES, load_token, token_path
 
-    app = http_app(server, load_token(podium.home), host)
+    token = load_token(podium.home)
     # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted sockets only when it is
     # (without it, Nagle and delayed ACKs add ~40 ms to every response).
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM,
@@ -448,6 +450,7 @@ def serve(podium: Podium, http: bool = False, host: str = "127.0.0.1", port: int
         sock.close()
         raise InvalidInput(f"cannot listen on {host} port {port}: {e.strerror or e}") from None
     port = sock.getsockname()[1]
+    app = http_app(server, token, host, port)
     if host not in LOOPBACK_NAMES:
         print(f"podium mcp: warning: listening on {host}, not only on this machine's loopback",
               file=sys.stderr)

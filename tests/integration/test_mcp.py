@@ -395,6 +395,12 @@ def test_http_security(store_url, http_server, podium):
         assert post(Origin="https://127.0.0.1.evil.example:8080").status_code == 403
         assert post(Origin="null").status_code == 403
         assert post(Authorization=f"Bearer {token}", Host="evil.example").status_code == 421
+        # (a loopback name with another port is another server's: 421, said as JSON)
+        for host in ("127.0.0.1:1", f"localhost:{http_server.port + 1}", "localhost"):
+            r = post(Authorization=f"Bearer {token}", Host=host)
+            assert r.status_code == 421 and "not this server's" in r.json()["error"], host
+        assert post(Authorization=f"Bearer {token}", Host=f"localhost:{http_server.port}",
+                    Origin=f"http://localhost:{http_server.port}").status_code == 200
         for origin in (None, f"http://localhost:{http_server.port}", "http://127.0.0.1:3000",
                        "http://[::1]:6274"):
             extra = {"Origin": origin} if origin else {}
