@@ -61,6 +61,18 @@ def _number(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float))
 
 
+def _not_text(value: Any, what: str) -> str:
+    """Why ``value`` is no text, said as a JSON or command-line user sees it (no Python type
+    names): ``prompt is missing``, ``prompt must be text, not a number``."""
+    if value is None:
+        return f"{what} is missing"
+    kind = ("true or false" if isinstance(value, bool) else
+            "a number" if isinstance(value, int | float) else
+            "a list" if isinstance(value, list | tuple) else
+            "an object" if isinstance(value, dict) else type(value).__name__)
+    return f"{what} must be text, not {kind}"
+
+
 def _shown(value: Any) -> str:
     """``value`` for a message: its repr, cut short (an int past 4,300 digits has none)."""
     try:
@@ -242,7 +254,7 @@ def name(value: Any, what: str) -> str:
     cannot hold it) or any other control character (ESC, CR, tab...: a name is shown on one
     line, and a terminal acts on them). Empty is refused, never taken as "the default"."""
     if not isinstance(value, str):
-        raise InvalidInput(f"{what} must be text, got {type(value).__name__}")
+        raise InvalidInput(_not_text(value, what))
     if blank(value):
         raise InvalidInput(f"{what} is empty")
     try:
@@ -301,7 +313,7 @@ def text(value: Any, what: str, allow_empty: bool = False) -> str:
         except UnicodeDecodeError as e:
             raise InvalidInput(f"{what} is not valid UTF-8 (byte {e.start})") from None
     if not isinstance(value, str):
-        raise InvalidInput(f"{what} must be text, got {type(value).__name__}")
+        raise InvalidInput(_not_text(value, what))
     if not allow_empty and blank(value):
         raise InvalidInput(f"{what} is empty")
     if len(value) > MAX_TEXT_BYTES // 4 and len(value.encode("utf-8")) > MAX_TEXT_BYTES:

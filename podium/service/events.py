@@ -91,8 +91,14 @@ class EventFollower:
 
 class EventCalls(ServiceBase):
     def events(self, after: int = 0, limit: int = 1000, task_id: str | None = None) -> list[Event]:
-        return self.store.read_events(limits.event_id(after), limits.list_limit(limit),
-                                      limits.optional_name(task_id, "task id"))
+        """Events after ``after``, oldest first; only ``task_id``'s when given (a unique prefix
+        of its id will do; an unknown task is ``NotFound``, as everywhere)."""
+        after, limit = limits.event_id(after), limits.list_limit(limit)
+        task_id = limits.optional_name(task_id, "task id")
+        if task_id is not None:
+            task_id = task_id_of(self.store, task_id)
+            self.store.task_state(task_id)  # (NotFound for none such: not an empty page)
+        return self.store.read_events(after, limit, task_id)
 
     def follow(self, after: int | None = None, idle_timeout: float | None = None,
                task_id: str | None = None) -> Iterator[Event]:

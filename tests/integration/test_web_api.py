@@ -249,6 +249,11 @@ def test_errors_are_json_with_their_status(api):
     error(api.get("/api/tasks", params={"limit": 0}), 422)
     error(api.get("/api/tasks", params={"agent": "nobody"}), 404)
     error(api.get("/api/events", params={"after": -1}), 422)
+    assert "unknown task" in error(api.get("/api/events", params={"task": "t-nosuchtask0000"}),
+                                   404)
+    assert error(api.post("/api/tasks", json={}), 422) == "prompt is missing"
+    assert error(api.post("/api/tasks", json={"prompt": 5}), 422) == \
+        "prompt must be text, not a number"
     error(api.get("/api/costs/series", params={"bucket_s": 0}), 422)
     error(api.put("/api/context/k", json={}), 422)
     error(api.post("/api/team/up", json={"n": 0}), 422)
