@@ -153,8 +153,9 @@ class PostgresStore(SqlStore):
                 if via is url:
                     raise explain(e, url) from None
         assert row is not None
-        if row[1] is None:
-            raise StoreError(f"{redact(url)}: the schema in search_path does not exist")
+        if row[1] is None:  # (a schema this role may not use is left out of search_path too)
+            raise StoreError(f"{redact(url)}: the schema in search_path does not exist, or this "
+                             "role has no USAGE on it (GRANT USAGE ON SCHEMA ... TO ...)")
         # One migrator at a time across every host (the store's own lock table may not exist yet).
         self._migration_lock = int(hashlib.sha1(f"{row[0]}/{row[1]}".encode()).hexdigest()[:15], 16)
         self._secret: str | None = secret[0] if secret else None
@@ -236,8 +237,9 @@ class PostgresStore(SqlStore):
     def _route_failed(self) -> None:
         """A connection failed, after the transaction: if it went through this host's daemon
         and the daemon is gone, start it again for the caller's next try. A new daemon's
-        PgBouncer has the old one's socket, so the pool carries on; when the new daemon has
-        none (PgBouncer could not be started this time), the pool is made afresh, direct."""
+        PgBouncer has the old one's socket, yet the pool is made afresh (it would wait out its
+        reconnection backoff first: ~14 s seen), and direct when the new daemon has no
+        PgBouncer (it could not be started this time)."""
         with self._route_lock:  # (the heartbeat's thread and the worker's may both fail)
             old = self._route
             if old is None or old.bouncer is None or self._secret is None:
@@ -248,7 +250,7 @@ class PostgresStore(SqlStore):
                 _log.warning("podium: the PostgreSQL host daemon could not be started again: "
                              "%s", e)
                 return
-            if new.bouncer != old.bouncer:
+            if new is not old:  # (a new daemon: connect afresh now, not at the pool's backoff)
                 pool, self._pool = self._pool, self._new_pool(new)
                 self._pool.open(wait=False)
                 pool.close(timeout=0)  # (connections in use are closed as they come back)
