@@ -182,6 +182,7 @@ class Route:
     wake_key: str
     bouncer: str | None
     pool: int
+    daemon_pid: int = 0
     _fd: int = field(repr=False, default=-1)
 
     def close(self) -> None:
@@ -218,7 +219,7 @@ def attach(secret: str) -> Route | None:
     if state is None:
         os.close(fd)
         return None
-    return Route(wake_key(secret), state.get("bouncer"), int(state.get("pool", 0)), fd)
+    return _route(secret, state, fd)
 
 
 def ensure(url: str, secret: str) -> Route:
@@ -239,14 +240,21 @@ def ensure(url: str, secret: str) -> Route:
         raise
     finally:
         os.close(starting)
-    return Route(wake_key(secret), state.get("bouncer"), int(state.get("pool", 0)), fd)
+    return _route(secret, state, fd)
+
+
+def _route(secret: str, state: dict, fd: int) -> Route:
+    return Route(wake_key(secret), state.get("bouncer"), int(state.get("pool", 0)),
+                 int(state.get("pid", 0)), fd)
 
 
 def revive(route: Route, url: str, secret: str) -> Route:
     """After a failed connection through ``route``: the same route while its daemon lives;
-    otherwise (the daemon was killed) a daemon started afresh, whose sockets have the same
-    paths, so the caller's pool and wake-up sockets carry on."""
-    if daemon_live(host_dir(secret)) is not None:
+    otherwise (the daemon was killed) the route of the daemon live now -- started afresh here,
+    or by another process of the host first -- whose sockets have the same paths (its PgBouncer
+    too, when it has one)."""
+    state = daemon_live(host_dir(secret))
+    if state is not None and int(state.get("pid", 0)) == route.daemon_pid:
         return route
     new = ensure(url, secret)
     route.close()
