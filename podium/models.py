@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +67,13 @@ def decode_output(data: bytes | None) -> tuple[str | None, str]:
         return data.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
         return base64.b64encode(data).decode("ascii"), "base64"
+
+
+def name_key(name: str) -> tuple:
+    """The order names are listed in (agents: every listing, every face), numbers as numbers:
+    ``agent-2`` before ``agent-10``."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part)
+                 for part in re.split(r"(\d+)", name) if part)
 
 
 @dataclass

@@ -63,6 +63,12 @@ def short(text: str | None, width: int = 50) -> str:
 NAME_WIDTH = 24
 
 
+def short_name(text: str) -> str:
+    """A name (an agent, a role, a host, a task's target) for a table's cell: ``short`` to
+    ``NAME_WIDTH``."""
+    return short(text, NAME_WIDTH)
+
+
 def output_lines(text: str, prefix: str = "  | ") -> str:
     """Output text as lines under an event line, each after ``prefix``, with its control
     characters as escapes (``visible``; a CR-LF line end is a line end); "" for no text."""
@@ -117,12 +123,6 @@ def ansi(text: str, style: str) -> str:
     """``text`` in ``style`` (words of ``_SGR``, as in ``STATE_STYLES``) for a terminal."""
     codes = ";".join(_SGR[w] for w in style.split() if w in _SGR)
     return f"\x1b[{codes}m{text}\x1b[0m" if codes else text
-
-
-def name_key(name: str) -> tuple:
-    """A sort key for names with numbers in them: ``agent-2`` before ``agent-10``."""
-    return tuple((0, int(part)) if part.isdigit() else (1, part)
-                 for part in re.split(r"(\d+)", name) if part)
 
 
 def when(ts: float | None, at: float | None = None) -> str:

@@ -38,7 +38,7 @@ def mcp_group() -> None:
 def mcp_serve(c: Ctx, use_http, host, port, allow_remote) -> None:
     """Serve Podium's tools and resources over MCP (stdio by default)."""
     from podium.mcp import serve
-    from podium.web.security import is_loopback_host
+    from podium.web.security import check_bind
 
     # Before the store opens: options stdio would ignore are refused, and an empty host would
     # bind every interface.
@@ -51,9 +51,8 @@ def mcp_serve(c: Ctx, use_http, host, port, allow_remote) -> None:
                                "--http: stdio, the default, listens on no address")
     host = limits.name(host.strip().strip("[]"), "host")
     port = limits.port(port, any_free=True)
-    if use_http and not is_loopback_host(host) and not allow_remote:
-        raise InvalidInput(f"--host {host} is not a loopback address: the MCP server would be "
-                           "reachable from the network; add --allow-remote to do that anyway")
+    if use_http:
+        check_bind(host, allow_remote, "the MCP server")
     serve(c.podium, http=use_http, host=host, port=port)
 
 

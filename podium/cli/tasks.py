@@ -145,8 +145,8 @@ def task_list(c: Ctx, state, agent, limit, before, as_json) -> None:
         write_json([t.to_dict(with_output=False) for t in tasks])
         return
     rows = [[t.id, t.state.value, t.priority.name.lower(),
-             render.short(render.target(t), render.NAME_WIDTH),
-             render.short(t.agent_id or "-", render.NAME_WIDTH), render.tries(t),
+             render.short_name(render.target(t)), render.short_name(t.agent_id or "-"),
+             render.tries(t),
              render.age(t.created_at), render.short(t.prompt)] for t in tasks]
     write_table(rows, ["TASK", "STATE", "PRIORITY", "TARGET", "AGENT", "TRIES", "AGE", "PROMPT"])
 

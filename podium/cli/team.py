@@ -158,9 +158,9 @@ def _agents_out(c: Ctx, as_json: bool) -> None:
         t = now()
         write_json([a.to_dict(t) for a in agents])
         return
-    w = render.NAME_WIDTH
-    rows = [[render.short(a.id, w), a.state.value, render.short(render.roles(a.roles), w),
-             render.short(a.backend, w), render.short(a.host, w), str(a.pid or "-"),
+    name = render.short_name
+    rows = [[name(a.id), a.state.value, name(render.roles(a.roles)), name(a.backend),
+             name(a.host), str(a.pid or "-"),
              a.current_task or "-", render.age(a.last_heartbeat), str(a.tasks_done),
              render.short(a.note, 30)] for a in agents]
     write_table(rows, ["AGENT", "STATE", "ROLES", "BACKEND", "HOST", "PID", "TASK",

@@ -52,7 +52,7 @@ def status(c: Ctx, as_json) -> None:
     write("agents  " + ", ".join(f"{v} {k}" for k, v in d["agents"].items()) + "\n")
     write("tasks   " + ", ".join(f"{v} {k}" for k, v in s.tasks_by_state.items()) + "\n")
     for ag in s.live_agents:
-        write(f"  {render.short(ag.id, render.NAME_WIDTH):<14} {ag.state.value:<8} "
+        write(f"  {render.short_name(ag.id):<14} {ag.state.value:<8} "
               f"{ag.current_task or '-'}\n")
     for u in s.unrunnable:
         target = u.target_agent or (f"role {u.target_role}" if u.target_role else "any agent")
@@ -74,9 +74,7 @@ def costs(c: Ctx, as_json) -> None:
     def cols(r) -> list[str]:
         return [str(r["tasks"]), str(r["tokens_in"]), str(r["tokens_out"]), f"{r['cost_usd']:.4f}"]
 
-    def name(text: str) -> str:
-        return render.short(text, render.NAME_WIDTH)
-
+    name = render.short_name
     write_table([[name(r["agent"]), name(r["backend"]), name(render.roles(r["roles"])), *cols(r)]
                  for r in s["agents"]], ["AGENT", "BACKEND", "ROLES", *nums])
     write("\n")

@@ -20,7 +20,8 @@ from podium.cli.base import Ctx, cli, pass_ctx
 @pass_ctx
 def web(c: Ctx, host, port, open_browser, allow_remote) -> None:
     """Serve the web dashboard; prints the link that signs a browser in (Ctrl-C stops it)."""
-    from podium.web.serve import check_bind, serve
+    from podium.web.security import check_bind
+    from podium.web.serve import serve
 
     # Before the store opens: an empty host would bind every interface.
     host = limits.name(host.strip().strip("[]"), "host")

@@ -19,8 +19,9 @@ instances of a process that open the same directory: open one per directory per 
 Chroma server needs none of this.
 
 What an embedded ChromaDB writes is private whatever the umask (Chroma makes its files with the
-umask's mode): its directory and the index directories in it are 0700, its files 0600, set
-after opening and after each write (``_tighten``; what else the directory holds is left alone).
+umask's mode): the directories Podium makes for it (parents too) and the index directories in
+it are 0700, its files 0600, set after opening and after each write (``_tighten``; what else
+the directory holds is left alone).
 """
 
 from __future__ import annotations
@@ -53,6 +54,14 @@ GENERATION_FILE = "podium-generation"
 #: by UUIDs).
 _CHROMA_OWN = re.compile(r"chroma\.sqlite3(-wal|-shm|-journal)?|podium-generation|"
                          r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _private_dirs(path: Path) -> None:
+    """Make ``path`` and its missing parents, each 0700 whatever the umask."""
+    missing = [d for d in (path, *path.parents) if not d.exists()]
+    for d in reversed(missing):
+        d.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(d, 0o700)
 
 
 def _tighten(path: Path) -> None:
@@ -114,7 +123,7 @@ class ChromaVectors(VectorStore):
         self._genfile = -1
         if self.path is not None:
             try:  # private: what the team remembers is no one else's to read
-                self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+                _private_dirs(self.path)
                 self._genfile = os.open(self.path / GENERATION_FILE, os.O_RDWR | os.O_CREAT,
                                         0o600)
             except OSError as e:

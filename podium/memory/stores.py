@@ -15,8 +15,7 @@ cannot be right is one ``InvalidInput`` line, before anything is opened or creat
 
 A read (``create=False``: a search, a count) of an embedded store that does not exist (a
 SQLite file, a ChromaDB directory holding no ChromaDB) is ``StoreNotFound``, and creates
-nothing. The directories Podium makes for an embedded ChromaDB are 0700 whatever the umask
-(and ``ChromaVectors`` keeps Chroma's files in them private).
+nothing (``ChromaVectors`` keeps what it makes private).
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from podium import plugins
-from podium.errors import InvalidInput, StoreError, StoreNotFound
+from podium.errors import InvalidInput, StoreNotFound
 from podium.memory.base import VectorStore
 from podium.store import resolve_url, sqlite_path
 from podium.store.pgconnect import redact
@@ -52,23 +51,8 @@ def _no_store(url: str, why: str) -> StoreNotFound:
                          "is first stored with this --memory)")
 
 
-def _private_dirs(path: Path) -> None:
-    """Make ``path`` and its missing parents, each 0700 whatever the umask."""
-    missing = []
-    for d in (path, *path.parents):
-        if d.exists():
-            break
-        missing.append(d)
-    try:
-        for d in reversed(missing):
-            d.mkdir(mode=0o700)
-            os.chmod(d, 0o700)
-    except OSError as e:
-        raise StoreError(f"cannot make the ChromaDB directory {path}: {e.strerror}") from None
-
-
 def _chroma(url: str, create: bool = True) -> VectorStore:
-    from podium.memory.chroma import ChromaVectors, _chromadb
+    from podium.memory.chroma import ChromaVectors
 
     try:
         parts = urlsplit(url)
@@ -88,8 +72,6 @@ def _chroma(url: str, create: bool = True) -> VectorStore:
                             else f"{where} holds no ChromaDB")
         if where.exists() and not where.is_dir():
             raise _bad(url, f"{where} is not a directory")
-        _chromadb()  # (installed, before any directory is made for it)
-        _private_dirs(where)
         return ChromaVectors(path=where)
     if not parts.hostname:
         raise _bad(url, "name the ChromaDB server, as in chroma://127.0.0.1:8000")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from podium.agents import local
 from podium.agents.local import LocalAgent, running_here
-from podium.service.team import name_key
+from podium.models import name_key
 from podium.store import resolve_url, sqlite_path
 
 __all__ = ["LocalAgent", "local_agents", "running_here", "store_url_of"]

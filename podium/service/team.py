@@ -4,7 +4,6 @@ latest response); logs (an agent's log file, a task's output: ``podium.service.l
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ from podium import limits
 from podium.agents import local, registration
 from podium.clock import new_id
 from podium.errors import InvalidInput, NotFound, PodiumError, StoreUnavailable
-from podium.models import Agent, AgentResponse, AgentState, Message, Task, TaskSpec
+from podium.models import Agent, AgentResponse, AgentState, Message, Task, TaskSpec, name_key
 from podium.service import logs
 from podium.service.logs import LogText
 from podium.service.tasks import TaskCalls
@@ -27,13 +26,6 @@ if TYPE_CHECKING:
 
 #: How often ``wait_registered`` looks again (and runs its check) while nothing happens.
 REGISTER_POLL_S = 0.2
-
-
-def name_key(name: str) -> tuple:
-    """The order agents are listed in, by name, numbers as numbers: ``agent-2`` before
-    ``agent-10`` (the key ``podium.render.name_key`` gives the text faces)."""
-    return tuple((0, int(part)) if part.isdigit() else (1, part)
-                 for part in re.split(r"(\d+)", name) if part)
 
 
 def by_name(agents: list[Agent]) -> list[Agent]:

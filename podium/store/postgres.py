@@ -191,22 +191,22 @@ class PostgresStore(SqlStore):
         # Autocommit: readers run bare statements (READ COMMITTED gives each statement its own
         # snapshot anyway, so BEGIN/COMMIT around a read only cost two round trips); writers
         # open their transactions explicitly.
+        kwargs: dict[str, Any] = {"row_factory": dict_row, "autocommit": True}
         if route is not None and route.bouncer is not None:
             # PgBouncer in transaction mode: a statement prepared on one server connection
             # would be missing on the next, so none is; the session settings come from its
             # connect_query (see pghost). Its keepalives are its own.
-            return ConnectionPool(
-                route.bouncer, min_size=1, max_size=pghost.CLIENT_POOL, open=False, timeout=5,
-                kwargs={"row_factory": dict_row, "autocommit": True, "connect_timeout": 5,
-                        "prepare_threshold": None},
-                check=check_idle, reconnect_timeout=60)
-        # Keepalives and a TCP user timeout (KEEPALIVES), and the server ends transactions left
-        # idle (configure_session). Through a daemon without PgBouncer, each process keeps one.
-        return ConnectionPool(
-            self.url, min_size=1, max_size=self._direct_pool_size if route is None else 1,
-            open=False, timeout=5,
-            kwargs={"row_factory": dict_row, "autocommit": True, **KEEPALIVES},
-            configure=configure_session, check=check_idle, reconnect_timeout=60)
+            target, size, configure = route.bouncer, pghost.CLIENT_POOL, None
+            kwargs.update(connect_timeout=5, prepare_threshold=None)
+        else:
+            # Keepalives and a TCP user timeout (KEEPALIVES), and the server ends transactions
+            # left idle (configure_session). Through a daemon without PgBouncer, one each.
+            target, size = self.url, self._direct_pool_size if route is None else 1
+            configure = configure_session
+            kwargs.update(KEEPALIVES)
+        return ConnectionPool(target, min_size=1, max_size=size, open=False, timeout=5,
+                              kwargs=kwargs, configure=configure, check=check_idle,
+                              reconnect_timeout=60)
 
     # -- dialect hooks --------------------------------------------------------------
     @contextlib.contextmanager

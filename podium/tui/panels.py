@@ -11,7 +11,7 @@ from rich.text import Text
 from textual.widgets import DataTable
 
 from podium import render
-from podium.models import Agent, Task
+from podium.models import Agent, Task, name_key
 
 AGENT_COLS = ("agent", "state", "role", "backend", "task", "heartbeat", "done", "tokens", "cost")
 TASK_COLS = ("task", "state", "prio", "target", "agent", "tries", "prompt")
@@ -83,7 +83,7 @@ class AgentTable(_Table):
     def put(self, a: Agent) -> None:
         self.agents[a.id] = a
         if self._write(a.id, agent_cells(a)):
-            self._sort_keeping_cursor(render.name_key)
+            self._sort_keeping_cursor(name_key)
         self.border_subtitle = f"{len(self.agents)}"
 
     def drop(self, agent_id: str) -> None:

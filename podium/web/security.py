@@ -34,9 +34,11 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from podium.errors import InvalidInput
 from podium.mcp.security import LOOPBACK_NAMES, load_token
 
-__all__ = ["COOKIE", "CSRF_HEADER", "WebGuard", "csrf_token", "is_loopback_host", "load_token"]
+__all__ = ["COOKIE", "CSRF_HEADER", "WebGuard", "check_bind", "csrf_token", "is_loopback_host",
+           "load_token"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -84,6 +86,14 @@ def is_loopback_host(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def check_bind(host: str, allow_remote: bool, what: str = "the dashboard") -> None:
+    """Refuse a non-loopback address unless ``allow_remote`` (one line saying why); ``what``
+    would listen there (the dashboard, the MCP server)."""
+    if not is_loopback_host(host) and not allow_remote:
+        raise InvalidInput(f"--host {host} is not a loopback address: {what} would be reachable "
+                           "from the network; add --allow-remote to do that anyway")
 
 
 def _same(given: str, expected: bytes) -> bool:

@@ -21,7 +21,7 @@ from typing import Any
 
 from podium.errors import InvalidInput
 from podium.service import Podium
-from podium.web.security import WILDCARDS, is_loopback_host, load_token
+from podium.web.security import WILDCARDS, check_bind, is_loopback_host, load_token
 
 #: Seconds the server waits for open connections at shutdown before closing them.
 GRACEFUL_S = 3.0
@@ -56,13 +56,6 @@ def _server(config: Any) -> Any:
                     signal.signal(sig, handler)
 
     return Server(config)
-
-
-def check_bind(host: str, allow_remote: bool) -> None:
-    """Refuse a non-loopback address unless ``allow_remote`` (one line saying why)."""
-    if not is_loopback_host(host) and not allow_remote:
-        raise InvalidInput(f"--host {host} is not a loopback address: the dashboard would be "
-                           "reachable from the network; add --allow-remote to do that anyway")
 
 
 def listen(host: str, port: int) -> socket.socket:
