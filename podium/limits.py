@@ -245,14 +245,17 @@ def blank(value: str) -> bool:
     return not value.strip(BLANK)
 
 
-#: Control characters (C0, DEL, C1): no name holds one.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+#: Control characters (C0, DEL, C1) and bidirectional controls (U+202A-U+202E,
+#: U+2066-U+2069, which reorder the text shown around them): no name holds one.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 def name(value: Any, what: str) -> str:
     """A non-empty name of at most ``MAX_NAME_BYTES`` bytes, without NUL (PostgreSQL text
     cannot hold it) or any other control character (ESC, CR, tab...: a name is shown on one
-    line, and a terminal acts on them). Empty is refused, never taken as "the default"."""
+    line, and a terminal acts on them), nor a bidirectional control, and not ``.`` or ``..``
+    (a name is a path segment of the web API). Empty is refused, never taken as "the
+    default"."""
     if not isinstance(value, str):
         raise InvalidInput(_not_text(value, what))
     if blank(value):
@@ -269,6 +272,9 @@ def name(value: Any, what: str) -> str:
     if (bad := _CONTROL.search(value)) is not None:
         raise InvalidInput(f"{what} contains the control character {bad.group()!r}: a name is "
                            "shown on one line, in terminals too")
+    if value in (".", ".."):
+        raise InvalidInput(f"{what} {value!r} cannot be a name: it is a segment of the web "
+                           "API's paths, where '.' and '..' mean a directory")
     return value
 
 

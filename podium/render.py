@@ -32,30 +32,41 @@ def age(ts: float | None, at: float | None = None) -> str:
     return f"{int(s)}s"
 
 
-#: Control characters (C0 but newline, DEL, C1): a terminal acts on them.
-_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+#: Control characters (C0 but newline, DEL, C1): a terminal acts on them; and the bidirectional
+#: embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069), which reorder the text
+#: around them, so that a command could read otherwise than it runs ("Trojan Source").
+_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape(m: re.Match[str]) -> str:
+    code = ord(m.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def visible(text: str) -> str:
-    """``text`` with its control characters (ESC, CR, BEL, tab...; all but newline) written
-    as escapes such as ``\\x1b``."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    """``text`` with its control characters (ESC, CR, BEL, tab...; all but newline) and its
+    bidirectional controls written as escapes such as ``\\x1b`` and ``\\u202e``."""
+    return _CONTROL.sub(_escape, text)
 
 
 #: The same, but tab: a view that lays text out in lines expands it.
-_CONTROL_BUT_TAB = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_CONTROL_BUT_TAB = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 def visible_lines(text: str) -> str:
     """Output for a view that shows it as lines (the dashboard's output screen): CR-LF line
     ends as newlines, every other control character but tab as an escape (``visible``)."""
-    return _CONTROL_BUT_TAB.sub(lambda m: f"\\x{ord(m.group()):02x}", text.replace("\r\n", "\n"))
+    return _CONTROL_BUT_TAB.sub(_escape, text.replace("\r\n", "\n"))
+
+
+def one_line(text: str | None) -> str:
+    """``text`` on one line: newlines shown as ⏎, control characters as escapes."""
+    return visible((text or "").replace("\n", " ⏎ "))
 
 
 def short(text: str | None, width: int = 50) -> str:
-    """``text`` on one line (newlines shown as ⏎, control characters as escapes), cut to
-    ``width`` characters with an …."""
-    line = visible((text or "").replace("\n", " ⏎ "))
+    """``text`` on one line (``one_line``), cut to ``width`` characters with an …."""
+    line = one_line(text)
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
@@ -64,9 +75,14 @@ NAME_WIDTH = 24
 
 
 def short_name(text: str) -> str:
-    """A name (an agent, a role, a host, a task's target) for a table's cell: ``short`` to
-    ``NAME_WIDTH``."""
-    return short(text, NAME_WIDTH)
+    """A name (an agent, a role, a host, a task's target) for a table's cell, on one line and
+    cut to ``NAME_WIDTH`` in its middle: its end stays, which tells ``team-1`` from ``team-2``
+    when a long prefix names them all."""
+    line = one_line(text)
+    if len(line) <= NAME_WIDTH:
+        return line
+    tail = NAME_WIDTH // 3
+    return line[: NAME_WIDTH - 1 - tail] + "…" + line[-tail:]
 
 
 def output_lines(text: str, prefix: str = "  | ") -> str:
@@ -133,10 +149,17 @@ def when(ts: float | None, at: float | None = None) -> str:
     return f"{local} ({age(ts, at)} ago)"
 
 
+#: Event data that is a time (Unix seconds), shown as ISO 8601 UTC: by event kind, its keys.
+EVENT_TIMES = {"history.pruned": ("before",)}
+
+
 def event_line(ev: Event) -> str:
     """One event on one line: UTC time, id, kind, agent, task and its data (the output chunk of
-    a ``task.output`` event aside: see ``event_output``)."""
+    a ``task.output`` event aside: see ``event_output``; times as ISO 8601)."""
     data = {k: v for k, v in ev.data.items() if v not in (None, [], "") and k != "chunk"}
+    for key in EVENT_TIMES.get(ev.kind, ()):
+        if isinstance(data.get(key), (int, float)):
+            data[key] = iso(data[key])
     extra = " ".join(f"{k}={v}" for k, v in data.items())
     time_of_day = (iso(ev.ts) or "")[11:23]
     line = (f"{time_of_day}Z #{ev.id} {ev.kind:<16} {ev.agent_id or '-':<12} "

@@ -142,11 +142,22 @@ def test_a_long_role_or_agent_does_not_widen_task_list(cli, podium):
     lines = ok(cli("task", "list")).splitlines()
     assert len(lines) == 3
     assert max(len(x) for x in lines) < 150, [len(x) for x in lines]
-    assert "role:rrrrrrrrrrrrrrrrrr…" in lines[1] and "aaaaaaaaaaaaaaaaaaaaaaa…" in lines[2]
+    assert "role:rrrrrrrrrr…rrrrrrrr" in lines[1] and "aaaaaaaaaaaaaaa…aaaaaaaa" in lines[2]
     podium.store.register_agent("b-1", [role], "echo", "h" * 200, 1, 30.0, {})
     lines = ok(cli("agents")).splitlines()
     assert max(len(x) for x in lines) < 200, [len(x) for x in lines]
-    assert "rrrrrrrrrrrrrrrrrrrrrrr…" in lines[2] and "hhhhhhhhhhhhhhhhhhhhhhh…" in lines[2]
+    assert "rrrrrrrrrrrrrrr…rrrrrrrr" in lines[2] and "hhhhhhhhhhhhhhh…hhhhhhhh" in lines[2]
+
+
+def test_long_names_are_cut_in_the_middle_so_their_ends_tell_them_apart(cli, podium):
+    prefix = "very-long-agent-name-" + "ü" * 40
+    for n in (1, 2, 12):
+        podium.store.register_agent(f"{prefix}-{n}", [], "echo", socket.gethostname(), 1,
+                                    30.0, {})
+    lines = ok(cli("agents")).splitlines()[1:]
+    shown = [line.split()[0] for line in lines]
+    assert shown == ["very-long-agent…üüüüüü-1", "very-long-agent…üüüüüü-2",
+                     "very-long-agent…üüüüü-12"], shown
 
 
 # -- empty --context: refused; an empty context value: a value --------------------------------

@@ -147,6 +147,12 @@ BAD = [
     (["context", "set", TOO_LONG, "v"], None, "context key is"),
     (["send", "w1", "hi", "--from", TOO_LONG], None, "sender is"),
     (["up", "1", "--prefix", "a/b"], None, "bad prefix 'a/b'"),
+    # (names are segments of the web API's paths, where a browser drops '.' and '..')
+    (["context", "set", "..", "v"], None, "context key '..' cannot be a name"),
+    (["context", "set", ".", "v"], None, "context key '.' cannot be a name"),
+    (["agent", "run", "-n", "..", "-b", "echo"], None, "agent name '..' cannot be a name"),
+    # (a bidirectional override would make a name read otherwise in every table)
+    (["task", "add", "--role", "ops\u202e", "x"], None, "role contains the control character"),
     (["up", "1", "--prefix", TOO_LONG], None, "prefix is"),
     # (a name of 197 bytes, but its agents' would be 199-201: refused before any starts)
     (["up", "1", "--prefix", "p" * (limits.MAX_PREFIX_BYTES + 1)], None,
